@@ -1,0 +1,99 @@
+"""The one table of storage formats the lab knows, and the parsing of their names.
+
+Every byte count in the lab (weights, KV cache, estimates, CLI) goes through
+:func:`bits_per_element`, so a format's size is written down exactly once.
+
+>>> bytes_per_element("bfloat16")
+2.0
+>>> bytes_per_element("nf4")
+0.5
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["DTYPES", "DtypeInfo", "bits_per_element", "bytes_per_element", "dtype_name", "torch_dtype"]
+
+
+@dataclass(frozen=True)
+class DtypeInfo:
+    """One storage format: its canonical name, width in bits and torch dtype (None for packed 4-bit)."""
+
+    name: str
+    bits: int
+    torch_dtype: torch.dtype | None
+    is_float: bool
+
+
+DTYPES: dict[str, DtypeInfo] = {
+    info.name: info
+    for info in (
+        DtypeInfo("float32", 32, torch.float32, True),
+        DtypeInfo("float16", 16, torch.float16, True),
+        DtypeInfo("bfloat16", 16, torch.bfloat16, True),
+        DtypeInfo("float8_e4m3fn", 8, torch.float8_e4m3fn, True),
+        DtypeInfo("float8_e5m2", 8, torch.float8_e5m2, True),
+        DtypeInfo("int8", 8, torch.int8, False),
+        DtypeInfo("uint8", 8, torch.uint8, False),
+        # 4-bit formats have no torch dtype: bitsandbytes packs two values per uint8.
+        DtypeInfo("int4", 4, None, False),
+        DtypeInfo("nf4", 4, None, True),
+        DtypeInfo("fp4", 4, None, True),
+    )
+}
+
+# Names a learner meets in papers, posts and older code, mapped to the canonical name.
+_ALIASES = {
+    "fp32": "float32", "float": "float32", "f32": "float32",
+    "fp16": "float16", "half": "float16", "f16": "float16",
+    "bf16": "bfloat16",
+    "fp8": "float8_e4m3fn", "fp8_e4m3": "float8_e4m3fn", "e4m3": "float8_e4m3fn",
+    "float8_e4m3": "float8_e4m3fn",
+    "fp8_e5m2": "float8_e5m2", "e5m2": "float8_e5m2",
+}
+
+
+def dtype_name(dtype: str | torch.dtype, *, allowed: tuple[str, ...] | None = None, argument: str = "dtype") -> str:
+    """Canonical name of ``dtype`` (a torch dtype, a name or an alias such as ``"bf16"``).
+
+    Raises ValueError naming ``argument`` and the allowed names when the dtype is unknown.
+
+    >>> dtype_name(torch.bfloat16), dtype_name("fp16")
+    ('bfloat16', 'float16')
+    """
+    allowed = tuple(DTYPES) if allowed is None else allowed
+    if isinstance(dtype, torch.dtype):
+        name = str(dtype).removeprefix("torch.")
+    elif isinstance(dtype, str):
+        key = dtype.strip().lower().removeprefix("torch.")
+        name = _ALIASES.get(key, key)
+    else:
+        raise TypeError(f"{argument} must be a torch dtype or its name, not {type(dtype).__name__}; "
+                        f"use one of: {', '.join(allowed)}")
+    if name not in allowed:
+        raise ValueError(f"{argument} {dtype!r} is not known; use one of: {', '.join(allowed)}")
+    return name
+
+
+def bits_per_element(dtype: str | torch.dtype) -> int:
+    """Width of one stored element in bits: float32 32, bfloat16 16, nf4 4."""
+    return DTYPES[dtype_name(dtype)].bits
+
+
+def bytes_per_element(dtype: str | torch.dtype) -> float:
+    """Bytes per element (0.5 for the packed 4-bit formats)."""
+    return bits_per_element(dtype) / 8
+
+
+def torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """The torch dtype for a name; ValueError for the packed 4-bit formats, which have none."""
+    name = dtype_name(dtype)
+    td = DTYPES[name].torch_dtype
+    if td is None:
+        torch_names = [n for n, i in DTYPES.items() if i.torch_dtype is not None]
+        raise ValueError(f"dtype {name!r} has no torch dtype (bitsandbytes packs it into uint8); "
+                         f"use one of: {', '.join(torch_names)}")
+    return td

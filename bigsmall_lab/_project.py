@@ -1,0 +1,67 @@
+"""Links derived from the one repository URL in pyproject.toml ([project.urls] Repository).
+
+The README's badges, each lesson's badges and the Colab install cell are all made here, and
+tests/test_project.py checks that what is written in them is what these functions return.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+
+__all__ = ["LESSONS", "badges_markdown", "binder_url", "colab_install_command", "colab_url", "repo_url"]
+
+# file stem -> title, in the order of the talk
+LESSONS = {
+    "01_memory_maths": "Memory maths",
+    "02_big_model_inference": "Big Model Inference",
+    "03_dtypes": "dtypes",
+    "04_quantization": "Quantization",
+    "05_offloading": "Offloading (Diffusers)",
+    "06_tensor_parallelism": "Tensor parallelism",
+    "07_device_map": "device_map strategies",
+    "08_kv_cache": "KV cache",
+}
+
+
+@lru_cache(maxsize=1)
+def repo_url() -> str:
+    """https://github.com/OWNER/NAME, from pyproject.toml in a clone, else the installed metadata."""
+    pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
+    if pyproject.is_file():
+        # One line to read: a regex keeps Python 3.10 (no tomllib) working.
+        match = re.search(r'^Repository\s*=\s*"([^"]+)"', pyproject.read_text(), re.M)
+        if match:
+            return match.group(1).rstrip("/")
+    for entry in metadata.metadata("bigsmall-lab").get_all("Project-URL") or []:
+        label, _, url = entry.partition(",")
+        if label.strip().lower() == "repository":
+            return url.strip().rstrip("/")
+    raise LookupError("the repository URL is in neither pyproject.toml nor the installed metadata")
+
+
+def _github_path() -> str:
+    match = re.fullmatch(r"https://github\.com/([^/]+/[^/]+)", repo_url())
+    if match is None:
+        raise ValueError(f"repository URL {repo_url()!r} is not https://github.com/OWNER/NAME")
+    return match.group(1)
+
+
+def colab_url(lesson: str) -> str:
+    return f"https://colab.research.google.com/github/{_github_path()}/blob/main/lessons/{lesson}.ipynb"
+
+
+def binder_url(lesson: str) -> str:
+    return f"https://mybinder.org/v2/gh/{_github_path()}/HEAD?labpath=lessons%2F{lesson}.ipynb"
+
+
+def badges_markdown(lesson: str) -> str:
+    return (f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({colab_url(lesson)}) "
+            f"[![Binder](https://mybinder.org/badge_logo.svg)]({binder_url(lesson)})")
+
+
+def colab_install_command() -> str:
+    """The pip line of each lesson's setup cell (run on Colab only)."""
+    return f'%pip install -q "bigsmall-lab[kvcache] @ git+{repo_url()}"'

@@ -1,0 +1,108 @@
+"""The ``bigsmall-lab`` command: start the lab, describe the machine, estimate a model's memory.
+
+    bigsmall-lab lab [--port N] [--no-browser] [jupyter options...]
+    bigsmall-lab info
+    bigsmall-lab presets
+    bigsmall-lab estimate <preset|config.json> [--dtype D] [--quantization Q] [--seq-len N] [--batch-size N] [--json]
+
+The CLI imports planners and runners only, never widgets: a terminal needs no ipywidgets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+__all__ = ["lessons_dir", "main"]
+
+
+def lessons_dir() -> Path:
+    """The lessons folder: beside the package in a clone, else ./lessons, else the current folder."""
+    for candidate in (Path(__file__).resolve().parent.parent / "lessons", Path.cwd() / "lessons"):
+        if candidate.is_dir():
+            return candidate
+    return Path.cwd()
+
+
+def _lab_command(args: argparse.Namespace, extra: list[str]) -> list[str]:
+    cmd = [sys.executable, "-m", "jupyter", "lab", f"--ServerApp.root_dir={args.root or lessons_dir()}",
+           f"--ServerApp.ip={args.ip}"]
+    if args.port is not None:
+        cmd.append(f"--ServerApp.port={args.port}")
+    if args.no_browser:
+        cmd.append("--no-browser")
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        cmd.append("--allow-root")  # containers (Binder, CI) often run as root
+    return cmd + extra
+
+
+def _lab(args: argparse.Namespace, extra: list[str]) -> int:
+    cmd = _lab_command(args, extra)
+    print(f"bigsmall-lab: starting JupyterLab on {args.root or lessons_dir()} "
+          f"(bound to {args.ip}; the URL with its token follows)", flush=True)
+    os.execv(cmd[0], cmd)  # replaces this process: Ctrl-C and signals reach Jupyter directly
+    return 0  # pragma: no cover
+
+
+def _info(args: argparse.Namespace, extra: list[str]) -> int:
+    from .hardware import banner
+
+    print(banner())
+    return 0
+
+
+def _presets(args: argparse.Namespace, extra: list[str]) -> int:
+    from .zoo import PRESETS, count_parameters
+
+    for name, preset in PRESETS.items():
+        print(f"{name:24s} {count_parameters(name):>17,d} parameters  ({preset.hub_id}, {preset.config_file})")
+    return 0
+
+
+def _estimate(args: argparse.Namespace, extra: list[str]) -> int:
+    from ._estimate_cli import run_estimate
+
+    return run_estimate(args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bigsmall-lab", description="Big parameters, small GPUs: the lab.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    lab = sub.add_parser("lab", help="start JupyterLab on the lessons (other options go to jupyter lab)")
+    lab.add_argument("--port", type=int, default=None, help="port to serve on (default: Jupyter's, 8888 or next free)")
+    lab.add_argument("--no-browser", action="store_true", help="do not open a browser; just print the URL")
+    lab.add_argument("--ip", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    lab.add_argument("--root", default=None, help="folder to serve (default: the lessons)")
+    lab.set_defaults(func=_lab, passthrough=True)
+
+    sub.add_parser("info", help="print the hardware banner").set_defaults(func=_info)
+    sub.add_parser("presets", help="list the shipped model configs with parameter counts").set_defaults(func=_presets)
+
+    est = sub.add_parser("estimate", help="memory to load and run a model, and which GPUs it fits")
+    est.add_argument("config", help="a preset name (see 'bigsmall-lab presets') or a path to a config.json")
+    est.add_argument("--dtype", default="bfloat16", help="float32, float16, bfloat16, float8_e4m3fn, float8_e5m2")
+    est.add_argument("--quantization", default=None, help="int8, nf4, fp4 or nf4-double (bitsandbytes)")
+    est.add_argument("--seq-len", type=int, default=4096, help="tokens in the KV cache (default 4096)")
+    est.add_argument("--batch-size", type=int, default=1, help="sequences at once (default 1)")
+    est.add_argument("--json", action="store_true", help="print the numbers as JSON")
+    est.set_defaults(func=_estimate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "passthrough", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        return args.func(args, extra)
+    except (ValueError, TypeError, OSError) as err:
+        print(f"bigsmall-lab {args.command}: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
