@@ -64,6 +64,8 @@ def _presets(args: argparse.Namespace, extra: list[str]) -> int:
 def _estimate(args: argparse.Namespace, extra: list[str]) -> int:
     from ._estimate_cli import run_estimate
 
+    args.dtype_given = args.dtype is not None
+    args.dtype = args.dtype or "bfloat16"
     return run_estimate(args)
 
 
@@ -83,7 +85,8 @@ def _parser() -> argparse.ArgumentParser:
 
     est = sub.add_parser("estimate", help="memory to load and run a model, and which GPUs it fits")
     est.add_argument("config", help="a preset name (see 'bigsmall-lab presets') or a path to a config.json")
-    est.add_argument("--dtype", default="bfloat16", help="float32, float16, bfloat16, float8_e4m3fn, float8_e5m2")
+    est.add_argument("--dtype", default=None,
+                     help="float32, float16, bfloat16, float8_e4m3fn, float8_e5m2 (default: a row per common format)")
     est.add_argument("--quantization", default=None, help="int8, nf4, fp4 or nf4-double (bitsandbytes)")
     est.add_argument("--seq-len", type=int, default=4096, help="tokens in the KV cache (default 4096)")
     est.add_argument("--batch-size", type=int, default=1, help="sequences at once (default 1)")

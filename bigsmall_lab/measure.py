@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["MemoryReport", "Sample", "cpu_memory", "track"]
+__all__ = ["MemoryReport", "Sample", "cpu_memory", "stored_weight_bytes", "track"]
 
 _STATUS = "/proc/self/status"
 _live_samplers: weakref.WeakSet = weakref.WeakSet()
@@ -225,3 +225,35 @@ def _finish(report: MemoryReport, sampler: _Sampler, cuda_index: int | None, t0:
         report.peak_bytes = max(peak - report.start_bytes, 0)
         report.end_bytes = status["VmRSS"]
     report.finished = True
+
+
+def _quant_state_tensors(param) -> list[torch.Tensor]:
+    """The tensors bitsandbytes keeps beside a quantized weight (not parameters, so not in footprints)."""
+    tensors = []
+    scb = getattr(param, "SCB", None)  # int8: one float32 scale per output row
+    if isinstance(scb, torch.Tensor):
+        tensors.append(scb)
+    state = getattr(param, "quant_state", None)  # 4-bit: absmax per block, code book, nested state
+    while state is not None:
+        tensors += [t for t in (getattr(state, "absmax", None), getattr(state, "code", None),
+                                getattr(state, "offset", None)) if isinstance(t, torch.Tensor)]
+        state = getattr(state, "state2", None)
+    return tensors
+
+
+def stored_weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes a loaded model really stores for its weights, each storage once.
+
+    Parameters plus bitsandbytes' quantization state (int8 row scales; 4-bit absmax, code books,
+    nested absmax), which ``get_memory_footprint()`` leaves out. Buffers (rotary tables) are not
+    counted, as checkpoints do not store them.
+    """
+    seen: set[tuple[str, int]] = set()
+    total = 0
+    for param in model.parameters():
+        for tensor in (param, *_quant_state_tensors(param)):
+            key = (tensor.device.type, tensor.untyped_storage().data_ptr())
+            if tensor.device.type == "meta" or key not in seen:
+                seen.add(key)
+                total += tensor.numel() * tensor.element_size()
+    return total

@@ -1,0 +1,61 @@
+"""``bigsmall-lab estimate``: the estimator's numbers as a table (or JSON), nothing computed here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ._units import format_bytes
+from .estimate import MemoryEstimate, estimate, largest_layer_bytes
+from .hardware import GPUS
+
+# Rows shown when the learner picks no dtype: the formats of accelerate's estimate-memory, as loaded here.
+_DEFAULT_ROWS = (("float32", None), ("bfloat16", None), ("bfloat16", "int8"), ("bfloat16", "nf4"))
+
+
+def rows(args: argparse.Namespace) -> list[tuple[MemoryEstimate, int]]:
+    """(estimate, largest layer bytes) for each row the command prints."""
+    if args.dtype_given or args.quantization:
+        wanted = [(args.dtype, args.quantization)]
+    else:
+        wanted = list(_DEFAULT_ROWS)
+    out = []
+    for dtype, quant in wanted:
+        est = estimate(args.config, dtype=dtype, quantization=quant, seq_len=args.seq_len, batch_size=args.batch_size)
+        out.append((est, largest_layer_bytes(args.config, dtype, quant)))
+    return out
+
+
+def _table(results: list[tuple[MemoryEstimate, int]]) -> str:
+    head = ["dtype", "largest layer", "weights", "KV cache", "activations", "overhead", "total",
+            *[f"{name}" for name in GPUS]]
+    lines = []
+    for est, largest in results:
+        label = est.dtype + (f" + {est.quantization}" if est.quantization else "")
+        cells = [label] + [format_bytes(b, "GB") for b in (largest, est.weights_bytes, est.kv_cache_bytes,
+                                                             est.activation_bytes, est.overhead_bytes,
+                                                             est.total_bytes)]
+        cells += ["yes" if fits else "no" for fits in est.fits_table().values()]
+        lines.append(cells)
+    widths = [max(len(row[i]) for row in [head, *lines]) for i in range(len(head))]
+    rule = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
+
+    def fmt(row):
+        return "| " + " | ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))) + " |"
+
+    return "\n".join([rule, fmt(head), rule, *map(fmt, lines), rule])
+
+
+def run_estimate(args: argparse.Namespace) -> int:
+    results = rows(args)
+    if args.json:
+        print(json.dumps([{**est.as_dict(), "largest_layer_bytes": largest} for est, largest in results], indent=2))
+        return 0
+    first = results[0][0]
+    print(f"Memory to load and run `{args.config}` ({first.parameters:,} parameters), "
+          f"KV cache and activations for batch {first.batch_size} x {first.seq_len} tokens")
+    print(_table(results))
+    usable = ", ".join(f"{n} {g.usable_bytes / 1e9:g} GB" for n, g in GPUS.items())
+    print(f"GPU columns: does the total fit? Usable memory assumed: {usable}. "
+          f"Overhead: the CUDA context, about {format_bytes(first.overhead_bytes, 'GB', 1)}.")
+    return 0

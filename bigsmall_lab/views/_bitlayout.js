@@ -1,0 +1,187 @@
+// BitLayout view: draws the `rows` that Python computed and sends bit clicks back.
+// No float arithmetic happens here: Python (bigsmall_lab.bits, torch) decides every bit and value.
+
+const FIELD_TITLES = {
+  sign: "sign bit",
+  exponent: "exponent bit",
+  mantissa: "mantissa bit",
+  integer: "integer bit",
+};
+
+const LEGEND = [
+  ["sign", "sign"],
+  ["exponent", "exponent"],
+  ["mantissa", "mantissa (fraction)"],
+  ["integer", "integer bits (two's complement)"],
+];
+
+function make(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function render({ model, el }) {
+  const root = make("div", "bsl-bitlayout");
+  el.appendChild(root);
+
+  root.appendChild(make("div", "bsl-title", "One number in every format"));
+  root.appendChild(
+    make(
+      "div",
+      "bsl-hint",
+      "Type a number (70000, 1 + 2**-8, 1e-8, -0.0, nan) and press Enter. Click any bit to flip it.",
+    ),
+  );
+
+  // --- value input ---
+  const inputLine = make("label", "bsl-input-line");
+  inputLine.appendChild(make("span", "bsl-input-label", "value"));
+  const input = make("input", "bsl-input");
+  input.type = "text";
+  input.spellcheck = false;
+  input.setAttribute("aria-label", "value to store");
+  inputLine.appendChild(input);
+  root.appendChild(inputLine);
+  const commit = () => {
+    if (input.value !== model.get("value")) {
+      model.set("value", input.value);
+      model.save_changes();
+    }
+  };
+  input.addEventListener("keydown", (event) => {
+    if (event.key === "Enter") commit();
+  });
+  input.addEventListener("change", commit);
+
+  const message = make("div", "bsl-message");
+  message.setAttribute("role", "alert");
+  root.appendChild(message);
+
+  // --- format selector ---
+  const selector = make("div", "bsl-formats");
+  selector.appendChild(make("span", "bsl-formats-label", "formats"));
+  const boxes = make("span", "bsl-format-boxes");
+  selector.appendChild(boxes);
+  root.appendChild(selector);
+
+  // --- legend ---
+  const legend = make("div", "bsl-legend");
+  for (const [field, text] of LEGEND) {
+    const item = make("span", "bsl-legend-item");
+    item.appendChild(make("span", `bsl-swatch bsl-${field}`));
+    item.appendChild(make("span", "", text));
+    legend.appendChild(item);
+  }
+  const onOff = make("span", "bsl-legend-item bsl-legend-note", "solid = 1, pale = 0");
+  legend.appendChild(onOff);
+  root.appendChild(legend);
+
+  // --- rows ---
+  const table = make("div", "bsl-table");
+  root.appendChild(table);
+
+  function drawSelector() {
+    const shown = new Set(model.get("dtypes"));
+    boxes.replaceChildren();
+    for (const name of model.get("choices")) {
+      const label = make("label", "bsl-format-choice");
+      const box = make("input");
+      box.type = "checkbox";
+      box.checked = shown.has(name);
+      box.dataset.dtype = name;
+      box.addEventListener("change", () => {
+        const chosen = [...boxes.querySelectorAll("input")]
+          .filter((b) => b.checked)
+          .map((b) => b.dataset.dtype);
+        model.set("dtypes", chosen);
+        model.save_changes();
+      });
+      label.appendChild(box);
+      label.appendChild(make("span", "", name));
+      boxes.appendChild(label);
+    }
+  }
+
+  function drawRow(row) {
+    const line = make("div", "bsl-row");
+    line.dataset.dtype = row.dtype;
+    line.dataset.kind = row.kind;
+
+    const name = make("div", "bsl-name");
+    name.title = row.label;
+    name.appendChild(make("span", "bsl-name-main", row.dtype));
+    const sub = row.short === row.dtype ? "" : `${row.short} · `;
+    name.appendChild(make("span", "bsl-name-sub", `${sub}${row.bits.length} bits`));
+    line.appendChild(name);
+
+    const bits = make("div", "bsl-bits");
+    bits.title = row.detail;
+    [...row.bits].forEach((bit, index) => {
+      const field = row.fields[index];
+      const box = make("button", `bsl-bit bsl-${field}`, bit);
+      box.type = "button";
+      box.dataset.dtype = row.dtype;
+      box.dataset.bitIndex = String(index);
+      box.dataset.field = field;
+      box.dataset.bit = bit;
+      if (index > 0 && row.fields[index - 1] !== field) box.classList.add("bsl-field-start");
+      box.title = `${FIELD_TITLES[field]} ${index} of ${row.bits.length}: click to flip`;
+      box.addEventListener("click", () => {
+        model.send({ type: "flip", dtype: row.dtype, index });
+      });
+      bits.appendChild(box);
+    });
+    line.appendChild(bits);
+
+    const stored = make("div", "bsl-stored");
+    stored.appendChild(make("div", "bsl-value", row.value));
+    const error = make("div", "bsl-err", row.error === "exact" ? "exact" : `error ${row.error}`);
+    error.dataset.exact = String(row.exact);
+    stored.appendChild(error);
+    line.appendChild(stored);
+    const kind = make("div", "bsl-kind", row.kind);
+    kind.dataset.kind = row.kind;
+    line.appendChild(kind);
+    return line;
+  }
+
+  function drawRows() {
+    const header = make("div", "bsl-row bsl-header");
+    for (const text of ["format", "bits (click one to flip it)", "stored value", "kind"]) {
+      header.appendChild(make("div", "", text));
+    }
+    table.replaceChildren(header, ...model.get("rows").map(drawRow));
+  }
+
+  function drawMessage() {
+    const text = model.get("error");
+    message.textContent = text;
+    message.hidden = !text;
+    root.classList.toggle("bsl-stale", Boolean(text));
+  }
+
+  function drawValue() {
+    input.value = model.get("value");
+  }
+
+  drawValue();
+  drawSelector();
+  drawRows();
+  drawMessage();
+  model.on("change:value", drawValue);
+  model.on("change:dtypes", drawSelector);
+  model.on("change:choices", drawSelector);
+  model.on("change:rows", drawRows);
+  model.on("change:error", drawMessage);
+  return () => {
+    model.off("change:value", drawValue);
+    model.off("change:dtypes", drawSelector);
+    model.off("change:choices", drawSelector);
+    model.off("change:rows", drawRows);
+    model.off("change:error", drawMessage);
+  };
+}
+
+export default { render };

@@ -1,0 +1,214 @@
+"""Views over :mod:`bigsmall_lab.bits`: the bit-layout widget and the range-and-precision chart.
+
+Both only draw what ``bits.decompose`` / ``bits.from_bits`` / ``bits.spacing`` return; the
+JavaScript of the widget never does float arithmetic, it sends clicks to Python.
+"""
+
+from __future__ import annotations
+
+import math
+import pathlib
+from typing import Any, Sequence
+
+import anywidget
+import plotly.graph_objects as go
+import traitlets
+
+from bigsmall_lab._dtypes import dtype_name
+from bigsmall_lab.bits import FORMATS, FloatBits, decompose, format_info, from_bits, parse_value, spacing
+
+__all__ = ["DEFAULT_FORMATS", "BitLayout", "precision_chart"]
+
+#: Rows the widget and the chart show unless told otherwise.
+DEFAULT_FORMATS: tuple[str, ...] = ("float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2", "int8")
+
+# The short names a learner meets in papers, shown next to torch's names.
+_SHORT = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float8_e4m3fn": "fp8 e4m3",
+          "float8_e5m2": "fp8 e5m2", "int8": "int8", "uint8": "uint8"}
+# One colour per format, shared by the chart's lines (Okabe-Ito, readable by colour-blind eyes).
+_COLOURS = {"float32": "#000000", "float16": "#0072B2", "bfloat16": "#D55E00", "float8_e4m3fn": "#009E73",
+            "float8_e5m2": "#CC79A7", "int8": "#E69F00", "uint8": "#56B4E9"}
+_HERE = pathlib.Path(__file__).parent
+
+
+def _label(name: str) -> str:
+    return name if _SHORT[name] == name else f"{name} ({_SHORT[name]})"
+
+
+def _value_text(x: float) -> str:
+    """Text that :func:`parse_value` reads back as exactly ``x`` (integers without '.0')."""
+    if x == 0:
+        return "-0" if math.copysign(1.0, x) < 0 else "0"
+    if math.isfinite(x) and x.is_integer() and abs(x) < 1e16:
+        return str(int(x))
+    return repr(x)  # '0.1', 'inf', 'nan', '1e+20': repr round-trips every float64
+
+
+def _error_text(b: FloatBits) -> str:
+    if b.error == 0:
+        return "exact"
+    if math.isnan(b.error) or math.isinf(b.error):
+        return f"{b.error:+}"  # '+inf': the format lost the value (overflow, saturation from inf, nan)
+    text = f"{b.error:+.3g}"
+    if math.isfinite(b.given) and b.given != 0:
+        text += f" ({100 * b.error / abs(b.given):+.3g}%)"
+    return text
+
+
+def _fields(name: str) -> list[str]:
+    info = format_info(name)
+    value_field = "mantissa" if info.is_float else "integer"
+    return ["sign"] * info.sign_bits + ["exponent"] * info.exponent_bits + [value_field] * info.mantissa_bits
+
+
+def _detail(b: FloatBits) -> str:
+    info = format_info(b.dtype)
+    if not info.is_float:
+        if info.sign_bits:
+            return f"sign bit {b.sign} (worth {-(2 ** info.mantissa_bits)}) + value bits {b.mantissa}"
+        return f"value bits {b.mantissa}"
+    return (f"sign {b.sign}, exponent {b.exponent} (bias {info.bias}), "
+            f"mantissa {b.mantissa} of {2 ** info.mantissa_bits}")
+
+
+def _row(b: FloatBits) -> dict[str, Any]:
+    # Floats travel as text: JSON (the widget protocol) has no inf or nan.
+    return {"dtype": b.dtype, "label": _label(b.dtype), "short": _SHORT[b.dtype], "bits": b.bits, "fields": _fields(b.dtype),
+            "value": _value_text(b.value), "error": _error_text(b), "exact": b.error == 0, "kind": b.kind,
+            "sign": b.sign, "exponent": b.exponent, "mantissa": b.mantissa, "detail": _detail(b)}
+
+
+class BitLayout(anywidget.AnyWidget):
+    """One value, shown bit by bit in several formats side by side; click a bit to flip it.
+
+    Everything is computed in Python by :mod:`bigsmall_lab.bits`; the browser only draws ``rows``
+    and sends clicks back, so the widget also works (and is tested) without a browser:
+
+    >>> w = BitLayout(value="70000")
+    >>> [(r["dtype"], r["value"], r["kind"]) for r in w.rows][1:3]
+    [('float16', 'inf', 'inf'), ('bfloat16', '70144', 'normal')]
+    >>> w.flip_bit("float16", 1)  # clear the top exponent bit of float16's inf
+    >>> w.value, w.rows[1]["bits"]
+    ('1', '0011110000000000')
+    >>> w.value = "7OOOO"
+    >>> w.error.startswith("text '7OOOO' is not a number")
+    True
+    """
+
+    _esm = _HERE / "_bitlayout.js"
+    _css = _HERE / "_bitlayout.css"
+
+    value = traitlets.Unicode("70000", help="the number as typed: 70000, 1 + 2**-8, -0.0, nan").tag(sync=True)
+    dtypes = traitlets.List(traitlets.Unicode(), default_value=list(DEFAULT_FORMATS),
+                            help="formats shown, one row each").tag(sync=True)
+    choices = traitlets.List(traitlets.Unicode(), default_value=list(FORMATS),
+                             help="formats the selector offers").tag(sync=True)
+    rows = traitlets.List(traitlets.Dict(), help="one dict per shown format, computed by bits.decompose").tag(sync=True)
+    error = traitlets.Unicode("", help="why the last value could not be shown; empty when all is well").tag(sync=True)
+
+    def __init__(self, value: str | float = "70000", dtypes: Sequence[str] = DEFAULT_FORMATS, **kwargs: Any) -> None:
+        self._refreshing = True  # the flip path sets value and rows itself
+        super().__init__(value=value if isinstance(value, str) else _value_text(float(value)),
+                         dtypes=list(dtypes), **kwargs)
+        self._refreshing = False
+        self.on_msg(self._on_msg)
+        self._refresh()
+
+    @traitlets.validate("dtypes")
+    def _check_dtypes(self, proposal: dict[str, Any]) -> list[str]:
+        names = [dtype_name(d, allowed=FORMATS, argument="dtypes") for d in proposal["value"]]
+        return list(dict.fromkeys(names))  # canonical names, each once, in the given order
+
+    @traitlets.observe("value", "dtypes")
+    def _on_change(self, change: dict[str, Any]) -> None:
+        if not self._refreshing:
+            self._refresh()
+
+    def _refresh(self) -> None:
+        try:
+            number = parse_value(self.value)
+        except ValueError as exc:  # a typo is shown in the widget, never raised out of an observer
+            self.error = str(exc)
+            return
+        self.rows = [_row(decompose(number, name)) for name in self.dtypes]
+        self.error = ""
+
+    def flip_bit(self, dtype: str, index: int) -> None:
+        """Flip bit ``index`` (0 = leftmost, the sign bit) of the ``dtype`` row.
+
+        The flipped pattern's value becomes the widget's value and every row is recomputed from
+        it; the clicked row keeps exactly the flipped pattern (a nan keeps its payload bits).
+        """
+        name = dtype_name(dtype, allowed=FORMATS)
+        row = next((r for r in self.rows if r["dtype"] == name), None)
+        if row is None:
+            raise ValueError(f"dtype {name!r} is not shown; add it to dtypes or use one of: {', '.join(self.dtypes)}")
+        width = len(row["bits"])
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < width:
+            raise ValueError(f"index {index!r} is not a bit of {name}; use 0 (the leftmost bit) to {width - 1}")
+        old = row["bits"]
+        flipped = from_bits(old[:index] + ("1" if old[index] == "0" else "0") + old[index + 1:], name)
+        rows = [_row(flipped) if name == other else _row(decompose(flipped.value, other)) for other in self.dtypes]
+        self._refreshing = True
+        try:
+            self.value = _value_text(flipped.value)
+        finally:
+            self._refreshing = False
+        self.rows = rows
+        self.error = ""
+
+    def _on_msg(self, widget: Any, content: dict[str, Any], buffers: list[bytes]) -> None:
+        if not isinstance(content, dict) or content.get("type") != "flip":
+            return
+        try:
+            self.flip_bit(content.get("dtype", ""), content.get("index"))
+        except (TypeError, ValueError) as exc:  # a message from the page must not crash the kernel's comm
+            self.error = str(exc)
+
+
+def _max_text(x: float) -> str:
+    return f"{x:.0f}" if x < 1e6 else f"{x:.3g}"
+
+
+def precision_chart(dtypes: Sequence[str] = DEFAULT_FORMATS, magnitudes: Sequence[float] | None = None) -> go.Figure:
+    """Log-log chart of the gap between neighbouring values against magnitude, one line per format.
+
+    Each line is a staircase from :func:`bigsmall_lab.bits.spacing` (the gap doubles at every power
+    of two) that ends, with a marker, at the format's largest finite value. bfloat16's line runs
+    2**16 times above float32's but just as far right: it trades precision for range.
+
+    ``magnitudes`` defaults to every power of two from 2**-30 to 2**127.
+
+    >>> fig = precision_chart(["float16", "bfloat16"])
+    >>> [t.name for t in fig.data], fig.layout.xaxis.type, fig.layout.yaxis.type
+    (['float16 (fp16), max 65504', 'bfloat16 (bf16), max 3.39e+38'], 'log', 'log')
+    >>> fig.data[0].x[-1], fig.data[0].y[-1]  # float16 ends at 65504, where neighbours are 32 apart
+    (65504.0, 32.0)
+    """
+    names = list(dict.fromkeys(dtype_name(d, allowed=FORMATS, argument="dtypes") for d in dtypes))
+    if magnitudes is None:
+        magnitudes = [2.0**k for k in range(-30, 128)]
+    fig = go.Figure()
+    for name in names:
+        s = spacing(name, magnitudes)
+        # keep what a log axis can draw and the format can hold, then end exactly at the largest value
+        points = sorted({(m, g) for m, g in zip(s.magnitudes, s.gaps) if 0 < m < s.max_finite and not math.isnan(g)})
+        points.append((s.max_finite, s.gap_at_max))
+        x, y = [p[0] for p in points], [p[1] for p in points]
+        # the largest value goes in the legend: text labels at the line ends would overlap
+        fig.add_trace(go.Scatter(
+            x=x, y=y, name=f"{_label(name)}, max {_max_text(s.max_finite)}", meta=name, mode="lines+markers",
+            line={"shape": "hv", "color": _COLOURS[name], "width": 2.5},
+            marker={"size": [0] * (len(x) - 1) + [12], "symbol": "diamond", "color": _COLOURS[name]},
+            hovertemplate=f"{_label(name)}<br>|x| = %{{x:.4g}}<br>gap to next value = %{{y:.4g}}<extra></extra>",
+        ))
+    fig.update_layout(
+        title={"text": "Range and precision: bf16 reaches fp32's range, with bigger gaps<br><sup>"
+                       "higher line = coarser steps (less precision); longer line = larger numbers (more range); "
+                       "each line ends, with a diamond, at the format's largest finite value</sup>"},
+        xaxis={"type": "log", "title": {"text": "magnitude |x|"}, "exponentformat": "power"},
+        yaxis={"type": "log", "title": {"text": "gap to next representable value (units of x)"},
+               "exponentformat": "power"},
+        legend={"title": {"text": "format"}}, template="plotly_white", height=520,
+    )
+    return fig

@@ -1,0 +1,190 @@
+"""The estimator: exact bytes per preset, KV cache as transformers allocates it, bitsandbytes storage
+as a real load holds it, the CLI printing the API's numbers, and clear errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+
+import pytest
+import torch
+
+import bigsmall_lab as bsl
+from bigsmall_lab import zoo
+from bigsmall_lab.estimate import (
+    Quantization, estimate, kv_cache_bytes, largest_layer_bytes, weights_bytes,
+)
+from bigsmall_lab.measure import stored_weight_bytes
+
+from .test_zoo import PUBLISHED
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_weights_are_parameters_times_bytes(name):
+    # bf16 checkpoints store 2 bytes per parameter: the published total_size, exactly
+    assert weights_bytes(name, "bfloat16") == 2 * PUBLISHED[name]
+    assert weights_bytes(name, "float32") == 4 * PUBLISHED[name]
+    assert weights_bytes(name, "float8_e4m3fn") == PUBLISHED[name]
+
+
+def test_the_talks_numbers():
+    assert weights_bytes("llama-3.1-8b") == 16_060_522_496  # 16.06 GB
+    assert not estimate("llama-3.1-8b", seq_len=1, overhead_bytes=0).fits("T4")  # 15 GB usable
+    assert estimate("llama-3.1-8b", quantization="nf4").fits("T4")
+
+
+def test_t5_keeps_wo_in_float32_when_loaded_in_float16():
+    # T5's _keep_in_fp32_modules = ["wo"]: 24 layers x 4096 x 10240 weights stay 4 bytes in fp16
+    wo = 24 * 4096 * 10240
+    assert weights_bytes("t5-v1.1-xxl-encoder", "float16") == 2 * PUBLISHED["t5-v1.1-xxl-encoder"] + 2 * wo
+
+
+def test_quantized_bytes_of_llama_8b_worked_out_by_hand():
+    n_linear = 32 * (4096 * 4096 * 2 + 4096 * 1024 * 2 + 3 * 4096 * 14336)  # q, o, k, v, gate/up/down
+    rows = 32 * (4096 + 1024 + 1024 + 4096 + 14336 * 2 + 4096)  # output rows of those Linears
+    rest = 2 * PUBLISHED["llama-3.1-8b"] - 2 * n_linear  # embeddings, lm_head, norms stay bf16
+    assert weights_bytes("llama-3.1-8b", quantization="int8") == rest + n_linear + 4 * rows
+    linears = 32 * 7
+    nf4 = rest + n_linear // 2 + 4 * (n_linear // 64) + linears * 16 * 4
+    assert weights_bytes("llama-3.1-8b", quantization="nf4") == nf4
+    assert weights_bytes("llama-3.1-8b", quantization="fp4") == nf4
+    assert weights_bytes("llama-3.1-8b", quantization="nf4-double") < nf4
+
+
+SMALL = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": 4096, "hidden_size": 256,
+         "intermediate_size": 512, "num_hidden_layers": 2, "num_attention_heads": 8, "num_key_value_heads": 4,
+         "head_dim": 32, "tie_word_embeddings": False, "max_position_embeddings": 128}
+BNB = {
+    "int8": dict(load_in_8bit=True),
+    "nf4": dict(load_in_4bit=True, bnb_4bit_quant_type="nf4"),
+    "fp4": dict(load_in_4bit=True, bnb_4bit_quant_type="fp4"),
+    "nf4-double": dict(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True),
+}
+
+
+@pytest.mark.parametrize("quantization", sorted(BNB))
+@pytest.mark.parametrize("tied", [False, True])
+def test_weights_bytes_equal_a_real_bitsandbytes_load(quantization, tied):
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    cfg = {**SMALL, "tie_word_embeddings": tied}
+    with tempfile.TemporaryDirectory() as folder:
+        zoo.build(cfg, dtype="bfloat16").save_pretrained(folder)
+        model = AutoModelForCausalLM.from_pretrained(
+            folder, dtype=torch.bfloat16, quantization_config=BitsAndBytesConfig(**BNB[quantization]))
+    assert stored_weight_bytes(model) == weights_bytes(cfg, "bfloat16", quantization)
+    # get_memory_footprint() leaves bitsandbytes' scales / absmax out: ours is larger
+    assert model.get_memory_footprint() < weights_bytes(cfg, "bfloat16", quantization)
+
+
+@pytest.mark.parametrize("quantization", ["int8", "nf4"])
+def test_embedded_model_quantized_load_within_2_percent(quantization):
+    from transformers import BitsAndBytesConfig
+
+    model = bsl.load_model(dtype=torch.bfloat16, quantization_config=BitsAndBytesConfig(**BNB[quantization]))
+    measured = stored_weight_bytes(model)
+    estimated = weights_bytes(zoo.TINY_DIR, "bfloat16", quantization)
+    assert abs(measured - estimated) / measured < 0.02, (measured, estimated)
+
+
+def meta_cache_bytes(name: str, seq_len: int) -> int:
+    """What transformers' DynamicCache holds after seq_len tokens, filled with meta tensors (no memory)."""
+    from transformers import DynamicCache
+
+    from bigsmall_lab.estimate import _kv_layout, _text_config
+
+    text = _text_config(name)
+    n_kv_heads, head_dim, _ = _kv_layout(name)
+    cache = DynamicCache(config=text)
+    for layer in range(text.num_hidden_layers):
+        k = torch.empty(1, n_kv_heads, seq_len, head_dim, device="meta", dtype=torch.bfloat16)
+        cache.update(k, k.clone(), layer)
+    return sum(l.keys.numel() * 2 + l.values.numel() * 2 for l in cache.layers)
+
+
+DECODERS = [n for n in PUBLISHED if n not in ("flux.1-dev-transformer", "t5-v1.1-xxl-encoder", "clip-vit-l-14-text")]
+
+
+@pytest.mark.parametrize("name", DECODERS)
+@pytest.mark.parametrize("seq_len", [1, 4095, 4096, 10_000])
+def test_kv_cache_matches_what_transformers_allocates(name, seq_len):
+    assert kv_cache_bytes(name, seq_len) == meta_cache_bytes(name, seq_len)
+
+
+def test_kv_cache_formula_and_gqa():
+    # 2 (K, V) x 32 layers x 8 KV heads x 128 head dim x 8192 tokens x 2 bytes = 1 GiB
+    assert kv_cache_bytes("llama-3.1-8b", 8192) == 2 * 32 * 8 * 128 * 8192 * 2 == 2**30
+    # without GQA (32 KV heads) it would be 4x as big: SmolLM2 has 32 KV heads for 32 heads
+    assert kv_cache_bytes("smollm2-1.7b", 1000) == 2 * 24 * 32 * 64 * 1000 * 2
+    assert kv_cache_bytes("llama-3.2-1b", 100, batch_size=3, dtype="float32") == 2 * 16 * 8 * 64 * 100 * 3 * 4
+    # gemma-2: explicit head_dim 256; half of the 42 layers keep only 4095 tokens
+    assert kv_cache_bytes("gemma-2-9b", 8192) == 2 * 8 * 256 * (21 * 8192 + 21 * 4095) * 2
+
+
+def test_estimate_sums_and_fits():
+    e = estimate("llama-3.2-1b", seq_len=2048, batch_size=2)
+    assert e.total_bytes == e.weights_bytes + e.kv_cache_bytes + e.activation_bytes + e.overhead_bytes
+    assert e.parameters == PUBLISHED["llama-3.2-1b"]
+    assert e.fits("T4") and e.fits("24GB") and not e.fits(10**9)
+    assert set(e.fits_table()) == {"T4", "L4", "RTX 4090", "A100 40GB", "A100 80GB", "H100"}
+    assert isinstance(e.fits_attached(), bool)
+    big = estimate("llama-3.1-405b")
+    assert not any(big.fits_table().values())
+
+
+def test_largest_layer_agrees_with_accelerate():
+    from accelerate.utils import calculate_maximum_sizes
+
+    for name in ("llama-3.1-8b", "t5-v1.1-xxl-encoder", "flux.1-dev-transformer", "clip-vit-l-14-text"):
+        model = zoo.meta_model(name, torch.float32)
+        total, (largest, _) = calculate_maximum_sizes(model)
+        buffers = sum(b.numel() * b.element_size() for b in model.buffers())
+        # accelerate's sizes include buffers (rotary tables, position ids); ours count what checkpoints store
+        assert total - buffers == weights_bytes(name, "float32")
+        assert 0 <= largest - largest_layer_bytes(name, "float32") <= buffers
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "bigsmall_lab.cli", *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_cli_prints_the_same_numbers_as_the_api():
+    out = run_cli("estimate", "llama-3.1-8b", "--dtype", "bfloat16", "--quantization", "nf4", "--seq-len", "2048",
+                  "--json")
+    assert out.returncode == 0, out.stderr
+    (row,) = json.loads(out.stdout)
+    api = estimate("llama-3.1-8b", dtype="bfloat16", quantization="nf4", seq_len=2048)
+    assert row["weights_bytes"] == api.weights_bytes and row["kv_cache_bytes"] == api.kv_cache_bytes
+    assert row["total_bytes"] == api.total_bytes and row["fits"] == api.fits_table()
+    assert row["largest_layer_bytes"] == largest_layer_bytes("llama-3.1-8b", "bfloat16", "nf4")
+    table = run_cli("estimate", "llama-3.1-8b")
+    assert "16.06 GB" in table.stdout and "T4" in table.stdout and "float32" in table.stdout
+
+
+def test_cli_accepts_a_config_json(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(zoo.config_dict("llama-3.2-1b")))
+    out = run_cli("estimate", str(path), "--dtype", "float16", "--json")
+    assert json.loads(out.stdout)[0]["weights_bytes"] == 2 * PUBLISHED["llama-3.2-1b"]
+
+
+def test_bad_input_is_one_sentence_naming_the_argument():
+    with pytest.raises(ValueError, match=r"dtype 'bf32' is not known; use one of: float32, float16, bfloat16"):
+        weights_bytes("llama-3.1-8b", "bf32")
+    with pytest.raises(ValueError, match="quantization 'int3' is not known; use None or one of: int8, nf4, fp4"):
+        weights_bytes("llama-3.1-8b", quantization="int3")
+    for bad in (0, -5, 1.5, True):
+        with pytest.raises(ValueError, match="seq_len .* must be a positive whole number"):
+            kv_cache_bytes("llama-3.1-8b", bad)
+    with pytest.raises(ValueError, match="no KV cache: it is missing the key 'model_type'"):
+        kv_cache_bytes("flux.1-dev-transformer", 10)
+    with pytest.raises(ValueError, match="gpu 'T5' is neither a GPU name"):
+        estimate("llama-3.2-1b").fits("T5")
+    with pytest.raises(ValueError, match="diffusers model"):
+        weights_bytes("flux.1-dev-transformer", quantization="nf4")
+    out = run_cli("estimate", "llama-3.1-8b", "--quantization", "int3")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "quantization 'int3'" in out.stderr
+    assert Quantization.parse("NF4") is Quantization.NF4
