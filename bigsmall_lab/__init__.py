@@ -5,16 +5,18 @@
 16.060522496
 """
 
-from . import hardware, zoo
+from . import bits, exercises, hardware, zoo
+from .estimates import Comparison, MemoryEstimate, estimate, kv_cache_bytes, weights_bytes, weights_table
 from .hardware import banner, describe, has_cuda, needs_cuda
-from .measure import MemoryReport, track
+from .measure import MemoryReport, stored_weight_bytes, track
 from .zoo import build, checkpoint, count_parameters, load_model, load_tokenizer, presets, tiny_flux_pipeline
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "MemoryReport", "banner", "build", "checkpoint", "count_parameters", "describe", "hardware", "has_cuda",
-    "load_model", "load_tokenizer", "needs_cuda", "presets", "tiny_flux_pipeline", "track", "zoo",
+    "Comparison", "MemoryEstimate", "MemoryReport", "banner", "bits", "exercises", "build", "checkpoint", "count_parameters",
+    "describe", "estimate", "hardware", "has_cuda", "kv_cache_bytes", "load_model", "load_tokenizer", "needs_cuda",
+    "presets", "stored_weight_bytes", "tiny_flux_pipeline", "track", "weights_bytes", "weights_table", "zoo",
 ]
 
 

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from ._units import format_bytes
-from .estimate import MemoryEstimate, estimate, largest_layer_bytes
+from .estimates import MemoryEstimate, estimate, largest_layer_bytes
 from .hardware import GPUS
 
 # Rows shown when the learner picks no dtype: the formats of accelerate's estimate-memory, as loaded here.

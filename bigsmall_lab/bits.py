@@ -51,6 +51,9 @@ __all__ = [
     "format_info",
     "from_bits",
     "parse_value",
+    "representable",
+    "rounding_stats",
+    "RoundingStats",
     "spacing",
 ]
 
@@ -379,6 +382,63 @@ def spacing(dtype: str | torch.dtype, magnitudes: Sequence[float]) -> Spacing:
                        - _values(torch.tensor([top - 1], dtype=torch.int64), name)[0])
     return Spacing(dtype=name, magnitudes=tuple(given.tolist()), gaps=tuple(gaps.tolist()),
                    max_finite=info.max, gap_at_max=gap_at_max)
+
+
+def representable(dtype: str | torch.dtype, low: float, high: float) -> tuple[float, ...]:
+    """Every finite value of an 8- or 16-bit format between ``low`` and ``high``, ascending.
+
+    Read by enumerating all bit patterns through torch (256 or 65,536 of them).
+
+    >>> representable("float8_e4m3fn", 0.25, 0.5)
+    (0.25, 0.28125, 0.3125, 0.34375, 0.375, 0.40625, 0.4375, 0.46875, 0.5)
+    """
+    name = _format(dtype)
+    bits = _info(name).bits
+    if bits > 16:
+        raise ValueError(f"dtype {name!r} has 2**{bits} values: too many to list; use an 8- or 16-bit format")
+    values = _values(torch.arange(1 << bits, dtype=torch.int64), name)
+    values = values[torch.isfinite(values) & (values >= low) & (values <= high)]
+    return tuple(sorted(set(values.tolist())))
+
+
+@dataclass(frozen=True)
+class RoundingStats:
+    """What storing a tensor in ``dtype`` does to its values (compared in float64)."""
+
+    dtype: str
+    n_values: int
+    distinct_stored: int  # how many different values remain
+    mean_abs_error: float
+    max_abs_error: float
+    mean_relative_error: float  # over the non-zero inputs
+    flushed_to_zero: float  # fraction of non-zero inputs that became 0
+    non_finite: float  # fraction that became inf or nan
+    changed: float  # fraction whose value changed at all
+
+
+def rounding_stats(values: torch.Tensor, dtype: str | torch.dtype) -> RoundingStats:
+    """Store ``values`` in ``dtype`` (torch's conversion) and measure the error per element.
+
+    >>> rounding_stats(torch.tensor([1.0, 1 + 2**-8, 70000.0]), "float16").non_finite
+    0.3333333333333333
+    """
+    name = _format(dtype)
+    given = values.detach().reshape(-1).to(torch.float64).cpu()
+    stored = _store(given, name).to(torch.float64)
+    finite = torch.isfinite(stored)
+    error = (stored - given).abs()
+    nonzero = given != 0
+    relative = error[nonzero & finite] / given[nonzero & finite].abs()
+    n = max(given.numel(), 1)
+    return RoundingStats(
+        dtype=name, n_values=given.numel(), distinct_stored=int(torch.unique(stored[finite]).numel()),
+        mean_abs_error=float(error[finite].mean()) if finite.any() else math.nan,
+        max_abs_error=float(error[finite].max()) if finite.any() else math.nan,
+        mean_relative_error=float(relative.mean()) if relative.numel() else 0.0,
+        flushed_to_zero=float(((stored == 0) & nonzero).sum()) / max(int(nonzero.sum()), 1),
+        non_finite=float((~finite).sum()) / n,
+        changed=float((stored != given).sum()) / n,
+    )
 
 
 _BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,

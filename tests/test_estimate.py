@@ -13,7 +13,7 @@ import torch
 
 import bigsmall_lab as bsl
 from bigsmall_lab import zoo
-from bigsmall_lab.estimate import (
+from bigsmall_lab.estimates import (
     Quantization, estimate, kv_cache_bytes, largest_layer_bytes, weights_bytes,
 )
 from bigsmall_lab.measure import stored_weight_bytes
@@ -93,7 +93,7 @@ def meta_cache_bytes(name: str, seq_len: int) -> int:
     """What transformers' DynamicCache holds after seq_len tokens, filled with meta tensors (no memory)."""
     from transformers import DynamicCache
 
-    from bigsmall_lab.estimate import _kv_layout, _text_config
+    from bigsmall_lab.estimates import _kv_layout, _text_config
 
     text = _text_config(name)
     n_kv_heads, head_dim, _ = _kv_layout(name)

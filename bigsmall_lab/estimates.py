@@ -25,8 +25,8 @@ from ._units import parse_size
 from .hardware import GPUS, describe
 from .zoo._configs import config_dict, meta_model
 
-__all__ = ["CUDA_CONTEXT_BYTES", "MemoryEstimate", "Quantization", "activation_bytes", "estimate",
-           "kv_cache_bytes", "largest_layer_bytes", "weights_bytes"]
+__all__ = ["CUDA_CONTEXT_BYTES", "Comparison", "MemoryEstimate", "Quantization", "WeightsRow", "activation_bytes",
+           "estimate", "kv_cache_bytes", "largest_layer_bytes", "weights_bytes", "weights_table"]
 
 # Float formats a model's weights (and KV cache) can be loaded in.
 WEIGHT_DTYPES = ("float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2")
@@ -282,3 +282,52 @@ def estimate(config: Any, dtype: str | torch.dtype = "bfloat16", quantization: s
         activation_bytes=activation_bytes(config, seq_len, batch_size, kv_dtype),
         overhead_bytes=overhead_bytes,
     )
+
+
+@dataclass(frozen=True)
+class WeightsRow:
+    config: str
+    dtype: str
+    quantization: str | None
+    parameters: int
+    weights_bytes: int
+
+
+def weights_table(configs, dtypes=("float32", "bfloat16"), quantizations=(None,)) -> list[WeightsRow]:
+    """Weights' bytes of each config in each dtype (x each quantization), exact.
+
+    >>> [r.weights_bytes for r in weights_table(["llama-3.2-1b"], ["float32", "bfloat16"])]
+    [4943257600, 2471628800]
+    """
+    from .zoo import count_parameters
+
+    rows = []
+    for config in configs:
+        for dtype in dtypes:
+            for quant in quantizations:
+                rows.append(WeightsRow(str(config), dtype_name(dtype, allowed=WEIGHT_DTYPES),
+                                       quant, count_parameters(config), weights_bytes(config, dtype, quant)))
+    return rows
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """An estimate next to a measurement of the same thing, in bytes.
+
+    >>> Comparison("weights", 100, 102).ratio
+    1.02
+    """
+
+    label: str
+    estimate_bytes: int
+    measured_bytes: int
+    measured_how: str = ""
+
+    @property
+    def ratio(self) -> float:
+        """measured / estimate (1.0: the estimate was exact)."""
+        return self.measured_bytes / self.estimate_bytes if self.estimate_bytes else math.inf
+
+    def matches(self, tolerance: float = 0.0) -> bool:
+        """True when the measurement is within ``tolerance`` (a fraction) of the estimate."""
+        return abs(self.measured_bytes - self.estimate_bytes) <= tolerance * abs(self.estimate_bytes)

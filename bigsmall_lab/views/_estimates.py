@@ -1,0 +1,92 @@
+"""Charts and tables of estimates: thin views over :mod:`bigsmall_lab.estimate`'s results."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+
+import plotly.graph_objects as go
+
+from ..estimates import Comparison, MemoryEstimate, WeightsRow
+from ..hardware import GPUS
+
+__all__ = ["comparison_table", "estimate_stack", "weights_bars", "weights_table_html"]
+
+_GB = 1e9
+_LAYOUT = dict(template="plotly_white", margin=dict(l=70, r=150, t=70, b=90),
+               legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0))
+# GPU sizes drawn as reference lines; cards of the same size share a line.
+_GPU_LINES = {"T4 (15 GB usable)": GPUS["T4"].usable_bytes, "L4 / RTX 4090 (24 GB)": GPUS["L4"].usable_bytes,
+              "A100 40GB": GPUS["A100 40GB"].usable_bytes, "A100 80GB / H100": GPUS["H100"].usable_bytes}
+
+
+def _gpu_lines(fig: go.Figure) -> None:
+    for name, size in _GPU_LINES.items():
+        fig.add_hline(y=size / _GB, line_dash="dot", line_color="#888", line_width=1,
+                      annotation_text=name, annotation_position="right", annotation_font_size=11)
+
+
+def weights_bars(rows: Sequence[WeightsRow], title: str = "Memory for the weights alone, by dtype",
+                 log_y: bool = True) -> go.Figure:
+    """Grouped bars: one group per model, one bar per dtype (GB), with common GPU sizes as lines."""
+    fig = go.Figure()
+    for dtype in dict.fromkeys(r.dtype + (f" + {r.quantization}" if r.quantization else "") for r in rows):
+        sel = [r for r in rows if r.dtype + (f" + {r.quantization}" if r.quantization else "") == dtype]
+        fig.add_trace(go.Bar(x=[r.config for r in sel], y=[r.weights_bytes / _GB for r in sel], name=dtype,
+                             hovertemplate="%{x}: %{y:,.2f} GB<extra>" + dtype + "</extra>"))
+    _gpu_lines(fig)
+    fig.update_layout(title=title, yaxis_title="weights (GB, log scale)" if log_y else "weights (GB)",
+                      xaxis_title="model", barmode="group", height=460, **_LAYOUT)
+    if log_y:
+        fig.update_yaxes(type="log")
+    return fig
+
+
+def estimate_stack(estimates: Sequence[MemoryEstimate], labels: Sequence[str] | None = None,
+                   title: str = "What comes on top of the weights") -> go.Figure:
+    """Stacked bars: weights, KV cache, activations and runtime overhead of each estimate (GB)."""
+    labels = list(labels) if labels is not None else [f"{e.seq_len:,} tokens x {e.batch_size}" for e in estimates]
+    parts = {"weights": "weights_bytes", "KV cache": "kv_cache_bytes", "activations (forward pass)": "activation_bytes",
+             "runtime overhead (CUDA context)": "overhead_bytes"}
+    fig = go.Figure()
+    for name, field in parts.items():
+        values = [getattr(e, field) / _GB for e in estimates]
+        fig.add_trace(go.Bar(x=labels, y=values, name=name, hovertemplate="%{x}: %{y:,.2f} GB<extra>" + name + "</extra>"))
+    fig.add_trace(go.Scatter(x=labels, y=[e.total_bytes / _GB for e in estimates], mode="text",
+                             text=[f"{e.total_bytes / _GB:,.1f} GB" for e in estimates], textposition="top center",
+                             showlegend=False, hoverinfo="skip"))
+    _gpu_lines(fig)
+    fig.update_layout(title=title, yaxis_title="memory (GB)", xaxis_title="context length x batch size",
+                      barmode="stack", height=460, **_LAYOUT)
+    return fig
+
+
+def comparison_table(rows: Sequence[Comparison], tolerance: float = 0.05):
+    """An HTML table: estimate, measurement, their ratio and whether they match within ``tolerance``."""
+    from IPython.display import HTML
+
+    body = "".join(
+        f"<tr><td>{html.escape(c.label)}</td><td>{c.estimate_bytes / 2**20:,.1f}</td>"
+        f"<td>{c.measured_bytes / 2**20:,.1f}</td><td>{c.ratio:.3f}</td>"
+        f"<td>{'yes' if c.matches(tolerance) else 'no'}</td><td>{html.escape(c.measured_how)}</td></tr>"
+        for c in rows)
+    return HTML("<table><thead><tr><th>what</th><th>estimate (MiB)</th><th>measured (MiB)</th>"
+                f"<th>measured / estimate</th><th>within {tolerance:.0%}</th><th>how it was measured</th></tr></thead>"
+                f"<tbody>{body}</tbody></table>")
+
+
+def _html_table(head: Sequence[str], rows: Sequence[Sequence[str]]):
+    from IPython.display import HTML
+
+    th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return HTML(f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>")
+
+
+def weights_table_html(rows: Sequence[WeightsRow]):
+    """The rows of ``estimates.weights_table`` as an HTML table (GB, and fits on a T4)."""
+    t4 = GPUS["T4"].usable_bytes
+    return _html_table(
+        ["model", "parameters", "format", "weights (GB)", "fits a T4 (15 GB)?"],
+        [[r.config, f"{r.parameters:,}", r.dtype + (f" + {r.quantization}" if r.quantization else ""),
+          f"{r.weights_bytes / _GB:,.2f}", "yes" if r.weights_bytes <= t4 else "no"] for r in rows])

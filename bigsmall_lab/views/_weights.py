@@ -1,0 +1,70 @@
+"""A layer's real weights against the values each format can store."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import plotly.graph_objects as go
+import torch
+from plotly.subplots import make_subplots
+
+from ..bits import representable, rounding_stats
+
+__all__ = ["formats_table", "rounding_table", "weights_vs_formats"]
+
+
+def weights_vs_formats(weights: torch.Tensor, dtypes: Sequence[str] = ("float8_e4m3fn", "float8_e5m2"),
+                       title: str = "One layer's weights and the values each format can store") -> go.Figure:
+    """Histogram of ``weights`` with, below it, the grid of representable values of each format in
+    the same range (one tick per value); the legend gives each format's mean relative rounding error."""
+    values = weights.detach().reshape(-1).float().cpu()
+    low, high = float(values.quantile(0.001)), float(values.quantile(0.999))
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.72, 0.28], vertical_spacing=0.04)
+    fig.add_trace(go.Histogram(x=values.numpy(), nbinsx=160, name="weights", marker_color="#4C78A8",
+                               showlegend=False), row=1, col=1)
+    for i, dtype in enumerate(dtypes):
+        grid = representable(dtype, low, high)
+        stats = rounding_stats(values, dtype)
+        fig.add_trace(go.Scatter(
+            x=list(grid), y=[dtype] * len(grid), mode="markers", marker=dict(symbol="line-ns-open", size=14),
+            name=f"{dtype}: {len(grid)} values here, mean rel. error {stats.mean_relative_error:.1%}"),
+            row=2, col=1)
+    fig.update_layout(title=title, template="plotly_white", height=480, bargap=0.02,
+                      margin=dict(l=110, r=30, t=70, b=60),
+                      legend=dict(orientation="h", yanchor="top", y=-0.16, x=0))
+    fig.update_yaxes(title_text="number of weights", row=1, col=1)
+    fig.update_xaxes(title_text="weight value", row=2, col=1)
+    return fig
+
+
+def formats_table(dtypes: Sequence[str] = ("float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2", "int8")):
+    """Field widths, range and precision of each format, read from torch (``bits.format_info``)."""
+    from IPython.display import HTML
+
+    from ..bits import format_info
+
+    def num(x):
+        return "–" if x is None else f"{x:.4g}"
+
+    rows = []
+    for dtype in dtypes:
+        f = format_info(dtype)
+        fields = f"{f.sign_bits} / {f.exponent_bits} / {f.mantissa_bits}" if f.is_float else f"{f.sign_bits} / – / {f.bits - f.sign_bits}"
+        rows.append(f"<tr><td>{dtype}</td><td>{f.bits}</td><td>{fields}</td><td>{num(f.max)}</td>"
+                    f"<td>{num(f.smallest_normal)}</td><td>{num(f.eps)}</td><td>{'yes' if f.has_inf else 'no'}</td></tr>")
+    return HTML("<table><thead><tr><th>format</th><th>bits</th><th>sign / exponent / mantissa</th>"
+                "<th>largest finite</th><th>smallest normal</th><th>epsilon (gap after 1.0)</th><th>has inf</th>"
+                "</tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
+
+
+def rounding_table(stats):
+    """``bits.rounding_stats`` results side by side, one row per format."""
+    from IPython.display import HTML
+
+    rows = "".join(
+        f"<tr><td>{s.dtype}</td><td>{s.distinct_stored:,}</td><td>{s.mean_relative_error:.3%}</td>"
+        f"<td>{s.max_abs_error:.3g}</td><td>{s.flushed_to_zero:.2%}</td><td>{s.non_finite:.2%}</td></tr>"
+        for s in stats)
+    return HTML("<table><thead><tr><th>format</th><th>distinct values left</th><th>mean relative error</th>"
+                "<th>largest error</th><th>became 0</th><th>became inf/nan</th></tr></thead>"
+                f"<tbody>{rows}</tbody></table>")
