@@ -202,18 +202,22 @@ def kv_cache_bytes(config: Any, seq_len: int, batch_size: int = 1, dtype: str | 
     return int(2 * n_kv_heads * head_dim * tokens * batch_size * bytes_per_element(dtype))
 
 
-def activation_bytes(config: Any, seq_len: int, batch_size: int = 1, dtype: str | torch.dtype = "bfloat16") -> int:
-    """A forward pass's transient peak, estimated: the larger of the logits of every position
-    (batch x seq x vocab) and one MLP block's hidden states (batch x seq x (2 x intermediate + hidden)).
+def activation_bytes(config: Any, seq_len: int, batch_size: int = 1, dtype: str | torch.dtype = "bfloat16",
+                     all_logits: bool = False) -> int:
+    """A forward pass's transient peak, estimated: one MLP block's hidden states
+    (batch x seq x (2 x intermediate + hidden)) plus the float32 logits over the vocabulary, for the
+    last position only (what ``generate`` computes, ``logits_to_keep=1``) or, with ``all_logits``,
+    for every position (a plain ``model(ids)`` call, or training).
 
-    It is an estimate (kernels add workspaces, attention may materialise seq x seq scores);
-    the lessons measure the real peak beside it.
+    It is an estimate (kernels add workspaces, attention may materialise seq x seq scores); the
+    lessons measure the real peak beside it.
     """
     text = _text_config(config)
     dtype = dtype_name(dtype, allowed=WEIGHT_DTYPES)
     intermediate = getattr(text, "intermediate_size", None) or 4 * text.hidden_size
-    per_token = max(text.vocab_size, 2 * intermediate + text.hidden_size)
-    return int(batch_size * seq_len * per_token * bytes_per_element(dtype))
+    hidden_states = batch_size * seq_len * (2 * intermediate + text.hidden_size) * bytes_per_element(dtype)
+    logits = batch_size * (seq_len if all_logits else 1) * text.vocab_size * 4
+    return int(hidden_states + logits)
 
 
 @dataclass(frozen=True)

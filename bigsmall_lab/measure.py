@@ -195,6 +195,8 @@ def track(label: str = "", device: str | None = None, interval_s: float = 0.01) 
         report.start_bytes = _read_status()["VmRSS"]
     t0 = time.perf_counter()
     sampler = _Sampler(report, interval_s, cuda_index, t0)
+    # The first point is taken here, before the block runs: the thread may start only later.
+    report.samples.append(sampler.sample())
     _live_samplers.add(sampler)
     sampler.start()
     try:

@@ -123,6 +123,15 @@ def test_kv_cache_formula_and_gqa():
     assert kv_cache_bytes("gemma-2-9b", 8192) == 2 * 8 * 256 * (21 * 8192 + 21 * 4095) * 2
 
 
+def test_activation_estimate_counts_the_mlp_and_the_logits():
+    from bigsmall_lab.estimates import activation_bytes
+
+    # Llama 3.1 8B, 1000 tokens: MLP 1000 x (2 x 14336 + 4096) x 2 B + float32 logits of 128,256 tokens
+    mlp = 1000 * (2 * 14336 + 4096) * 2
+    assert activation_bytes("llama-3.1-8b", 1000) == mlp + 128256 * 4
+    assert activation_bytes("llama-3.1-8b", 1000, all_logits=True) == mlp + 1000 * 128256 * 4
+
+
 def test_estimate_sums_and_fits():
     e = estimate("llama-3.2-1b", seq_len=2048, batch_size=2)
     assert e.total_bytes == e.weights_bytes + e.kv_cache_bytes + e.activation_bytes + e.overhead_bytes

@@ -80,9 +80,12 @@ def test_figure_draws_the_timeline():
         x = torch.ones(2**22)
     fig = t.figure()
     names = [trace.name for trace in fig.data]
-    assert names == ["RssAnon (allocated by the process)", "RssFile (mapped files, e.g. safetensors)"]
+    assert names == ["total resident (anon + file)", "RssAnon: allocated by the process",
+                     "RssFile: mapped files (safetensors)"]
     assert len(fig.data[0].x) == len(t.samples)
-    assert "plot me" in fig.layout.title.text and fig.layout.yaxis.title.text == "memory (MiB)"
+    # lines start at 0: they show what the block added
+    assert fig.data[0].y[0] == 0 and max(fig.data[0].y) * 2**20 >= 0.9 * 2**24
+    assert "plot me" in fig.layout.title.text and fig.layout.yaxis.title.text == "memory above the start (MiB)"
     assert "(s)" in fig.layout.xaxis.title.text
     del x
 

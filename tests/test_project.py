@@ -33,8 +33,9 @@ def pyproject_set() -> dict[str, str]:
 
 
 def environment_set() -> dict[str, str]:
-    lines, in_pip = [], False
-    for raw in (ROOT / "environment.yml").read_text().splitlines():
+    lines = []
+    text = (ROOT / "environment.yml").read_text()
+    for raw in text[text.index("dependencies:"):].splitlines():
         line = raw.split("#")[0].rstrip()
         if not line.strip().startswith("- "):
             continue
@@ -120,5 +121,5 @@ def test_readme_reports_the_embedded_models_perplexity():
     from bigsmall_lab.zoo import TINY_DIR
 
     training = json.loads((TINY_DIR / "training.json").read_text())
-    ppl = next(v for k, v in training.items() if "perplexity" in k and "held" in k)
+    ppl = training["heldout_ppl"]
     assert f"{ppl:.1f}" in (ROOT / "README.md").read_text()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -16,7 +18,8 @@ def test_weights_bars_draw_the_table():
     assert [t.name for t in fig.data] == ["float32", "bfloat16"]
     assert list(fig.data[1].y) == [r.weights_bytes / 1e9 for r in rows if r.dtype == "bfloat16"]
     assert fig.layout.title.text and "GB" in fig.layout.yaxis.title.text and fig.layout.yaxis.type == "log"
-    assert any("T4" in a.text for a in fig.layout.annotations)
+    t4 = next(a for a in fig.layout.annotations if "T4" in a.text)
+    assert t4.y == pytest.approx(math.log10(15))  # on a log axis plotly places annotations at log10(y)
 
 
 def test_weights_table_crosses_dtypes_and_quantizations():
@@ -46,7 +49,7 @@ def test_weights_vs_formats_grid_is_the_representable_values():
     w = torch.randn(4096, generator=torch.Generator().manual_seed(0)) * 0.02
     fig = views.weights_vs_formats(w, dtypes=["float8_e4m3fn"])
     grid = fig.data[1]
-    low, high = float(w.quantile(0.001)), float(w.quantile(0.999))
+    low, high = float(w.min()), float(w.max())
     assert tuple(grid.x) == bits.representable("float8_e4m3fn", low, high)
     assert "mean rel. error" in grid.name and fig.layout.title.text
 

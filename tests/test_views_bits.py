@@ -29,6 +29,41 @@ def test_rows_show_70000_in_every_default_format():
     assert w.error == ""
 
 
+def test_note_says_why_a_value_changed_so_much():
+    # 70000 is beyond fp16's 65504 (-> inf), e4m3fn's 448 and int8's 127 (neither has an inf: they clamp)
+    w = BitLayout(value="70000")
+    assert {r["dtype"]: r["note"] for r in w.rows} == {
+        "float32": "", "float16": "overflow to inf", "bfloat16": "",
+        "float8_e4m3fn": "saturated at the largest value", "float8_e5m2": "overflow to inf",
+        "int8": "saturated at the largest value"}
+    assert row(w, "float8_e4m3fn")["kind"] == "normal"  # the kind alone would not tell
+    w.value = "-70000"
+    assert row(w, "float16")["note"] == "overflow to -inf"
+    assert row(w, "int8")["note"] == "saturated at the most negative value" and row(w, "int8")["value"] == "-128"
+    w.value = "1e-8"  # below fp16's smallest subnormal 2**-24 / 2: rounds to 0
+    assert row(w, "float16")["note"] == "underflow to 0" and row(w, "float32")["note"] == ""
+    assert row(w, "int8")["note"] == "rounded to 0"  # an integer has no underflow, just rounding
+    w.value = "-1e-8"
+    assert row(w, "float16")["note"] == "underflow to -0"
+    w.value = "65510"  # past fp16's largest value, but nearer to it than to inf: IEEE rounds down
+    assert row(w, "float16")["value"] == "65504" and row(w, "float16")["note"] == "rounded to the largest value"
+    w.value = "inf"  # inf kept as inf is exact; e4m3fn has none and saturates
+    assert row(w, "float16")["note"] == "" and row(w, "float8_e4m3fn")["note"] == "saturated at the largest value"
+    w.value = "nan"
+    assert row(w, "float16")["note"] == "" and row(w, "int8")["note"] == "int8 has no nan: stored as 0"
+    w.value = "1.1"  # an ordinary rounding error needs no note
+    assert all(r["note"] == "" for r in w.rows)
+
+
+def test_flipped_row_has_no_note_but_the_others_do():
+    w = BitLayout(value="2", dtypes=["float16", "float8_e4m3fn", "int8"])  # fp16 2 = 0 10000 0000000000
+    w.flip_bit("float16", 2)  # exponent 16 -> 24: 2 * 2**8
+    assert w.value == "512"
+    assert {r["dtype"]: r["note"] for r in w.rows} == {
+        "float16": "",  # the clicked pattern holds exactly what it shows
+        "float8_e4m3fn": "saturated at the largest value", "int8": "saturated at the largest value"}
+
+
 def test_rows_are_what_decompose_says():
     w = BitLayout(value="0.1")
     for r in w.rows:
@@ -124,7 +159,10 @@ def test_flip_bit_errors_name_the_argument():
 def test_widget_ships_its_javascript_and_css():
     w = BitLayout()
     assert "export default" in w._esm and "model.send" in w._esm
-    assert ".bsl-bit" in w._css
+    assert "row.note" in w._esm  # the note is drawn next to the kind
+    assert ".bsl-bit" in w._css and ".bsl-note" in w._css
+    # a block per format, no wide grid: nothing may need a horizontal scroll in a ~700 px column
+    assert "max-content" not in w._css and "overflow-x" not in w._css
 
 
 # --- precision chart ----------------------------------------------------------------------------
@@ -159,3 +197,40 @@ def test_chart_shows_bfloat16_trading_precision_for_range():
 def test_chart_checks_its_dtypes():
     with pytest.raises(ValueError, match="^dtypes 'nf4' is not known"):
         precision_chart(["float16", "nf4"])
+    with pytest.raises(ValueError, match=r"^x_range \(10, 1\) is not a range of magnitudes"):
+        precision_chart(x_range=(10, 1))
+
+
+def test_chart_opens_on_the_small_formats_and_says_where_the_big_ones_go():
+    fig = precision_chart()
+    lo, hi = fig.layout.xaxis.range
+    assert (lo, hi) == (-8.0, 6.0)  # log10: 1e-8 to 1e6
+    ends = {t.meta: t.x[-1] for t in fig.data}
+    # int8, fp8 and fp16 end inside the view; their diamonds at 127, 448, 57344, 65504 spread
+    # over the right half instead of the first fifth of a 1e-9..1e39 axis
+    assert all(lo < math.log10(ends[d]) < hi for d in ("float16", "float8_e4m3fn", "float8_e5m2", "int8"))
+    assert all(math.log10(ends[d]) > hi for d in ("float32", "bfloat16"))  # these leave at the right edge
+    (note,) = fig.layout.annotations
+    assert note.text.startswith("fp32 and bf16 go on to 3.4 × 10³⁸ →")
+    # the y axis fits the gaps drawn in view (bf16 at 1e6: 8192; fp32 at 1e-8: 2**-51), not fp32's 2e31
+    y_lo, y_hi = fig.layout.yaxis.range
+    for t in fig.data:
+        shown = [g for m, g in zip(t.x, t.y) if 1e-8 <= m <= 1e6]
+        assert shown and all(y_lo < math.log10(g) < y_hi for g in shown), t.meta
+    assert y_hi < 5 and y_lo > -17
+
+
+def test_chart_is_readable_in_a_notebook():
+    fig = precision_chart()
+    assert 400 <= fig.layout.height <= 500
+    assert fig.layout.title.subtitle.text and fig.layout.title.subtitle.font.size >= 13
+    assert fig.layout.xaxis.exponentformat == fig.layout.yaxis.exponentformat == "power"
+    assert fig.layout.legend.orientation == "h"  # below the plot: the lines get the full width
+
+
+def test_chart_without_x_range_shows_every_line_to_its_end():
+    fig = precision_chart(["float16", "bfloat16"], x_range=None)
+    assert fig.layout.xaxis.range is None and fig.layout.yaxis.range is None  # plotly autoranges
+    assert not fig.layout.annotations
+    fig = precision_chart(["float16", "int8"])  # nothing goes beyond 1e6: no note
+    assert not fig.layout.annotations

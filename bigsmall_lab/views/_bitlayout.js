@@ -66,7 +66,7 @@ function render({ model, el }) {
   selector.appendChild(boxes);
   root.appendChild(selector);
 
-  // --- legend ---
+  // --- legend: each field's colour, and how a 1 and a 0 look ---
   const legend = make("div", "bsl-legend");
   for (const [field, text] of LEGEND) {
     const item = make("span", "bsl-legend-item");
@@ -74,7 +74,13 @@ function render({ model, el }) {
     item.appendChild(make("span", "", text));
     legend.appendChild(item);
   }
-  const onOff = make("span", "bsl-legend-item bsl-legend-note", "solid = 1, pale = 0");
+  const onOff = make("span", "bsl-legend-item bsl-legend-note");
+  for (const bit of ["1", "0"]) {
+    const sample = make("span", "bsl-sample bsl-exponent", bit);
+    sample.dataset.bit = bit;
+    onOff.appendChild(sample);
+  }
+  onOff.appendChild(make("span", "", "filled = 1, white = 0"));
   legend.appendChild(onOff);
   root.appendChild(legend);
 
@@ -104,6 +110,8 @@ function render({ model, el }) {
     }
   }
 
+  // One block per format: name on the left; to its right the stored value, error, kind and
+  // note on one line, the bits below (grouped by field, so a narrow column wraps between fields).
   function drawRow(row) {
     const line = make("div", "bsl-row");
     line.dataset.dtype = row.dtype;
@@ -116,43 +124,48 @@ function render({ model, el }) {
     name.appendChild(make("span", "bsl-name-sub", `${sub}${row.bits.length} bits`));
     line.appendChild(name);
 
+    const main = make("div", "bsl-main");
+    const summary = make("div", "bsl-stored");
+    summary.appendChild(make("span", "bsl-stores", "stores"));
+    summary.appendChild(make("span", "bsl-value", row.value));
+    const error = make("span", "bsl-err", row.error === "exact" ? "exact" : `error ${row.error}`);
+    error.dataset.exact = String(row.exact);
+    summary.appendChild(error);
+    const kind = make("span", "bsl-kind", row.kind);
+    kind.dataset.kind = row.kind;
+    summary.appendChild(kind);
+    if (row.note) summary.appendChild(make("span", "bsl-note", row.note));
+    main.appendChild(summary);
+
     const bits = make("div", "bsl-bits");
     bits.title = row.detail;
+    let group = null;
     [...row.bits].forEach((bit, index) => {
       const field = row.fields[index];
+      if (index === 0 || row.fields[index - 1] !== field) {
+        group = make("span", "bsl-field");
+        group.dataset.field = field;
+        bits.appendChild(group);
+      }
       const box = make("button", `bsl-bit bsl-${field}`, bit);
       box.type = "button";
       box.dataset.dtype = row.dtype;
       box.dataset.bitIndex = String(index);
       box.dataset.field = field;
       box.dataset.bit = bit;
-      if (index > 0 && row.fields[index - 1] !== field) box.classList.add("bsl-field-start");
       box.title = `${FIELD_TITLES[field]} ${index} of ${row.bits.length}: click to flip`;
       box.addEventListener("click", () => {
         model.send({ type: "flip", dtype: row.dtype, index });
       });
-      bits.appendChild(box);
+      group.appendChild(box);
     });
-    line.appendChild(bits);
-
-    const stored = make("div", "bsl-stored");
-    stored.appendChild(make("div", "bsl-value", row.value));
-    const error = make("div", "bsl-err", row.error === "exact" ? "exact" : `error ${row.error}`);
-    error.dataset.exact = String(row.exact);
-    stored.appendChild(error);
-    line.appendChild(stored);
-    const kind = make("div", "bsl-kind", row.kind);
-    kind.dataset.kind = row.kind;
-    line.appendChild(kind);
+    main.appendChild(bits);
+    line.appendChild(main);
     return line;
   }
 
   function drawRows() {
-    const header = make("div", "bsl-row bsl-header");
-    for (const text of ["format", "bits (click one to flip it)", "stored value", "kind"]) {
-      header.appendChild(make("div", "", text));
-    }
-    table.replaceChildren(header, ...model.get("rows").map(drawRow));
+    table.replaceChildren(...model.get("rows").map(drawRow));
   }
 
   function drawMessage() {

@@ -71,11 +71,36 @@ def _detail(b: FloatBits) -> str:
             f"mantissa {b.mantissa} of {2 ** info.mantissa_bits}")
 
 
+def _note(b: FloatBits) -> str:
+    """A hint when the format could not hold the given value's size at all; '' otherwise.
+
+    The error alone hides why: float8_e4m3fn stores 70000 as 448 (-99.4%) yet its kind is "normal".
+
+    >>> [_note(decompose(70000, d)) for d in ("float16", "float8_e4m3fn", "bfloat16")]
+    ['overflow to inf', 'saturated at the largest value', '']
+    >>> _note(decompose(-1e-8, "float16")), _note(decompose(0.3, "int8"))
+    ('underflow to -0', 'rounded to 0')
+    """
+    info = format_info(b.dtype)
+    if math.isnan(b.given):
+        return "" if math.isnan(b.value) else f"{b.dtype} has no nan: stored as {_value_text(b.value)}"
+    if b.given > info.max or b.given < info.min:  # beyond the largest finite value (inf included)
+        if math.isinf(b.value):
+            return "" if b.value == b.given else f"overflow to {_value_text(b.value)}"
+        if info.has_inf:  # IEEE rounding: just past the largest value still rounds down to it
+            return f"rounded to the {'largest' if b.given > 0 else 'most negative'} value"
+        # no inf to go to: float8_e4m3fn and the integers clamp to their ends
+        return f"saturated at the {'largest' if b.given > 0 else 'most negative'} value"
+    if b.given != 0 and b.value == 0:
+        return f"underflow to {_value_text(b.value)}" if info.is_float else "rounded to 0"
+    return ""
+
+
 def _row(b: FloatBits) -> dict[str, Any]:
     # Floats travel as text: JSON (the widget protocol) has no inf or nan.
     return {"dtype": b.dtype, "label": _label(b.dtype), "short": _SHORT[b.dtype], "bits": b.bits, "fields": _fields(b.dtype),
             "value": _value_text(b.value), "error": _error_text(b), "exact": b.error == 0, "kind": b.kind,
-            "sign": b.sign, "exponent": b.exponent, "mantissa": b.mantissa, "detail": _detail(b)}
+            "note": _note(b), "sign": b.sign, "exponent": b.exponent, "mantissa": b.mantissa, "detail": _detail(b)}
 
 
 class BitLayout(anywidget.AnyWidget):
@@ -170,45 +195,91 @@ def _max_text(x: float) -> str:
     return f"{x:.0f}" if x < 1e6 else f"{x:.3g}"
 
 
-def precision_chart(dtypes: Sequence[str] = DEFAULT_FORMATS, magnitudes: Sequence[float] | None = None) -> go.Figure:
+def _power_text(x: float) -> str:
+    """3.4e38 -> '3.4 × 10³⁸': how the chart's axes write large numbers."""
+    mantissa, exponent = f"{x:.2g}".split("e")
+    return f"{mantissa} × 10" + str(int(exponent)).translate(str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹"))
+
+
+#: Magnitudes the chart shows until zoomed out: the small formats' whole range, subnormals included.
+_X_RANGE: tuple[float, float] = (1e-8, 1e6)
+
+
+def precision_chart(dtypes: Sequence[str] = DEFAULT_FORMATS, magnitudes: Sequence[float] | None = None,
+                    x_range: tuple[float, float] | None = _X_RANGE) -> go.Figure:
     """Log-log chart of the gap between neighbouring values against magnitude, one line per format.
 
     Each line is a staircase from :func:`bigsmall_lab.bits.spacing` (the gap doubles at every power
     of two) that ends, with a marker, at the format's largest finite value. bfloat16's line runs
     2**16 times above float32's but just as far right: it trades precision for range.
 
-    ``magnitudes`` defaults to every power of two from 2**-30 to 2**127.
+    ``magnitudes`` defaults to every power of two from 2**-30 to 2**127. ``x_range`` is the part
+    shown before zooming out, by default 1e-8 to 1e6, where int8, fp8 and fp16 end; lines that go
+    further (fp32 and bf16 to 3.4e38) leave at the right edge with a note. ``None`` shows everything.
 
     >>> fig = precision_chart(["float16", "bfloat16"])
     >>> [t.name for t in fig.data], fig.layout.xaxis.type, fig.layout.yaxis.type
     (['float16 (fp16), max 65504', 'bfloat16 (bf16), max 3.39e+38'], 'log', 'log')
     >>> fig.data[0].x[-1], fig.data[0].y[-1]  # float16 ends at 65504, where neighbours are 32 apart
     (65504.0, 32.0)
+    >>> fig.layout.xaxis.range  # log10 of 1e-8 and 1e6: bf16 leaves at the right edge, with a note
+    (-8.0, 6.0)
+    >>> fig.layout.annotations[0].text.split("<br>")[0]
+    'bf16 goes on to 3.4 × 10³⁸ →'
     """
     names = list(dict.fromkeys(dtype_name(d, allowed=FORMATS, argument="dtypes") for d in dtypes))
     if magnitudes is None:
         magnitudes = [2.0**k for k in range(-30, 128)]
+    if x_range is not None and not (0 < x_range[0] < x_range[1] and math.isfinite(x_range[1])):
+        raise ValueError(f"x_range {x_range!r} is not a range of magnitudes; use (low, high) with 0 < low < high, "
+                         f"e.g. {_X_RANGE}, or None to show every line to its end")
     fig = go.Figure()
+    shown_gaps: list[float] = []  # the gaps drawn inside x_range, to fit the y axis to them
+    beyond: list[tuple[str, float]] = []  # (name, largest value) of the lines that leave at the right
     for name in names:
         s = spacing(name, magnitudes)
         # keep what a log axis can draw and the format can hold, then end exactly at the largest value
         points = sorted({(m, g) for m, g in zip(s.magnitudes, s.gaps) if 0 < m < s.max_finite and not math.isnan(g)})
         points.append((s.max_finite, s.gap_at_max))
         x, y = [p[0] for p in points], [p[1] for p in points]
+        if x_range is not None:
+            # a step drawn at x runs right until the next point, so the last point left of the view counts too
+            first = max([i for i, m in enumerate(x) if m <= x_range[0]], default=0)
+            shown_gaps += [g for m, g in zip(x[first:], y[first:]) if m <= x_range[1]]
+            if s.max_finite > x_range[1]:
+                beyond.append((name, s.max_finite))
         # the largest value goes in the legend: text labels at the line ends would overlap
         fig.add_trace(go.Scatter(
             x=x, y=y, name=f"{_label(name)}, max {_max_text(s.max_finite)}", meta=name, mode="lines+markers",
             line={"shape": "hv", "color": _COLOURS[name], "width": 2.5},
-            marker={"size": [0] * (len(x) - 1) + [12], "symbol": "diamond", "color": _COLOURS[name]},
+            marker={"size": [0] * (len(x) - 1) + [12], "symbol": "diamond", "color": _COLOURS[name],
+                    "line": {"width": 1, "color": "white"}},
             hovertemplate=f"{_label(name)}<br>|x| = %{{x:.4g}}<br>gap to next value = %{{y:.4g}}<extra></extra>",
         ))
+    xaxis: dict[str, Any] = {"type": "log", "title": {"text": "magnitude |x|"}, "exponentformat": "power"}
+    yaxis: dict[str, Any] = {"type": "log", "title": {"text": "gap to next representable value<br>(units of x)"},
+                             "exponentformat": "power"}
+    if x_range is not None:
+        xaxis["range"] = (math.log10(x_range[0]), math.log10(x_range[1]))
+        if shown_gaps:
+            yaxis["range"] = (math.log10(min(shown_gaps)) - 0.5, math.log10(max(shown_gaps)) + 0.5)
+        # a label every 2 (x) and 4 (y) decades: every decade would crowd a notebook-wide chart
+        xaxis["dtick"], yaxis["dtick"] = 2, 4
+    if beyond:  # bottom right, under fp32's line: the one corner no line reaches
+        names_text = " and ".join(_SHORT[n] for n, _ in beyond)
+        fig.add_annotation(
+            text=f"{names_text} go{'es' if len(beyond) == 1 else ''} on to {_power_text(max(t for _, t in beyond))} →"
+                 f"<br>(double-click the chart to see all)", x=1, xref="paper", xanchor="right", y=0.02,
+            yref="paper", yanchor="bottom", align="right", showarrow=False, font={"size": 13})
     fig.update_layout(
-        title={"text": "Range and precision: bf16 reaches fp32's range, with bigger gaps<br><sup>"
-                       "higher line = coarser steps (less precision); longer line = larger numbers (more range); "
-                       "each line ends, with a diamond, at the format's largest finite value</sup>"},
-        xaxis={"type": "log", "title": {"text": "magnitude |x|"}, "exponentformat": "power"},
-        yaxis={"type": "log", "title": {"text": "gap to next representable value (units of x)"},
-               "exponentformat": "power"},
-        legend={"title": {"text": "format"}}, template="plotly_white", height=520,
+        title={"text": "Range and precision: bf16 reaches fp32's range, with bigger gaps",
+               "y": 0.98, "yanchor": "top",  # at the top, not mid-margin: the plot gets the space
+               "subtitle": {"text": "higher line = coarser steps (less precision); longer line = larger numbers "
+                                    "(more range);<br>each line ends, with a diamond, at the format's largest "
+                                    "finite value", "font": {"size": 13}}},
+        xaxis=xaxis, yaxis=yaxis,
+        legend={"title": {"text": "format"}, "orientation": "h", "x": 0, "xanchor": "left",
+                "y": -0.2, "yanchor": "top"},
+        template="plotly_white", height=460, margin={"t": 90, "b": 10, "r": 20},
     )
     return fig

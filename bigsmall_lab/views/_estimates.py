@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import math
 from collections.abc import Sequence
 
 import plotly.graph_objects as go
@@ -20,10 +21,13 @@ _GPU_LINES = {"T4 (15 GB usable)": GPUS["T4"].usable_bytes, "L4 / RTX 4090 (24 G
               "A100 40GB": GPUS["A100 40GB"].usable_bytes, "A100 80GB / H100": GPUS["H100"].usable_bytes}
 
 
-def _gpu_lines(fig: go.Figure) -> None:
+def _gpu_lines(fig: go.Figure, log_y: bool = False) -> None:
     for name, size in _GPU_LINES.items():
-        fig.add_hline(y=size / _GB, line_dash="dot", line_color="#888", line_width=1,
-                      annotation_text=name, annotation_position="right", annotation_font_size=11)
+        y = size / _GB
+        fig.add_hline(y=y, line_dash="dot", line_color="#888", line_width=1)
+        # On a log axis plotly places annotations at log10(y): the line's label must follow it there.
+        fig.add_annotation(x=1.0, xref="paper", y=math.log10(y) if log_y else y, yref="y", text=name,
+                           showarrow=False, xanchor="left", font_size=11)
 
 
 def weights_bars(rows: Sequence[WeightsRow], title: str = "Memory for the weights alone, by dtype",
@@ -34,11 +38,12 @@ def weights_bars(rows: Sequence[WeightsRow], title: str = "Memory for the weight
         sel = [r for r in rows if r.dtype + (f" + {r.quantization}" if r.quantization else "") == dtype]
         fig.add_trace(go.Bar(x=[r.config for r in sel], y=[r.weights_bytes / _GB for r in sel], name=dtype,
                              hovertemplate="%{x}: %{y:,.2f} GB<extra>" + dtype + "</extra>"))
-    _gpu_lines(fig)
+    _gpu_lines(fig, log_y)
     fig.update_layout(title=title, yaxis_title="weights (GB, log scale)" if log_y else "weights (GB)",
                       xaxis_title="model", barmode="group", height=460, **_LAYOUT)
     if log_y:
-        fig.update_yaxes(type="log")
+        # "1,000" rather than plotly's "1k" / "100B" (B would read as bytes)
+        fig.update_yaxes(type="log", tickformat=",~g", exponentformat="none")
     return fig
 
 

@@ -28,14 +28,19 @@ def memory_timeline(report: MemoryReport, title: str | None = None, widget: bool
         if any(s.nvml_used for s in report.samples):
             series["device used (NVML)"] = [s.nvml_used for s in report.samples]
     else:
-        series = {"RssAnon (allocated by the process)": [s.rss_anon for s in report.samples],
-                  "RssFile (mapped files, e.g. safetensors)": [s.rss_file for s in report.samples]}
-    for name, values in series.items():
-        fig.add_trace(go.Scatter(x=t, y=[v / _MiB for v in values], mode="lines", name=name))
+        series = {"total resident (anon + file)": [s.rss_anon + s.rss_file for s in report.samples],
+                  "RssAnon: allocated by the process": [s.rss_anon for s in report.samples],
+                  "RssFile: mapped files (safetensors)": [s.rss_file for s in report.samples]}
+    for i, (name, values) in enumerate(series.items()):
+        # Everything relative to the block's start: the lines read directly as "what this block added".
+        base = values[0] if values else 0
+        fig.add_trace(go.Scatter(x=t, y=[(v - base) / _MiB for v in values], mode="lines", name=name,
+                                 line=dict(width=3 if i == 0 else 2, dash=None if i == 0 else "dot")))
     label = report.label or "tracked block"
-    peak = f"peak +{report.peak_bytes / _MiB:,.0f} MiB above start ({report.peak_source})"
+    peak = f"peak +{report.peak_bytes / _MiB:,.0f} MiB ({report.peak_source})"
     fig.update_layout(title=title or f"Memory during {label} on {report.device.upper()}: {peak}",
-                      xaxis_title="time since the block started (s)", yaxis_title="memory (MiB)", **_LAYOUT)
+                      xaxis_title="time since the block started (s)", yaxis_title="memory above the start (MiB)",
+                      **_LAYOUT)
     return fig
 
 
