@@ -110,8 +110,8 @@ function render({ model, el }) {
     }
   }
 
-  // One block per format: name on the left; to its right the stored value, error, kind and
-  // note on one line, the bits below (grouped by field, so a narrow column wraps between fields).
+  // One block per format: the name, then the stored value, error, kind and note on one line,
+  // the bits below (grouped by field, so a narrow column wraps between fields, never mid-field).
   function drawRow(row) {
     const line = make("div", "bsl-row");
     line.dataset.dtype = row.dtype;
@@ -124,7 +124,6 @@ function render({ model, el }) {
     name.appendChild(make("span", "bsl-name-sub", `${sub}${row.bits.length} bits`));
     line.appendChild(name);
 
-    const main = make("div", "bsl-main");
     const summary = make("div", "bsl-stored");
     summary.appendChild(make("span", "bsl-stores", "stores"));
     summary.appendChild(make("span", "bsl-value", row.value));
@@ -135,7 +134,7 @@ function render({ model, el }) {
     kind.dataset.kind = row.kind;
     summary.appendChild(kind);
     if (row.note) summary.appendChild(make("span", "bsl-note", row.note));
-    main.appendChild(summary);
+    line.appendChild(summary);
 
     const bits = make("div", "bsl-bits");
     bits.title = row.detail;
@@ -159,8 +158,7 @@ function render({ model, el }) {
       });
       group.appendChild(box);
     });
-    main.appendChild(bits);
-    line.appendChild(main);
+    line.appendChild(bits);
     return line;
   }
 
