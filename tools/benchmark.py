@@ -15,18 +15,39 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def timed(fn, repeat: int = 3):
+def timed(fn, repeat: int = 3) -> dict:
+    """The first call (what a learner waits for after import) and the best of ``repeat``, with peaks."""
     import bigsmall_lab as bsl
 
-    best, report = float("inf"), None
+    runs = []
     for _ in range(repeat):
         with bsl.track(device="cpu") as t:
             start = time.perf_counter()
             fn()
             elapsed = time.perf_counter() - start
-        if elapsed < best:
-            best, report = elapsed, t
-    return best, report.peak_bytes
+        runs.append((elapsed, t.peak_bytes))  # the report is complete once the block has exited
+    return {"first_seconds": round(runs[0][0], 3), "first_peak_mib": round(runs[0][1] / 2**20, 1),
+            "best_seconds": round(min(r[0] for r in runs), 3)}
+
+
+_FRESH = """
+import time
+t0 = time.perf_counter()
+import bigsmall_lab as bsl
+t1 = time.perf_counter()
+bsl.load_model()
+t2 = time.perf_counter()
+print(round(t1 - t0, 3), round(t2 - t1, 3))
+"""
+
+
+def _fresh_load() -> dict:
+    """A new Python process: import the lab, then load the embedded model (the first cell of a lesson)."""
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", _FRESH], capture_output=True, text=True, check=True)
+    import_s, load_s = map(float, out.stdout.split()[-2:])
+    return {"import_seconds": import_s, "load_seconds": load_s, "target": "load under 2 s"}
 
 
 def main() -> int:
@@ -41,14 +62,15 @@ def main() -> int:
         _count_preset.cache_clear()
         bsl.count_parameters("llama-3.1-405b")
 
-    seconds, peak = timed(count_405b)
-    results["count_parameters_405b"] = {"seconds": round(seconds, 3), "peak_mib": round(peak / 2**20, 1),
-                                        "target": "under 2 s and 50 MB"}
-    seconds, peak = timed(lambda: bsl.load_model())
-    results["load_embedded_model"] = {"seconds": round(seconds, 3), "peak_mib": round(peak / 2**20, 1),
-                                      "target": "under 2 s"}
-    seconds, _ = timed(lambda: bsl.estimate("llama-3.1-8b", quantization="nf4"))
-    results["estimate_8b_nf4"] = {"seconds": round(seconds, 3)}
+    def import_modeling_code():
+        from transformers import LlamaForCausalLM  # noqa: F401  (transformers imports model code lazily)
+
+    # One-time library cost a learner pays on the first count of a Llama in a fresh kernel.
+    results["import_llama_modeling_code"] = timed(import_modeling_code, repeat=1)
+    results["count_parameters_405b"] = {**timed(count_405b), "target": "under 2 s and 50 MB after import"}
+    results["load_embedded_model_fresh_process"] = _fresh_load()
+    results["load_embedded_model"] = {**timed(lambda: bsl.load_model()), "target": "under 2 s"}
+    results["estimate_8b_nf4"] = timed(lambda: bsl.estimate("llama-3.1-8b", quantization="nf4"))
     kind = "gpu" if bsl.has_cuda() else "cpu"
     out = ROOT / "benchmarks" / f"{kind}.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
