@@ -1,0 +1,37 @@
+"""The one module that knows version differences: older names become current ones, with a note."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+from transformers import BitsAndBytesConfig
+
+from bigsmall_lab import _compat
+
+
+def test_current_names_pass_through_untouched():
+    kwargs = {"dtype": "auto", "device_map": "auto"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _compat.from_pretrained_kwargs(kwargs) == kwargs
+
+
+def test_torch_dtype_becomes_dtype_and_dtype_wins():
+    with pytest.warns(UserWarning, match="torch_dtype is the older name of dtype"):
+        assert _compat.from_pretrained_kwargs({"torch_dtype": "auto"}) == {"dtype": "auto"}
+    with pytest.warns(UserWarning):
+        assert _compat.from_pretrained_kwargs({"torch_dtype": "float32", "dtype": "auto"}) == {"dtype": "auto"}
+
+
+def test_load_in_8bit_becomes_a_bitsandbytes_config():
+    with pytest.warns(UserWarning, match=r"older spelling of quantization_config=BitsAndBytesConfig\(load_in_8bit"):
+        kwargs = _compat.from_pretrained_kwargs({"load_in_8bit": True})
+    assert isinstance(kwargs["quantization_config"], BitsAndBytesConfig)
+    assert kwargs["quantization_config"].load_in_8bit and "load_in_8bit" not in kwargs
+
+
+def test_the_table_of_old_names():
+    assert _compat.TRANSFORMERS_5
+    assert _compat.OLD_NAMES["dtype"] == "torch_dtype" and _compat.OLD_NAMES["distributed_config"] == "tp_plan"
+    assert callable(_compat.no_init_weights)
