@@ -103,7 +103,7 @@ def weights_bytes(config: Any, dtype: str | torch.dtype = "bfloat16", quantizati
     >>> weights_bytes("llama-3.1-8b", "bfloat16", "nf4")
     6027761664
     """
-    return sum(size for _, size in _parameter_bytes(config, dtype, quantization))
+    return sum(size for _, size in _parameter_bytes(meta_model(config, dtype=torch.float32), config, dtype, quantization))
 
 
 def largest_layer_bytes(config: Any, dtype: str | torch.dtype = "bfloat16", quantization: str | None = None) -> int:
@@ -115,7 +115,7 @@ def largest_layer_bytes(config: Any, dtype: str | torch.dtype = "bfloat16", quan
     no_split = set(getattr(model, "_no_split_modules", None) or ())
     classes = {name: type(module).__name__ for name, module in model.named_modules()}
     groups: dict[str, int] = {}
-    for name, size in _parameter_bytes(config, dtype, quantization):
+    for name, size in _parameter_bytes(model, config, dtype, quantization):
         parts = name.split(".")[:-1]
         prefixes = [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
         group = next((p for p in prefixes if classes.get(p) in no_split), ".".join(parts))
@@ -123,13 +123,12 @@ def largest_layer_bytes(config: Any, dtype: str | torch.dtype = "bfloat16", quan
     return max(groups.values())
 
 
-def _parameter_bytes(config: Any, dtype: str | torch.dtype, quantization: str | None):
-    """(parameter name, bytes as loaded) for each parameter, tied tensors once."""
+def _parameter_bytes(model: torch.nn.Module, config: Any, dtype: str | torch.dtype, quantization: str | None):
+    """(parameter name, bytes as loaded) for each parameter of ``config``'s meta ``model``, tied tensors once."""
     dtype = dtype_name(dtype, allowed=WEIGHT_DTYPES)
     quant = Quantization.parse(quantization)
     if quant is not None and "_class_name" in config_dict(config):
         raise ValueError("quantization is counted for transformers models only; this config is a diffusers model")
-    model = meta_model(config, dtype=torch.float32)
     skip: set[str] = set()
     if quant is not None:
         from transformers.quantizers.base import get_keys_to_not_convert

@@ -68,19 +68,15 @@ def estimate_stack(estimates: Sequence[MemoryEstimate], labels: Sequence[str] | 
 
 def comparison_table(rows: Sequence[Comparison], tolerance: float = 0.05):
     """An HTML table: estimate, measurement, their ratio and whether they match within ``tolerance``."""
-    from IPython.display import HTML
-
-    body = "".join(
-        f"<tr><td>{html.escape(c.label)}</td><td>{c.estimate_bytes / 2**20:,.1f}</td>"
-        f"<td>{c.measured_bytes / 2**20:,.1f}</td><td>{c.ratio:.3f}</td>"
-        f"<td>{'yes' if c.matches(tolerance) else 'no'}</td><td>{html.escape(c.measured_how)}</td></tr>"
-        for c in rows)
-    return HTML("<table><thead><tr><th>what</th><th>estimate (MiB)</th><th>measured (MiB)</th>"
-                f"<th>measured / estimate</th><th>within {tolerance:.0%}</th><th>how it was measured</th></tr></thead>"
-                f"<tbody>{body}</tbody></table>")
+    return html_table(
+        ["what", "estimate (MiB)", "measured (MiB)", "measured / estimate", f"within {tolerance:.0%}",
+         "how it was measured"],
+        [[c.label, f"{c.estimate_bytes / 2**20:,.1f}", f"{c.measured_bytes / 2**20:,.1f}", f"{c.ratio:.3f}",
+          "yes" if c.matches(tolerance) else "no", c.measured_how] for c in rows])
 
 
-def _html_table(head: Sequence[str], rows: Sequence[Sequence[str]]):
+def html_table(head: Sequence[str], rows: Sequence[Sequence[str]]):
+    """The one HTML table of the views: a header row and rows of text cells, escaped."""
     from IPython.display import HTML
 
     th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
@@ -91,7 +87,7 @@ def _html_table(head: Sequence[str], rows: Sequence[Sequence[str]]):
 def weights_table_html(rows: Sequence[WeightsRow]):
     """The rows of ``estimates.weights_table`` as an HTML table (GB, and fits on a T4)."""
     t4 = GPUS["T4"].usable_bytes
-    return _html_table(
+    return html_table(
         ["model", "parameters", "format", "weights (GB)", "fits a T4 (15 GB)?"],
         [[r.config, f"{r.parameters:,}", r.dtype + (f" + {r.quantization}" if r.quantization else ""),
           f"{r.weights_bytes / _GB:,.2f}", "yes" if r.weights_bytes <= t4 else "no"] for r in rows])

@@ -8,7 +8,8 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from ..bits import representable, rounding_stats
+from ..bits import RoundingStats, format_info, representable, rounding_stats
+from ._estimates import html_table
 
 __all__ = ["formats_table", "rounding_table", "weights_vs_formats"]
 
@@ -39,9 +40,6 @@ def weights_vs_formats(weights: torch.Tensor, dtypes: Sequence[str] = ("float8_e
 
 def formats_table(dtypes: Sequence[str] = ("float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2", "int8")):
     """Field widths, range and precision of each format, read from torch (``bits.format_info``)."""
-    from IPython.display import HTML
-
-    from ..bits import format_info
 
     def num(x):
         return "–" if x is None else f"{x:.4g}"
@@ -49,22 +47,17 @@ def formats_table(dtypes: Sequence[str] = ("float32", "float16", "bfloat16", "fl
     rows = []
     for dtype in dtypes:
         f = format_info(dtype)
-        fields = f"{f.sign_bits} / {f.exponent_bits} / {f.mantissa_bits}" if f.is_float else f"{f.sign_bits} / – / {f.bits - f.sign_bits}"
-        rows.append(f"<tr><td>{dtype}</td><td>{f.bits}</td><td>{fields}</td><td>{num(f.max)}</td>"
-                    f"<td>{num(f.smallest_normal)}</td><td>{num(f.eps)}</td><td>{'yes' if f.has_inf else 'no'}</td></tr>")
-    return HTML("<table><thead><tr><th>format</th><th>bits</th><th>sign / exponent / mantissa</th>"
-                "<th>largest finite</th><th>smallest normal</th><th>epsilon (gap after 1.0)</th><th>has inf</th>"
-                "</tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
+        fields = (f"{f.sign_bits} / {f.exponent_bits} / {f.mantissa_bits}" if f.is_float
+                  else f"{f.sign_bits} / – / {f.bits - f.sign_bits}")
+        rows.append([dtype, str(f.bits), fields, num(f.max), num(f.smallest_normal), num(f.eps),
+                     "yes" if f.has_inf else "no"])
+    return html_table(["format", "bits", "sign / exponent / mantissa", "largest finite", "smallest normal",
+                       "epsilon (gap after 1.0)", "has inf"], rows)
 
 
-def rounding_table(stats):
+def rounding_table(stats: Sequence[RoundingStats]):
     """``bits.rounding_stats`` results side by side, one row per format."""
-    from IPython.display import HTML
-
-    rows = "".join(
-        f"<tr><td>{s.dtype}</td><td>{s.distinct_stored:,}</td><td>{s.mean_relative_error:.3%}</td>"
-        f"<td>{s.max_abs_error:.3g}</td><td>{s.flushed_to_zero:.2%}</td><td>{s.non_finite:.2%}</td></tr>"
-        for s in stats)
-    return HTML("<table><thead><tr><th>format</th><th>distinct values left</th><th>mean relative error</th>"
-                "<th>largest error</th><th>became 0</th><th>became inf/nan</th></tr></thead>"
-                f"<tbody>{rows}</tbody></table>")
+    return html_table(
+        ["format", "distinct values left", "mean relative error", "largest error", "became 0", "became inf/nan"],
+        [[s.dtype, f"{s.distinct_stored:,}", f"{s.mean_relative_error:.3%}", f"{s.max_abs_error:.3g}",
+          f"{s.flushed_to_zero:.2%}", f"{s.non_finite:.2%}"] for s in stats])

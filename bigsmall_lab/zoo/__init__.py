@@ -5,12 +5,12 @@
 ['llama-3.1-8b', 'llama-3.1-70b', 'llama-3.1-405b']
 """
 
-from ._build import HubUnreachableError, Weights, build, checkpoint, dtype_of_checkpoint, load_model, load_tokenizer
+from ._build import HubUnreachableError, Weights, build, checkpoint, load_model, load_tokenizer
 from ._configs import LAB_MODELS, PRESETS, TINY_DIR, Preset, config_dict, count_parameters, meta_model, presets
 from ._flux import tiny_flux_pipeline
 
 __all__ = [
     "LAB_MODELS", "PRESETS", "TINY_DIR", "HubUnreachableError", "Preset", "Weights", "build", "checkpoint",
-    "config_dict", "count_parameters", "dtype_of_checkpoint", "load_model", "load_tokenizer", "meta_model",
+    "config_dict", "count_parameters", "load_model", "load_tokenizer", "meta_model",
     "presets", "tiny_flux_pipeline",
 ]

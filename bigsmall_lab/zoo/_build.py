@@ -18,10 +18,10 @@ from urllib.parse import urlparse
 
 import torch
 
-from .._dtypes import dtype_name, torch_dtype
+from .._dtypes import dtype_name
 from .._paths import atomic_dir, cache_dir
 from .._units import parse_size
-from ._configs import LAB_MODELS, PRESETS, TINY_DIR, config_dict, instantiate, meta_model, presets
+from ._configs import LAB_MODELS, PRESETS, TINY_DIR, instantiate, meta_model, presets
 
 __all__ = ["HubUnreachableError", "Weights", "build", "checkpoint", "load_model", "load_tokenizer"]
 
@@ -218,9 +218,3 @@ def load_tokenizer(name_or_path: str | os.PathLike | None = None, **kwargs):
         raise ValueError(f"name_or_path {name_or_path!r} is a preset with random weights and no tokenizer; "
                          "feed it token ids, or use load_tokenizer() for the embedded model's")
     return _from_pretrained(AutoTokenizer, name_or_path, dict(kwargs))
-
-
-def dtype_of_checkpoint(path: str | os.PathLike) -> torch.dtype:
-    """The dtype a checkpoint folder's config.json declares (what ``dtype="auto"`` loads)."""
-    cfg = config_dict(path)
-    return torch_dtype(cfg.get("dtype") or cfg.get("torch_dtype") or "float32")

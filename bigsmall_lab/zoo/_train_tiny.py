@@ -66,7 +66,7 @@ import torch
 import torch.nn.functional as F
 
 EOS_TOKEN = "<|endoftext|>"
-TINY_DIR = Path(__file__).resolve().with_name("tiny")
+from ._configs import TINY_DIR  # the one place the folder is named
 HELDOUT_PERCENT = 5
 # Folders of the standard library that hold tests, demos, vendored or installed code,
 # not library documentation.
