@@ -23,7 +23,7 @@ import torch
 from ._dtypes import bytes_per_element, dtype_name
 from ._units import parse_size
 from .hardware import GPUS, describe
-from .zoo._configs import config_dict, meta_model
+from .zoo._configs import config_dict, meta_model, transformers_config
 
 __all__ = ["CUDA_CONTEXT_BYTES", "Comparison", "MemoryEstimate", "Quantization", "WeightsRow", "activation_bytes",
            "estimate", "kv_cache_bytes", "largest_layer_bytes", "weights_bytes", "weights_table"]
@@ -151,15 +151,11 @@ def _parameter_bytes(model: torch.nn.Module, config: Any, dtype: str | torch.dty
 
 def _text_config(config: Any):
     """The transformers config object whose layers hold the KV cache."""
-    import transformers
-
     cfg = config_dict(config)
     if "model_type" not in cfg:
         raise ValueError("config has no KV cache: it is missing the key 'model_type' (a transformers "
                          "decoder config.json states it)")
-    fields = {k: v for k, v in cfg.items() if k not in ("model_type", "transformers_version")}
-    obj = transformers.AutoConfig.for_model(cfg["model_type"], **fields)
-    return obj.get_text_config(decoder=True)
+    return transformers_config(cfg).get_text_config(decoder=True)
 
 
 def _kv_layout(config: Any) -> tuple[int, int, list[int | None]]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import platform
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import psutil
 import torch
@@ -61,7 +61,6 @@ class Hardware:
     cpu_cores: int
     ram_total_bytes: int
     ram_available_bytes: int
-    torch_version: str = field(default=torch.__version__)
 
     @property
     def kind(self) -> str:

@@ -72,12 +72,6 @@ class MemoryReport:
         """Memory still held after the block (e.g. a loaded model), above the start."""
         return self.end_bytes - self.start_bytes
 
-    def figure(self, title: str | None = None):
-        """A plotly timeline of this report (see :func:`bigsmall_lab.views.memory_timeline`)."""
-        from .views import memory_timeline
-
-        return memory_timeline(self, title=title)
-
     def __repr__(self) -> str:
         mib = 2**20
         state = "" if self.finished else " (running)"

@@ -78,7 +78,9 @@ def test_bad_arguments():
 def test_figure_draws_the_timeline():
     with bsl.track("plot me", device="cpu") as t:
         x = torch.ones(2**22)
-    fig = t.figure()
+    from bigsmall_lab.views import memory_timeline
+
+    fig = memory_timeline(t)
     names = [trace.name for trace in fig.data]
     assert names == ["total resident (anon + file)", "RssAnon: allocated by the process",
                      "RssFile: mapped files (safetensors)"]

@@ -21,7 +21,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["LAB_MODELS", "PRESETS", "Preset", "config_dict", "count_parameters", "instantiate", "meta_model", "presets"]
+__all__ = ["LAB_MODELS", "PRESETS", "Preset", "config_dict", "count_parameters", "instantiate", "meta_model", "presets",
+           "transformers_config"]
 
 _CONFIGS = Path(__file__).parent / "configs"
 TINY_DIR = Path(__file__).parent / "tiny"
@@ -110,15 +111,27 @@ def config_dict(config: Any) -> dict:
     raise TypeError(f"config must be a preset name, a dict, a path or a config object, not {type(config).__name__}")
 
 
-def _transformers_model(cfg: dict, dtype: torch.dtype) -> torch.nn.Module:
+def _config_fields(cfg: dict) -> dict:
+    return {k: v for k, v in cfg.items() if k not in ("model_type", "transformers_version", "torch_dtype", "dtype")}
+
+
+def transformers_config(config: Any):
+    """The transformers config object of a transformers config.json (a dict with ``model_type``)."""
     import transformers
 
-    fields = {k: v for k, v in cfg.items() if k not in ("model_type", "transformers_version", "torch_dtype", "dtype")}
+    cfg = config_dict(config)
     try:
-        config = transformers.AutoConfig.for_model(cfg["model_type"], **fields)
+        return transformers.AutoConfig.for_model(cfg["model_type"], **_config_fields(cfg))
     except ValueError as err:
         raise ValueError(f"config model_type {cfg['model_type']!r} is not known to transformers "
                          f"{transformers.__version__} ({err})") from None
+
+
+def _transformers_model(cfg: dict, dtype: torch.dtype) -> torch.nn.Module:
+    import transformers
+
+    config = transformers_config(cfg)
+    fields = _config_fields(cfg)
     _check_required(config, fields)
     architectures = cfg.get("architectures") or []
     cls = getattr(transformers, architectures[0], None) if architectures else None
