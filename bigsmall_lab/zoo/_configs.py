@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from ._smollm2 import REAL_MODELS, real_model_path
+
 __all__ = ["LAB_MODELS", "PRESETS", "Preset", "config_dict", "count_parameters", "instantiate", "meta_model", "presets",
            "transformers_config"]
 
@@ -95,6 +97,8 @@ def config_dict(config: Any) -> dict:
             return json.loads((_CONFIGS / f"{key.lower()}.json").read_text())
         if key.lower() in LAB_MODELS:
             return _lab_config(key.lower())
+        if key.lower() in REAL_MODELS:  # the real model's config, from its converted checkpoint
+            return json.loads((real_model_path(key.lower()) / "config.json").read_text())
         path = Path(key).expanduser()
         if path.is_dir() and (path / "config.json").is_file():
             path = path / "config.json"

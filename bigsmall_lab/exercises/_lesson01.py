@@ -1,34 +1,16 @@
-"""Predict-then-check exercises: the learner writes a number, a check cell says whether it is right and why.
-
-Each check returns a :class:`Verdict` (printable) so tests can call it with no notebook. An
-unanswered exercise (``None``) gives a hint, never the answer.
-"""
+"""Exercises of lesson 01 (memory maths) and the generic ``check_value``."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
-from ._dtypes import bytes_per_element, dtype_name
-from .estimates import weights_bytes
-from .zoo import config_dict, count_parameters
+from .._dtypes import bytes_per_element, dtype_name
+from ..estimates import weights_bytes
+from ..zoo import config_dict, count_parameters
 
-__all__ = ["Verdict", "check_value", "check_weights_bytes"]
+from ._core import Verdict
 
-
-@dataclass(frozen=True)
-class Verdict:
-    correct: bool
-    answered: bool
-    message: str
-
-    def __str__(self) -> str:
-        mark = "correct" if self.correct else ("not answered yet" if not self.answered else "not quite")
-        return f"[{mark}] {self.message}"
-
-    def _repr_markdown_(self) -> str:
-        icon = "✅" if self.correct else ("✏️" if not self.answered else "❌")
-        return f"{icon} {self.message}"
+__all__ = ["check_value", "check_weights_bytes"]
 
 
 def _mistakes(cfg: dict, dtype: str) -> dict[str, int]:

@@ -1,0 +1,163 @@
+"""Output quality of a model, and of a variant against its reference: perplexity, KL, top-1 agreement.
+
+Perplexity alone hides damage: two models can reach the same perplexity while disagreeing on many
+next tokens. So :func:`compare` runs a reference (say bf16) and a candidate (int8, nf4, a quantized
+KV cache ...) on the same tokens, teacher-forced, and reports per position
+
+- the KL divergence KL(reference || candidate) of the next-token distributions, in nats per token
+  (0: identical predictions);
+- the top-1 agreement: how often both pick the same most likely next token;
+- both perplexities, exp(mean negative log-likelihood of the actual next token).
+
+The text is fixed and ships with the lab (``data/heldout.txt``, ten topics of Python's own
+documentation), with its token ids stored for each lab model (``data/heldout_ids.json``), so a
+figure does not move with the Python version. SmolLM2 may well have seen Python's documentation
+in pretraining; that is fine here: the text is a fixed yardstick to compare variants of one model.
+
+>>> import bigsmall_lab as bsl
+>>> ids = heldout_ids("bigsmall-tiny", n_tokens=128)
+>>> tuple(ids.shape)
+(1, 128)
+>>> model = bsl.load_model("bigsmall-tiny", dtype="float32")
+>>> a = compare(model, model, ids)
+>>> a.kl_nats, a.top1_agreement
+(0.0, 1.0)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from ._errors import LabError, closest, whole_number
+
+__all__ = ["Agreement", "HELDOUT_MODELS", "compare", "heldout_ids", "heldout_text", "next_token_logprobs",
+           "perplexity"]
+
+_DATA = Path(__file__).parent / "data"
+HELDOUT_MODELS = ("smollm2-135m-instruct", "bigsmall-tiny")
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """A candidate's next-token predictions against a reference's, on the same ``n_tokens`` positions."""
+
+    n_tokens: int
+    kl_nats: float  # mean KL(reference || candidate) per predicted token
+    top1_agreement: float  # fraction of positions where both argmaxes are equal
+    reference_ppl: float
+    candidate_ppl: float
+
+    @property
+    def ppl_ratio(self) -> float:
+        """candidate / reference perplexity (1.0: no change)."""
+        return self.candidate_ppl / self.reference_ppl
+
+
+def heldout_text() -> str:
+    """The lab's fixed evaluation text (Python documentation topics, plain English and code)."""
+    return (_DATA / "heldout.txt").read_text(encoding="utf-8")
+
+
+@lru_cache(maxsize=None)
+def _stored_ids() -> dict[str, list[int]]:
+    return json.loads((_DATA / "heldout_ids.json").read_text())
+
+
+def heldout_ids(model: str = "smollm2-135m-instruct", n_tokens: int = 1024) -> torch.Tensor:
+    """The evaluation text's first ``n_tokens`` token ids for a lab model, shape (1, n_tokens).
+
+    Stored with the lab (not re-tokenized) so figures do not depend on the installed tokenizers.
+    """
+    key = str(model).strip().lower()
+    stored = _stored_ids()
+    if key not in stored:
+        raise LabError(f"model {model!r} has no stored evaluation ids{closest(key, stored)}; use one of: "
+                       f"{', '.join(stored)}, or tokenize quality.heldout_text() with your tokenizer")
+    n_tokens = whole_number(n_tokens, "n_tokens", minimum=2)
+    ids = stored[key]
+    if n_tokens > len(ids):
+        raise LabError(f"n_tokens {n_tokens} is more than the {len(ids):,} stored tokens of the evaluation text "
+                       f"for {key}; use n_tokens <= {len(ids)}")
+    return torch.tensor(ids[:n_tokens], dtype=torch.long).unsqueeze(0)
+
+
+def _check_ids(ids) -> torch.Tensor:
+    if not isinstance(ids, torch.Tensor) or ids.dtype not in (torch.long, torch.int32, torch.int64):
+        raise LabError(f"ids must be a tensor of token ids (torch.long), not {type(ids).__name__}"
+                       + (f" of {ids.dtype}" if isinstance(ids, torch.Tensor) else ""))
+    if ids.ndim == 1:
+        ids = ids.unsqueeze(0)
+    if ids.ndim != 2 or ids.shape[1] < 2:
+        raise LabError(f"ids of shape {tuple(ids.shape)} must be (batch, tokens) with at least 2 tokens")
+    return ids.long()
+
+
+def _input_device(model: torch.nn.Module) -> torch.device:
+    # With a device_map the embedding decides where the ids go; else the first parameter's device.
+    embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    param = next(iter(embed.parameters())) if embed is not None else next(model.parameters())
+    return param.device if param.device.type != "meta" else torch.device("cpu")
+
+
+@torch.no_grad()
+def next_token_logprobs(model: torch.nn.Module, ids: torch.Tensor, window: int = 512) -> torch.Tensor:
+    """Float32 log-probabilities of every next token, shape (batch, tokens - 1, vocab), on the CPU.
+
+    The text is scored in consecutive windows of ``window`` tokens that share one boundary token, so
+    memory stays bounded; each window starts a fresh context (no cache across windows).
+    """
+    ids = _check_ids(ids)
+    window = whole_number(window, "window", minimum=2)
+    device = _input_device(model)
+    pieces = []
+    for start in range(0, ids.shape[1] - 1, window - 1):
+        chunk = ids[:, start:start + window]
+        if chunk.shape[1] < 2:
+            break
+        logits = model(chunk.to(device), use_cache=False).logits[:, :-1]  # predicts tokens 1..n of the chunk
+        pieces.append(torch.log_softmax(logits.float(), dim=-1).cpu())
+    return torch.cat(pieces, dim=1)
+
+
+def _nll(logprobs: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    targets = ids[:, 1:1 + logprobs.shape[1]]  # (batch, tokens - 1)
+    return -logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+
+def perplexity(model: torch.nn.Module, ids: torch.Tensor, window: int = 512) -> float:
+    """exp(mean negative log-likelihood per token), teacher-forced over ``ids``.
+
+    >>> import bigsmall_lab as bsl
+    >>> ppl = perplexity(bsl.load_model("bigsmall-tiny", dtype="float32"), heldout_ids("bigsmall-tiny", 256))
+    >>> 1 < ppl < 1000
+    True
+    """
+    ids = _check_ids(ids)
+    return math.exp(_nll(next_token_logprobs(model, ids, window), ids).mean().item())
+
+
+def compare(reference: torch.nn.Module, candidate: torch.nn.Module, ids: torch.Tensor,
+            window: int = 512) -> Agreement:
+    """KL divergence, top-1 agreement and both perplexities of ``candidate`` against ``reference``."""
+    ids = _check_ids(ids)
+    ref = next_token_logprobs(reference, ids, window)
+    cand = next_token_logprobs(candidate, ids, window)
+    if ref.shape != cand.shape:
+        raise LabError(f"candidate's vocabulary ({cand.shape[-1]}) differs from reference's ({ref.shape[-1]}); "
+                       "compare two variants of the same model")
+    # KL(P || Q) = sum_v P(v) (log P(v) - log Q(v)), averaged over positions.
+    kl = (ref.exp() * (ref - cand)).sum(-1).clamp_min(0.0)
+    top1 = (ref.argmax(-1) == cand.argmax(-1)).float()
+    return Agreement(
+        n_tokens=int(top1.numel()),
+        kl_nats=float(kl.mean()),
+        top1_agreement=float(top1.mean()),
+        reference_ppl=math.exp(_nll(ref, ids).mean().item()),
+        candidate_ppl=math.exp(_nll(cand, ids).mean().item()),
+    )
