@@ -3,9 +3,34 @@
 >>> import bigsmall_lab as bsl
 >>> bsl.count_parameters("llama-3.1-8b") * 2 / 1e9   # bf16: 2 bytes per parameter, in GB
 16.060522496
+
+The map of the package. Each piece has one home, by what it does:
+
+- **planners** are pure: numbers in, numbers and dataclasses out (counts, bytes, plans, quantization
+  maths, bit layouts); they may build a model on the meta device, never touch memory, devices,
+  processes or files of their own;
+- **runners** touch memory, processes, devices and files (load, offload, shard, generate, measure)
+  and call the planners to know what to expect;
+- **views** are widgets and charts that draw what planners and runners return, no maths of their own;
+- **edges** are what a learner or a terminal calls: the exercises, the CLI (which never imports
+  views: a terminal needs no widgets), the IPython extension, this package's public names.
+
+Imports run edges -> views -> runners -> planners -> base, never back. tests/test_layers.py reads
+the table below (a module may import its own layer and the layers listed before it; a dotted name
+is a module inside a package, which otherwise takes its package's layer) and fails on a backward
+import:
+
+    base:     _compat _dtypes _errors _project _units
+    planners: bits estimates placement quant tp_plan zoo._configs
+    runners:  _paths _tp_worker hardware kvcache loading measure offload parallel quality quantized zoo
+    views:    views
+    edges:    __init__ _estimate_cli _ipython cli exercises
+
+A new lesson usually adds one planner (what to expect), one runner (run it, measure it), one view
+and a notebook that calls them.
 """
 
-from . import bits, exercises, hardware, zoo
+from . import bits, exercises, hardware, parallel, quality, quant, quantized, tp_plan, zoo
 from .estimates import Comparison, MemoryEstimate, estimate, kv_cache_bytes, weights_bytes, weights_table
 from .hardware import banner, describe, has_cuda, needs_cuda
 from .measure import MemoryReport, stored_weight_bytes, track
@@ -14,9 +39,10 @@ from .zoo import build, checkpoint, count_parameters, load_model, load_tokenizer
 __version__ = "0.1.0"
 
 __all__ = [
-    "Comparison", "MemoryEstimate", "MemoryReport", "banner", "bits", "exercises", "build", "checkpoint", "count_parameters",
-    "describe", "estimate", "hardware", "has_cuda", "kv_cache_bytes", "load_model", "load_tokenizer", "needs_cuda",
-    "presets", "stored_weight_bytes", "tiny_flux_pipeline", "track", "weights_bytes", "weights_table", "zoo",
+    "Comparison", "MemoryEstimate", "MemoryReport", "banner", "bits", "build", "checkpoint", "count_parameters",
+    "describe", "estimate", "exercises", "hardware", "has_cuda", "kv_cache_bytes", "load_model", "load_tokenizer",
+    "needs_cuda", "parallel", "presets", "quality", "quant", "quantized", "stored_weight_bytes", "tiny_flux_pipeline", "tp_plan", "track",
+    "weights_bytes", "weights_table", "zoo",
 ]
 
 

@@ -24,7 +24,8 @@ import warnings
 import transformers
 from packaging.version import Version
 
-__all__ = ["OLD_NAMES", "TRANSFORMERS_5", "from_pretrained_kwargs", "no_init_weights"]
+__all__ = ["OLD_NAMES", "TRANSFORMERS_5", "from_pretrained_kwargs", "model_tp_plan", "no_init_weights",
+           "tensor_parallel_kwargs"]
 
 TRANSFORMERS_5 = Version(transformers.__version__).major >= 5
 
@@ -68,3 +69,76 @@ def from_pretrained_kwargs(kwargs: dict) -> dict:
                           stacklevel=3)
             kwargs.setdefault("quantization_config", BitsAndBytesConfig(**{flag: True}))
     return kwargs
+
+
+def tensor_parallel_kwargs(tp_plan: str | dict = "auto") -> dict:
+    """``from_pretrained`` keywords that ask for tensor parallelism, in the installed version's names.
+
+    transformers >= 5 takes ``distributed_config=DistributedConfig(tp_plan="auto")`` (the bare
+    ``tp_plan=`` still works there, with a FutureWarning); older versions know only ``tp_plan="auto"``.
+    Call it inside a torchrun worker: ``DistributedConfig`` reads ``WORLD_SIZE`` when it is built.
+
+    >>> sorted(tensor_parallel_kwargs())
+    ['distributed_config']
+    """
+    import dataclasses
+
+    try:
+        from transformers import DistributedConfig
+    except ImportError:  # older transformers: no DistributedConfig at all
+        return {"tp_plan": tp_plan}
+    is_dataclass = dataclasses.is_dataclass(DistributedConfig)
+    fields = {f.name for f in dataclasses.fields(DistributedConfig)} if is_dataclass else set()
+    if "tp_plan" not in fields:  # transformers 4.x: a DistributedConfig for expert parallelism only
+        return {"tp_plan": tp_plan}
+    return {"distributed_config": DistributedConfig(tp_plan=tp_plan)}
+
+
+def model_tp_plan(model) -> dict[str, str]:
+    """The model's tensor-parallel plan, ``{module pattern: style}`` with ``*`` for layer numbers.
+
+    transformers >= 5 merges the class's, the config's and the embedding's rules into ``model.tp_plan``;
+    4.x kept them in ``model._tp_plan``. An empty dict: the model has no plan (GPT-2, T5, BERT ...).
+    """
+    plan = getattr(model, "tp_plan", None)
+    if not isinstance(plan, dict) or not plan:
+        plan = getattr(model, "_tp_plan", None)
+    return dict(plan) if isinstance(plan, dict) else {}
+
+
+# --- KV cache (lesson 08) ------------------------------------------------------------------------
+# transformers 5.2x renamed the cache argument of forward() and generate() from ``past_key_values``
+# to ``cache`` (the old name still works there, with a deprecation warning until 6.0), and added an
+# fp8 backend to ``QuantizedCache``; 5.17 (the GPU image) has neither. The cache classes themselves
+# (``DynamicCache(config=, offloading=)``, ``StaticCache(config=, max_cache_len=)``,
+# ``QuantizedCache(backend=, config=, nbits=, residual_length=, q_group_size=)``) are the same in both.
+
+__all__ += ["cache_argument", "generated_cache", "quantized_cache_backends"]
+
+
+def cache_argument(model) -> str:
+    """The keyword ``model.forward`` / ``model.generate`` take a cache object under: ``"cache"`` in
+    transformers >= 5.2x, ``"past_key_values"`` before (and in every 4.x)."""
+    import inspect
+
+    try:
+        parameters = inspect.signature(type(model).forward).parameters
+    except (TypeError, ValueError):  # not a model with a Python forward
+        parameters = {}
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
+def generated_cache(output):
+    """The cache object of a ``generate(..., return_dict_in_generate=True)`` or forward output (None if absent)."""
+    cache = getattr(output, "cache", None)
+    if cache is None:
+        cache = getattr(output, "past_key_values", None)
+    return cache
+
+
+def quantized_cache_backends() -> tuple[str, ...]:
+    """The ``QuantizedCache`` backends this transformers knows: quanto and hqq, plus fp8 where it exists."""
+    from transformers import cache_utils
+
+    names = ("quanto", "hqq")
+    return names + ("fp8",) if hasattr(cache_utils, "Fp8QuantizedLayer") else names

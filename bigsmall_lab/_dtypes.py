@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ._errors import LabError, closest
+
 __all__ = ["DTYPES", "DtypeInfo", "bits_per_element", "bytes_per_element", "dtype_name", "torch_dtype"]
 
 
@@ -59,7 +61,8 @@ _ALIASES = {
 def dtype_name(dtype: str | torch.dtype, *, allowed: tuple[str, ...] | None = None, argument: str = "dtype") -> str:
     """Canonical name of ``dtype`` (a torch dtype, a name or an alias such as ``"bf16"``).
 
-    Raises ValueError naming ``argument`` and the allowed names when the dtype is unknown.
+    Raises :class:`~bigsmall_lab._errors.LabError` naming ``argument`` and the allowed names when
+    the dtype is unknown (or known but not allowed here: ``build`` takes no int8).
 
     >>> dtype_name(torch.bfloat16), dtype_name("fp16")
     ('bfloat16', 'float16')
@@ -71,10 +74,11 @@ def dtype_name(dtype: str | torch.dtype, *, allowed: tuple[str, ...] | None = No
         key = dtype.strip().lower().removeprefix("torch.")
         name = _ALIASES.get(key, key)
     else:
-        raise TypeError(f"{argument} must be a torch dtype or its name, not {type(dtype).__name__}; "
-                        f"use one of: {', '.join(allowed)}")
+        raise LabError.bad(argument, dtype, f"use one of: {', '.join(allowed)}", verb="is not a dtype")
     if name not in allowed:
-        raise ValueError(f"{argument} {dtype!r} is not known; use one of: {', '.join(allowed)}")
+        aliases = [alias for alias, canonical in _ALIASES.items() if canonical in allowed]
+        verb = "is not allowed here" if name in DTYPES else "is not known" + closest(name, [*allowed, *aliases])
+        raise LabError.bad(argument, dtype, f"use one of: {', '.join(allowed)}", verb=verb)
     return name
 
 
@@ -94,6 +98,6 @@ def torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
     td = DTYPES[name].torch_dtype
     if td is None:
         torch_names = [n for n, i in DTYPES.items() if i.torch_dtype is not None]
-        raise ValueError(f"dtype {name!r} has no torch dtype (bitsandbytes packs it into uint8); "
-                         f"use one of: {', '.join(torch_names)}")
+        raise LabError(f"dtype {name!r} has no torch dtype (bitsandbytes packs it into uint8); "
+                       f"use one of: {', '.join(torch_names)}")
     return td

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from ._units import format_bytes
-from .estimates import MemoryEstimate, estimate, largest_layer_bytes
-from .hardware import GPUS
+from ._units import GB, format_bytes
+from .estimates import GPUS, MemoryEstimate, estimate, largest_layer_bytes, resolve
+from .hardware import cuda_context_bytes
 
 # Rows shown when the learner picks no dtype: the formats of accelerate's estimate-memory, as loaded here.
 _DEFAULT_ROWS = (("float32", None), ("bfloat16", None), ("bfloat16", "int8"), ("bfloat16", "nf4"))
@@ -15,14 +15,18 @@ _DEFAULT_ROWS = (("float32", None), ("bfloat16", None), ("bfloat16", "int8"), ("
 
 def rows(args: argparse.Namespace) -> list[tuple[MemoryEstimate, int]]:
     """(estimate, largest layer bytes) for each row the command prints."""
+    spec = resolve(args.config)  # once, for every row
     if args.dtype_given or args.quantization:
         wanted = [(args.dtype, args.quantization)]
-    else:
-        wanted = list(_DEFAULT_ROWS)
+    else:  # bitsandbytes quantizes transformers models only: a diffusers model gets the float rows
+        wanted = [row for row in _DEFAULT_ROWS if spec.kind == "transformers" or row[1] is None]
+    measured = cuda_context_bytes()  # None off CUDA: the estimator then uses its labelled assumption
+    source = "measured on GPU 0 (NVML before and after the first CUDA call)" if measured is not None else None
     out = []
     for dtype, quant in wanted:
-        est = estimate(args.config, dtype=dtype, quantization=quant, seq_len=args.seq_len, batch_size=args.batch_size)
-        out.append((est, largest_layer_bytes(args.config, dtype, quant)))
+        est = estimate(spec, dtype=dtype, quantization=quant, seq_len=args.seq_len, batch_size=args.batch_size,
+                       overhead_bytes=measured, overhead_source=source)
+        out.append((est, largest_layer_bytes(spec, dtype, quant)))
     return out
 
 
@@ -55,7 +59,9 @@ def run_estimate(args: argparse.Namespace) -> int:
     print(f"Memory to load and run `{args.config}` ({first.parameters:,} parameters), "
           f"KV cache and activations for batch {first.batch_size} x {first.seq_len} tokens")
     print(_table(results))
-    usable = ", ".join(f"{n} {g.usable_bytes / 1e9:g} GB" for n, g in GPUS.items())
-    print(f"GPU columns: does the total fit? Usable memory assumed: {usable}. "
-          f"Overhead: the CUDA context, about {format_bytes(first.overhead_bytes, 'GB', 1)}.")
+    usable = ", ".join(f"{n} {g.usable_bytes / GB:g} GB" for n, g in GPUS.items())
+    print(f"GPU columns: does the total fit? Usable memory assumed: {usable}.")
+    print(f"Overhead {format_bytes(first.overhead_bytes, 'GB', 1)}: {first.overhead_source}.")
+    for note in dict.fromkeys(note for est, _ in results for note in est.notes):
+        print(f"Note: {note}.")
     return 0

@@ -1,22 +1,48 @@
 """``%load_ext bigsmall_lab``: after each cell, one line with the memory it consumed and peaked.
 
 In the spirit of ipyexperiments' per-cell logger. Off until loaded; ``%unload_ext bigsmall_lab``
-turns it off. On CPU the peak is the process high-water mark (VmHWM) reset before the cell; on
-CUDA, torch's ``max_memory_allocated``. A ``track()`` block inside a cell resets the same CPU
-high-water mark, so that cell's reported peak starts at the block.
+turns it off. On CPU the peak is the process high-water mark (VmHWM) reset before the cell (where
+the kernel does not allow the reset, a sampler reads the resident size every 20 ms and the peak is
+labelled 'sampled'); on CUDA, torch's ``max_memory_allocated``. The cell's peak nests with
+``track()`` the same way blocks nest: a ``track()`` inside a cell does not lose the cell's peak.
+The numbers of the last cell are kept as a :class:`CellMemory` on ``_logger.last``.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import torch
 
-from .measure import _read_status, _reset_cpu_peak
+from ._units import MiB
+from .measure import Sampler, _close_peak, _open_peak, _read_status
 
-__all__ = ["CellMemoryLogger", "load_ipython_extension", "unload_ipython_extension"]
+__all__ = ["CellMemory", "CellMemoryLogger", "load_ipython_extension", "unload_ipython_extension"]
 
-_MiB = 2**20
+_SAMPLED_INTERVAL_S = 0.02
+
+
+@dataclass(frozen=True)
+class CellMemory:
+    """What one cell did to memory, bytes (GPU figures None without CUDA)."""
+
+    used_bytes: int  # resident size at the end minus at the start
+    peak_bytes: int  # highest resident size during the cell, above the start
+    peak_source: str  # 'VmHWM' (exact) or 'sampled'
+    now_bytes: int
+    wall_s: float
+    gpu_used_bytes: int | None = None
+    gpu_peak_bytes: int | None = None
+    gpu_now_bytes: int | None = None
+
+    def line(self) -> str:
+        text = (f"[bigsmall_lab] RAM: used {self.used_bytes / MiB:+,.1f} MiB, peaked {self.peak_bytes / MiB:+,.1f} MiB "
+                f"[{self.peak_source}] above the cell's start (now {self.now_bytes / MiB:,.0f} MiB)")
+        if self.gpu_now_bytes is not None:
+            text += (f" | GPU: used {self.gpu_used_bytes / MiB:+,.1f} MiB, peaked {self.gpu_peak_bytes / MiB:+,.1f} MiB "
+                     f"(now {self.gpu_now_bytes / MiB:,.0f} MiB)")
+        return text + f" | {self.wall_s:.2f} s"
 
 
 class CellMemoryLogger:
@@ -24,34 +50,63 @@ class CellMemoryLogger:
 
     def __init__(self, out=print):
         self.out = out
-        self.start_rss = 0
-        self.start_cuda = 0
-        self.exact_peak = False
-        self.t0 = 0.0
+        self.last: CellMemory | None = None
+        self._cpu_peak = None
+        self._cuda_peak = None
+        self._sampler: Sampler | None = None
+        self._start_rss = 0
+        self._start_cuda = 0
+        self._t0 = 0.0
 
     def pre_run_cell(self, info=None) -> None:
-        self.exact_peak = _reset_cpu_peak()
-        self.start_rss = _read_status()["VmRSS"]
+        self.close()  # a cell that never reached post_run_cell (an interrupt) leaves nothing open
+        self._cpu_peak = _open_peak(None)
+        self._start_rss = _read_status()["VmRSS"]
+        if not self._cpu_peak.exact:
+            self._sampler = Sampler(_SAMPLED_INTERVAL_S, "cpu").start()
         if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
-            self.start_cuda = torch.cuda.memory_allocated()
-        self.t0 = time.perf_counter()
+            self._cuda_peak = _open_peak(0)
+            self._start_cuda = torch.cuda.memory_allocated()
+        self._t0 = time.perf_counter()
 
-    def line(self) -> str:
+    def measure(self) -> CellMemory | None:
+        """The open cell's figures, closing it; None when no cell is open (the ``%load_ext`` cell itself)."""
+        if self._cpu_peak is None:
+            return None
+        wall_s = time.perf_counter() - self._t0
+        exact = self._cpu_peak.exact
+        peak_abs = _close_peak(self._cpu_peak)
         status = _read_status()
-        used = status["VmRSS"] - self.start_rss
-        peak = (status["VmHWM"] if self.exact_peak else status["VmRSS"]) - self.start_rss
-        text = (f"[bigsmall_lab] RAM: used {used / _MiB:+,.1f} MiB, peaked {max(peak, 0) / _MiB:+,.1f} MiB "
-                f"above the cell's start (now {status['VmRSS'] / _MiB:,.0f} MiB)")
-        if torch.cuda.is_available():
+        peak_abs = max(peak_abs, status["VmRSS"])  # read a moment later: the peak is never below it
+        if not exact and self._sampler is not None:
+            self._sampler.stop()
+            peak_abs = max([s.rss_bytes for s in self._sampler.samples] + [status["VmRSS"]])
+        gpu = {}
+        if self._cuda_peak is not None:
             now = torch.cuda.memory_allocated()
-            text += (f" | GPU: used {(now - self.start_cuda) / _MiB:+,.1f} MiB, peaked "
-                     f"{(torch.cuda.max_memory_allocated() - self.start_cuda) / _MiB:+,.1f} MiB "
-                     f"(now {now / _MiB:,.0f} MiB)")
-        return text + f" | {time.perf_counter() - self.t0:.2f} s"
+            gpu = dict(gpu_used_bytes=now - self._start_cuda,
+                       gpu_peak_bytes=max(_close_peak(self._cuda_peak) - self._start_cuda, 0), gpu_now_bytes=now)
+        cell = CellMemory(used_bytes=status["VmRSS"] - self._start_rss,
+                          peak_bytes=max(peak_abs - self._start_rss, 0),
+                          peak_source="VmHWM" if exact else "sampled", now_bytes=status["VmRSS"],
+                          wall_s=wall_s, **gpu)
+        self._cpu_peak = self._cuda_peak = self._sampler = None
+        return cell
+
+    def close(self) -> None:
+        """Drop an open cell without reporting it."""
+        if self._sampler is not None:
+            self._sampler.stop()
+        for peak in (self._cpu_peak, self._cuda_peak):
+            if peak is not None:
+                _close_peak(peak)
+        self._cpu_peak = self._cuda_peak = self._sampler = None
 
     def post_run_cell(self, result=None) -> None:
-        self.out(self.line())
+        cell = self.measure()
+        if cell is not None:
+            self.last = cell
+            self.out(cell.line())
 
 
 _logger: CellMemoryLogger | None = None
@@ -72,4 +127,5 @@ def unload_ipython_extension(ipython) -> None:
         return
     ipython.events.unregister("pre_run_cell", _logger.pre_run_cell)
     ipython.events.unregister("post_run_cell", _logger.post_run_cell)
+    _logger.close()
     _logger = None

@@ -33,28 +33,35 @@ import math
 import numbers
 import operator
 from dataclasses import dataclass
+from decimal import Decimal
 from functools import lru_cache
-from typing import Literal, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Literal
 
 import torch
 
 from bigsmall_lab._dtypes import DTYPES, dtype_name
+from bigsmall_lab._errors import LabError, shown
 
 __all__ = [
     "FORMATS",
     "FloatBits",
     "FormatInfo",
     "Kind",
+    "Neighbours",
     "Spacing",
     "compose",
     "decompose",
     "format_info",
     "from_bits",
+    "neighbours",
     "parse_value",
+    "range_note",
     "representable",
     "rounding_stats",
     "RoundingStats",
     "spacing",
+    "value_text",
 ]
 
 #: The formats torch can hold in a tensor, so the ones whose bits this module can show
@@ -250,8 +257,8 @@ def _bits_of(pattern: int, value: float, name: str, given: float) -> FloatBits:
 
 def _as_float(value: object, argument: str = "value") -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{argument} must be a real number (int or float), not {type(value).__name__}; "
-                        f"parse text with parse_value(...) first")
+        raise LabError.bad(argument, value, "use a real number (int or float); parse text with parse_value(...) first",
+                           verb="is not a real number")
     try:
         return float(value)
     except OverflowError:  # an int beyond float64, e.g. 10**400: every format sees an infinity
@@ -296,11 +303,11 @@ def decompose(value: float, dtype: str | torch.dtype) -> FloatBits:
 def _pattern(bits: str, name: str, argument: str = "bits") -> int:
     width = _info(name).bits
     if not isinstance(bits, str):
-        raise TypeError(f"{argument} must be a string of '0' and '1', not {type(bits).__name__}")
+        raise LabError.bad(argument, bits, f"use a string of {width} characters '0' or '1'", verb="is not a string")
     digits = bits.replace(" ", "").replace("_", "")
     if len(digits) != width or set(digits) - {"0", "1"}:
-        raise ValueError(f"{argument} {bits!r} is not a {name} bit pattern; {name} needs exactly {width} "
-                         f"characters '0' or '1' (spaces and underscores may separate fields)")
+        raise LabError.bad(argument, bits, f"{name} needs exactly {width} characters '0' or '1' (spaces and "
+                           "underscores may separate fields)", verb=f"is not a {name} bit pattern")
     return int(digits, 2)
 
 
@@ -338,7 +345,7 @@ def compose(bits: str, dtype: str | torch.dtype) -> float:
     >>> compose("0101", "float16")
     Traceback (most recent call last):
     ...
-    ValueError: bits '0101' is not a float16 bit pattern; float16 needs exactly 16 characters '0' or '1' (spaces and underscores may separate fields)
+    bigsmall_lab._errors.LabError: bits '0101' is not a float16 bit pattern; float16 needs exactly 16 characters '0' or '1' (spaces and underscores may separate fields)
     """
     return from_bits(bits, dtype).value
 
@@ -368,6 +375,8 @@ def spacing(dtype: str | torch.dtype, magnitudes: Sequence[float]) -> Spacing:
     """
     name = _format(dtype)
     info = _info(name)
+    if isinstance(magnitudes, (str, bytes)) or not isinstance(magnitudes, Iterable):
+        raise LabError.bad("magnitudes", magnitudes, "use a list of numbers, e.g. [1.0, 1000.0]", verb="is not a list")
     given = torch.tensor([abs(_as_float(m, "each magnitude")) for m in magnitudes], dtype=torch.float64)
     top = int(_patterns(_store(torch.tensor([info.max], dtype=torch.float64), name), name)[0])
     patterns = _patterns(_store(given, name), name)
@@ -393,9 +402,10 @@ def representable(dtype: str | torch.dtype, low: float, high: float) -> tuple[fl
     (0.25, 0.28125, 0.3125, 0.34375, 0.375, 0.40625, 0.4375, 0.46875, 0.5)
     """
     name = _format(dtype)
+    low, high = _as_float(low, "low"), _as_float(high, "high")
     bits = _info(name).bits
     if bits > 16:
-        raise ValueError(f"dtype {name!r} has 2**{bits} values: too many to list; use an 8- or 16-bit format")
+        raise LabError(f"dtype {name!r} has 2**{bits} values: too many to list; use an 8- or 16-bit format")
     values = _values(torch.arange(1 << bits, dtype=torch.int64), name)
     values = values[torch.isfinite(values) & (values >= low) & (values <= high)]
     return tuple(sorted(set(values.tolist())))
@@ -414,17 +424,44 @@ class RoundingStats:
     flushed_to_zero: float  # fraction of non-zero inputs that became 0
     non_finite: float  # fraction that became inf or nan
     changed: float  # fraction whose value changed at all
+    rmse: float = math.nan  # root-mean-square error over the finite stored values
+    scale: float = 1.0  # the per-tensor scale the values were divided by before storing (1.0: none)
+    output_relative_error: float | None = None  # ||x W'^T - x W^T|| / ||x W^T||, when inputs were given
 
 
-def rounding_stats(values: torch.Tensor, dtype: str | torch.dtype) -> RoundingStats:
+def rounding_stats(values: torch.Tensor, dtype: str | torch.dtype, scaled: bool = False,
+                   inputs: torch.Tensor | None = None) -> RoundingStats:
     """Store ``values`` in ``dtype`` (torch's conversion) and measure the error per element.
+
+    The mean *relative* error weighs every value alike, so a tensor's many tiny values (which an
+    unscaled fp8 format keeps only as a few subnormal steps) dominate it; the ``rmse`` weighs each
+    value by its error, so the large values count most, as they do in a matmul. Two options show
+    what a layer really gets:
+
+    - ``scaled``: a per-tensor scale s = max|values| / the format's largest value; the values are
+      stored as values / s and read back x s (how fp8 and int8 weights are kept in practice). The
+      largest value lands on the format's largest, the small ones among its normal values.
+    - ``inputs``: a batch x (tokens, in_features) that the weight matrix ``values`` (out_features,
+      in_features) multiplies; ``output_relative_error`` is ||x W'^T - x W^T|| / ||x W^T|| for the
+      stored W', the error the layer passes on.
 
     >>> rounding_stats(torch.tensor([1.0, 1 + 2**-8, 70000.0]), "float16").non_finite
     0.3333333333333333
+    >>> w = torch.tensor([[0.01, -0.02], [0.5, 0.25]])
+    >>> rounding_stats(w, "int8").flushed_to_zero, rounding_stats(w, "int8", scaled=True).flushed_to_zero
+    (1.0, 0.0)
+    >>> rounding_stats(w, "int8", scaled=True).scale   # 0.5 / 127
+    0.003937007874015748
     """
     name = _format(dtype)
+    if not isinstance(values, torch.Tensor):
+        raise LabError.bad("values", values, "pass a torch.Tensor (e.g. a layer's weight)", verb="is not a tensor")
+    if not isinstance(scaled, bool):
+        raise LabError.bad("scaled", scaled, "use True (a per-tensor scale) or False", verb="is not a bool")
     given = values.detach().reshape(-1).to(torch.float64).cpu()
-    stored = _store(given, name).to(torch.float64)
+    absmax = float(given[torch.isfinite(given)].abs().max()) if torch.isfinite(given).any() else 0.0
+    scale = absmax / _info(name).max if scaled and absmax > 0 else 1.0
+    stored = _store(given / scale, name).to(torch.float64) * scale
     finite = torch.isfinite(stored)
     error = (stored - given).abs()
     nonzero = given != 0
@@ -438,7 +475,98 @@ def rounding_stats(values: torch.Tensor, dtype: str | torch.dtype) -> RoundingSt
         flushed_to_zero=float(((stored == 0) & nonzero).sum()) / max(int(nonzero.sum()), 1),
         non_finite=float((~finite).sum()) / n,
         changed=float((stored != given).sum()) / n,
+        rmse=float(error[finite].pow(2).mean().sqrt()) if finite.any() else math.nan,
+        scale=scale,
+        output_relative_error=None if inputs is None else _output_error(values, stored, inputs),
     )
+
+
+def _output_error(values: torch.Tensor, stored: torch.Tensor, inputs: torch.Tensor) -> float:
+    """||x W'^T - x W^T|| / ||x W^T|| in float64, W = ``values`` (out, in), W' the ``stored`` copy."""
+    if not isinstance(inputs, torch.Tensor):
+        raise LabError.bad("inputs", inputs, "pass a torch.Tensor of shape (tokens, in_features)", verb="is not a tensor")
+    if values.dim() != 2 or inputs.shape[-1] != values.shape[1]:
+        raise LabError(f"inputs of shape {tuple(inputs.shape)} cannot multiply values of shape {tuple(values.shape)}; "
+                       "pass a weight matrix (out_features, in_features) and inputs (..., in_features)")
+    x = inputs.detach().reshape(-1, values.shape[1]).to(torch.float64).cpu()
+    reference = x @ values.detach().to(torch.float64).cpu().T
+    approx = x @ stored.reshape(values.shape).T
+    if not torch.isfinite(approx).all():  # an inf weight makes inf or nan outputs (inf x 0 = nan)
+        return math.inf
+    norm = float(reference.norm())
+    return float((approx - reference).norm()) / norm if norm else math.nan
+
+
+@dataclass(frozen=True)
+class Neighbours:
+    """What a format stores for a value and the representable values on either side (float.exposed's view).
+
+    ``below`` / ``above``: the next representable values under and over ``stored`` (-inf and inf at
+    the ends of a format that has them; nan where nothing lies beyond, as past float8_e4m3fn's 448
+    or past inf). ``gap``: the step from ``stored`` to the next larger magnitude, as :func:`spacing`
+    measures it (nan for inf and nan). ``exact``: ``stored`` written out in decimal, every digit.
+    """
+
+    dtype: str
+    given: float
+    stored: float
+    below: float
+    above: float
+    gap: float
+    exact: str
+
+
+@lru_cache(maxsize=None)
+def _ladder(name: str) -> torch.Tensor:
+    """Every finite value of an 8- or 16-bit format, ascending, -0 merged into 0."""
+    values = _values(torch.arange(1 << _info(name).bits, dtype=torch.int64), name)
+    return torch.unique(values[torch.isfinite(values)])  # sorted
+
+
+def _step(stored: float, name: str, up: bool) -> float:
+    info = _info(name)
+    if info.bits > 16:  # float32: torch's nextafter in the format itself
+        x = torch.tensor([stored], dtype=DTYPES[name].torch_dtype)
+        return float(torch.nextafter(x, torch.full_like(x, math.inf if up else -math.inf)).item())
+    ladder = _ladder(name)
+    i = int(torch.searchsorted(ladder, torch.tensor([stored], dtype=torch.float64))[0])  # ladder[i] == stored
+    j = i + 1 if up else i - 1
+    if 0 <= j < ladder.numel():
+        return float(ladder[j])
+    return (math.inf if up else -math.inf) if info.has_inf else math.nan
+
+
+def neighbours(value: float, dtype: str | torch.dtype) -> Neighbours:
+    """The value ``dtype`` stores for ``value``, its representable neighbours, the gap there and the
+    stored value's exact decimal: what float.exposed and float-toy show beside the bits.
+
+    0.1 is not a float16 value: it lies between 0.0999755859375 (stored: the nearer one) and
+    0.10003662109375, 2**-14 apart. In bfloat16, 256 sits between 255 and 258: the gap below a power
+    of two is half the gap above it.
+
+    >>> n = neighbours(0.1, "float16")
+    >>> n.below, n.stored, n.above, n.gap
+    (0.09991455078125, 0.0999755859375, 0.10003662109375, 6.103515625e-05)
+    >>> n32 = neighbours(0.1, "float32")
+    >>> n32.exact
+    '0.100000001490116119384765625'
+    >>> b = neighbours(256, "bfloat16")
+    >>> b.below, b.stored, b.above, b.gap
+    (255.0, 256.0, 258.0, 2.0)
+    >>> neighbours(65504, "float16").above, neighbours(448, "e4m3").above
+    (inf, nan)
+    """
+    name = _format(dtype)
+    given = _as_float(value)
+    stored = decompose(given, name).value
+    if math.isnan(stored):
+        return Neighbours(name, given, stored, math.nan, math.nan, math.nan, "nan")
+    if math.isinf(stored):
+        info = _info(name)
+        below, above = (info.max, math.nan) if stored > 0 else (math.nan, info.min)
+        return Neighbours(name, given, stored, below, above, math.nan, "inf" if stored > 0 else "-inf")
+    return Neighbours(name, given, stored, _step(stored, name, up=False), _step(stored, name, up=True),
+                      spacing(name, [stored]).gaps[0], format(Decimal(stored), "f"))
 
 
 _BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
@@ -467,6 +595,9 @@ def _evaluate(node: ast.AST) -> float:
     raise ValueError("only numbers, inf, nan, pi, e and + - * / ** are allowed")
 
 
+_MAX_TEXT = 200  # characters of arithmetic a learner types; longer text is a paste gone wrong
+
+
 def parse_value(text: str) -> float:
     """The number a learner typed: a decimal, ``inf``/``nan``, or arithmetic with + - * / **.
 
@@ -475,11 +606,13 @@ def parse_value(text: str) -> float:
     >>> parse_value("7OOOO")
     Traceback (most recent call last):
     ...
-    ValueError: text '7OOOO' is not a number (it is neither a number nor arithmetic on numbers); type e.g. 70000, 1e-3, -0.0, inf, nan or 1 + 2**-8
+    bigsmall_lab._errors.LabError: text '7OOOO' is not a number (it is neither a number nor arithmetic on numbers); type e.g. 70000, 1e-3, -0.0, inf, nan or 1 + 2**-8
     """
     if not isinstance(text, str):
-        raise TypeError(f"text must be a string, not {type(text).__name__}")
+        raise LabError.bad("text", text, "type the number as text, e.g. '70000' or '1 + 2**-8'", verb="is not text")
     hint = "type e.g. 70000, 1e-3, -0.0, inf, nan or 1 + 2**-8"
+    if len(text) > _MAX_TEXT:
+        raise LabError(f"text {shown(text)} is too long to be a number (over {_MAX_TEXT} characters); {hint}")
     try:
         return float(text)  # fast path; also takes "1e400" (inf) and "nan"
     except ValueError:
@@ -490,6 +623,46 @@ def parse_value(text: str) -> float:
         reason = "it is neither a number nor arithmetic on numbers"
     except ZeroDivisionError:
         reason = "it divides by zero; type inf or nan for those values"
+    except (RecursionError, MemoryError):  # "-" * 150 + "1": nesting deeper than the parser allows
+        reason = "it nests too deeply"
     except ValueError as exc:
         reason = str(exc)
-    raise ValueError(f"text {text!r} is not a number ({reason}); {hint}")
+    raise LabError(f"text {shown(text)} is not a number ({reason}); {hint}")
+
+
+def value_text(x: float) -> str:
+    """Text that :func:`parse_value` reads back as exactly ``x`` (integers without '.0').
+
+    >>> value_text(70144.0), value_text(-0.0), value_text(0.1), value_text(float("inf"))
+    ('70144', '-0', '0.1', 'inf')
+    """
+    if x == 0:
+        return "-0" if math.copysign(1.0, x) < 0 else "0"
+    if math.isfinite(x) and x.is_integer() and abs(x) < 1e16:
+        return str(int(x))
+    return repr(x)  # '0.1', 'inf', 'nan', '1e+20': repr round-trips every float64
+
+
+def range_note(b: FloatBits) -> str:
+    """Why a format could not hold the given value's size at all, or '' when it could.
+
+    The error alone hides why: float8_e4m3fn stores 70000 as 448 (-99.4%) yet its kind is "normal".
+
+    >>> [range_note(decompose(70000, d)) for d in ("float16", "float8_e4m3fn", "bfloat16")]
+    ['overflow to inf', 'saturated at the largest value', '']
+    >>> range_note(decompose(-1e-8, "float16")), range_note(decompose(0.3, "int8"))
+    ('underflow to -0', 'rounded to 0')
+    """
+    info = _info(b.dtype)
+    if math.isnan(b.given):
+        return "" if math.isnan(b.value) else f"{b.dtype} has no nan: stored as {value_text(b.value)}"
+    if b.given > info.max or b.given < info.min:  # beyond the largest finite value (inf included)
+        if math.isinf(b.value):
+            return "" if b.value == b.given else f"overflow to {value_text(b.value)}"
+        if info.has_inf:  # IEEE rounding: just past the largest value still rounds down to it
+            return f"rounded to the {'largest' if b.given > 0 else 'most negative'} value"
+        # no inf to go to: float8_e4m3fn and the integers clamp to their ends
+        return f"saturated at the {'largest' if b.given > 0 else 'most negative'} value"
+    if b.given != 0 and b.value == 0:
+        return f"underflow to {value_text(b.value)}" if info.is_float else "rounded to 0"
+    return ""

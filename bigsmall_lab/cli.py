@@ -5,7 +5,9 @@
     bigsmall-lab presets
     bigsmall-lab estimate <preset|config.json> [--dtype D] [--quantization Q] [--seq-len N] [--batch-size N] [--json]
 
-The CLI imports planners and runners only, never widgets: a terminal needs no ipywidgets.
+The CLI imports planners and runners only, never widgets: a terminal needs no ipywidgets. Bad input
+(the lab's :class:`~bigsmall_lab._errors.LabError`, a missing file or cache folder) is one sentence on
+stderr and exit status 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -24,6 +26,17 @@ def lessons_dir() -> Path:
         if candidate.is_dir():
             return candidate
     return Path.cwd()
+
+
+def _port(text: str) -> int:
+    """argparse type of --port: a TCP port Jupyter can listen on (argparse turns the error into exit 2)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"port {text!r} is not a whole number; use 1 to 65535, e.g. 8888") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is out of range; use 1 to 65535, e.g. 8888")
+    return port
 
 
 def _lab_command(args: argparse.Namespace, extra: list[str]) -> list[str]:
@@ -74,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     lab = sub.add_parser("lab", help="start JupyterLab on the lessons (other options go to jupyter lab)")
-    lab.add_argument("--port", type=int, default=None, help="port to serve on (default: Jupyter's, 8888 or next free)")
+    lab.add_argument("--port", type=_port, default=None, help="port to serve on (default: Jupyter's, 8888 or next free)")
     lab.add_argument("--no-browser", action="store_true", help="do not open a browser; just print the URL")
     lab.add_argument("--ip", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     lab.add_argument("--root", default=None, help="folder to serve (default: the lessons)")
@@ -100,9 +113,16 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "passthrough", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    from ._errors import LabError
+
     try:
         return args.func(args, extra)
-    except (ValueError, TypeError, OSError) as err:
+    except BrokenPipeError:
+        # `bigsmall-lab presets | head -1`: the reader left; say nothing more (and nothing at exit either).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    except (LabError, OSError) as err:  # bad input, a missing file or cache folder: one sentence
         print(f"bigsmall-lab {args.command}: {err}", file=sys.stderr)
         return 2
 

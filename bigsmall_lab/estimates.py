@@ -8,12 +8,16 @@ bfloat16 that is 8,030,261,248 x 2 = 16.06 GB, more than a free Colab T4's ~15 G
 >>> kv_cache_bytes("llama-3.1-8b", seq_len=8192)      # 2 x 32 layers x 8 KV heads x 128 x 8192 x 2 B
 1073741824
 
-Every byte count goes through the lab's one dtype table (``bigsmall_lab._dtypes``).
+A config is resolved once (:func:`resolve`: the config dict, its model on the meta device) and
+every estimate reads that :class:`ModelSpec`; :func:`module_bytes` gives the bytes of every module
+(the idea of accelerate's ``compute_module_sizes``) for a placement planner to read. Every byte
+count goes through the lab's one dtype table (``bigsmall_lab._dtypes``).
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass
 from enum import Enum
 from typing import Any
@@ -21,18 +25,57 @@ from typing import Any
 import torch
 
 from ._dtypes import bytes_per_element, dtype_name
-from ._units import parse_size
-from .hardware import GPUS, describe
-from .zoo._configs import config_dict, meta_model, transformers_config
+from ._errors import LabError, closest, shown, whole_number
+from ._units import GB, parse_size
+from .zoo._configs import ModelSpec, resolve
 
-__all__ = ["CUDA_CONTEXT_BYTES", "Comparison", "MemoryEstimate", "Quantization", "WeightsRow", "activation_bytes",
-           "estimate", "kv_cache_bytes", "largest_layer_bytes", "weights_bytes", "weights_table"]
+__all__ = ["GPUS", "RUNTIME_OVERHEAD", "Comparison", "GpuModel", "MemoryEstimate", "ModelSpec", "Quantization",
+           "WeightsRow", "activation_bytes", "estimate", "fits", "kv_cache_bytes", "largest_layer_bytes",
+           "module_bytes", "resolve", "weights_bytes", "weights_table"]
 
 # Float formats a model's weights (and KV cache) can be loaded in.
 WEIGHT_DTYPES = ("float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2")
-# What the CUDA context and cuBLAS workspaces of one process typically take before any tensor:
-# ~0.3-0.6 GB depending on GPU and driver. The lab's GPU check measures it on the attached GPU.
-CUDA_CONTEXT_BYTES = 500 * 10**6
+_F32 = int(bytes_per_element("float32"))  # bitsandbytes' scales, absmax and code books are float32
+
+
+@dataclass(frozen=True)
+class GpuModel:
+    """A GPU people rent or own, with the memory a model can really use on it (bytes)."""
+
+    name: str
+    usable_bytes: int
+    note: str = ""
+
+
+# Usable memory, decimal GB as the cards are sold. The T4 is a 16 GB card; torch sees about 14.75 GiB
+# of it (15.8 GB) and the talk rounds what a model can use on free Colab to ~15 GB.
+GPUS: dict[str, GpuModel] = {
+    g.name: g
+    for g in (
+        GpuModel("T4", 15 * GB, "free Colab: 16 GB card, ~15 GB usable"),
+        GpuModel("L4", 24 * GB),
+        GpuModel("RTX 4090", 24 * GB),
+        GpuModel("A100 40GB", 40 * GB),
+        GpuModel("A100 80GB", 80 * GB),
+        GpuModel("H100", 80 * GB),
+    )
+}
+
+
+@dataclass(frozen=True)
+class _Assumption:
+    bytes: int
+    source: str
+
+
+# The runtime's own memory before any tensor: the CUDA context and cuBLAS workspaces of one process.
+# Not measurable without a GPU, so an ASSUMPTION off CUDA; on a GPU, pass the measured figure
+# (bsl.hardware.cuda_context_bytes(), NVML before and after the first CUDA call).
+RUNTIME_OVERHEAD = _Assumption(
+    500 * 1000**2,
+    "assumed: a CUDA context + cuBLAS workspace is ~0.3-0.6 GB per process depending on GPU and driver "
+    "(PyTorch CUDA semantics notes; tools/gpu_check.py measures it); on a GPU pass "
+    "overhead_bytes=bsl.hardware.cuda_context_bytes()")
 
 
 class Quantization(str, Enum):
@@ -47,11 +90,15 @@ class Quantization(str, Enum):
     def parse(cls, value: str | Quantization | None) -> Quantization | None:
         if value is None or isinstance(value, Quantization):
             return value
+        allowed = ", ".join(q.value for q in cls)
+        if not isinstance(value, str):
+            raise LabError.bad("quantization", value, f"use None or one of: {allowed}", verb="is not a text")
         try:
-            return cls(str(value).lower())
+            return cls(value.strip().lower())
         except ValueError:
-            allowed = ", ".join(q.value for q in cls)
-            raise ValueError(f"quantization {value!r} is not known; use None or one of: {allowed}") from None
+            hint = closest(value.strip().lower(), [q.value for q in cls])
+            raise LabError.bad("quantization", value, f"use None or one of: {allowed}",
+                               verb="is not known" + hint) from None
 
 
 _BLOCK = 64  # bitsandbytes' 4-bit weight blocksize
@@ -63,12 +110,12 @@ _CODE_NESTED = 256  # float32 entries of the 8-bit dynamic map of nested absmax 
 def _linear_bytes(weight_numel: int, out_features: int, quantization: Quantization) -> int:
     """Bytes bitsandbytes stores for one nn.Linear weight (bias excluded: it stays in the compute dtype)."""
     if quantization is Quantization.INT8:
-        return weight_numel + 4 * out_features  # int8 weight + float32 SCB per row
+        return weight_numel + _F32 * out_features  # int8 weight + float32 SCB per row
     blocks = math.ceil(weight_numel / _BLOCK)
-    packed = math.ceil(weight_numel / 2) + 4 * _CODE_4BIT
+    packed = math.ceil(weight_numel / 2) + _F32 * _CODE_4BIT
     if quantization is Quantization.NF4_DOUBLE:
-        return packed + blocks + 4 * math.ceil(blocks / _NESTED_BLOCK) + 4 * _CODE_NESTED + 4
-    return packed + 4 * blocks
+        return packed + blocks + _F32 * math.ceil(blocks / _NESTED_BLOCK) + _F32 * _CODE_NESTED + _F32
+    return packed + _F32 * blocks
 
 
 def _matches(name: str, patterns) -> bool:
@@ -83,52 +130,16 @@ def _param_bytes(model: torch.nn.Module, name: str, numel: int, dtype: str) -> i
     strict = getattr(model, "_keep_in_fp32_modules_strict", None) or ()
     module = name.rsplit(".", 1)[0]
     if (dtype == "float16" and _matches(module, keep)) or (dtype in ("float16", "bfloat16") and _matches(module, strict)):
-        return numel * 4
+        return numel * _F32
     return int(numel * bytes_per_element(dtype))
 
 
-def weights_bytes(config: Any, dtype: str | torch.dtype = "bfloat16", quantization: str | None = None) -> int:
-    """Bytes of the weights as loaded: parameters x bytes per parameter, each tied tensor once.
-
-    ``quantization`` (None, "int8", "nf4", "fp4", "nf4-double") counts what bitsandbytes really
-    stores: every nn.Linear except the ones transformers leaves alone (the output embedding
-    ``lm_head``, tied weights and ``_keep_in_fp32_modules``) becomes int8 + a float32 scale per row,
-    or packed 4-bit + a float32 absmax per 64 weights (8-bit with double quantization) + the code
-    book; embeddings, norms and biases stay in ``dtype``. ``get_memory_footprint()`` leaves the 4-bit
-    absmax and code books out; this function counts them. Buffers (rotary tables) are not counted:
-    checkpoints do not store them.
-
-    >>> weights_bytes("llama-3.1-8b", "bfloat16", "int8")   # embeddings + lm_head stay bf16: 2.1 GB
-    9086705664
-    >>> weights_bytes("llama-3.1-8b", "bfloat16", "nf4")
-    6027761664
-    """
-    return sum(size for _, size in _parameter_bytes(meta_model(config, dtype=torch.float32), config, dtype, quantization))
-
-
-def largest_layer_bytes(config: Any, dtype: str | torch.dtype = "bfloat16", quantization: str | None = None) -> int:
-    """Bytes of the biggest piece that must stay whole on one device: a module the model lists in
-    ``_no_split_modules`` (a decoder layer, with its residual connection) or a lone module such as
-    the embedding. Big Model Inference needs this much free on a device to place anything there.
-    """
-    model = meta_model(config, dtype=torch.float32)
-    no_split = set(getattr(model, "_no_split_modules", None) or ())
-    classes = {name: type(module).__name__ for name, module in model.named_modules()}
-    groups: dict[str, int] = {}
-    for name, size in _parameter_bytes(model, config, dtype, quantization):
-        parts = name.split(".")[:-1]
-        prefixes = [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
-        group = next((p for p in prefixes if classes.get(p) in no_split), ".".join(parts))
-        groups[group] = groups.get(group, 0) + size
-    return max(groups.values())
-
-
-def _parameter_bytes(model: torch.nn.Module, config: Any, dtype: str | torch.dtype, quantization: str | None):
-    """(parameter name, bytes as loaded) for each parameter of ``config``'s meta ``model``, tied tensors once."""
-    dtype = dtype_name(dtype, allowed=WEIGHT_DTYPES)
-    quant = Quantization.parse(quantization)
-    if quant is not None and "_class_name" in config_dict(config):
-        raise ValueError("quantization is counted for transformers models only; this config is a diffusers model")
+def _parameter_bytes(spec: ModelSpec, dtype: str, quant: Quantization | None):
+    """(parameter name, bytes as loaded) for each parameter of the spec's meta model, tied tensors once."""
+    model = spec.meta
+    if quant is not None and spec.kind != "transformers":
+        raise LabError(f"quantization {quant.value!r} is counted for transformers models only; "
+                       f"{shown(spec.name)} is a diffusers model")
     skip: set[str] = set()
     if quant is not None:
         from transformers.quantizers.base import get_keys_to_not_convert
@@ -149,21 +160,80 @@ def _parameter_bytes(model: torch.nn.Module, config: Any, dtype: str | torch.dty
                 yield full, _param_bytes(model, full, param.numel(), dtype)
 
 
-def _text_config(config: Any):
-    """The transformers config object whose layers hold the KV cache."""
-    cfg = config_dict(config)
-    if "model_type" not in cfg:
-        raise ValueError("config has no KV cache: it is missing the key 'model_type' (a transformers "
-                         "decoder config.json states it)")
-    return transformers_config(cfg).get_text_config(decoder=True)
+def module_bytes(config: Any, dtype: str | torch.dtype = "bfloat16", quantization: str | None = None) -> dict[str, int]:
+    """Bytes of every module's parameters as loaded, keyed by module name ('' is the whole model),
+    each tied tensor counted once (where it is first met): accelerate's ``compute_module_sizes`` idea,
+    from the same rules as :func:`weights_bytes`.
+
+    One Llama 3.2 1B decoder layer: q, o 2048 x 2048; k, v 2048 x 512; gate, up, down 2048 x 8192;
+    two norms of 2048: 60,821,504 parameters x 2 bytes:
+
+    >>> sizes = module_bytes("llama-3.2-1b", "bfloat16")
+    >>> sizes[""], sizes["model.layers.0"]
+    (2471628800, 121643008)
+    """
+    spec = resolve(config)
+    dtype = dtype_name(dtype, allowed=WEIGHT_DTYPES)
+    quant = Quantization.parse(quantization)
+    sizes: dict[str, int] = {"": 0}
+    for name, size in _parameter_bytes(spec, dtype, quant):
+        parts = name.split(".")[:-1]
+        for i in range(len(parts) + 1):
+            prefix = ".".join(parts[:i])
+            sizes[prefix] = sizes.get(prefix, 0) + size
+    return sizes
 
 
-def _kv_layout(config: Any) -> tuple[int, int, list[int | None]]:
+def weights_bytes(config: Any, dtype: str | torch.dtype = "bfloat16", quantization: str | None = None) -> int:
+    """Bytes of the weights as loaded: parameters x bytes per parameter, each tied tensor once.
+
+    ``quantization`` (None, "int8", "nf4", "fp4", "nf4-double") counts what bitsandbytes really
+    stores: every nn.Linear except the ones transformers leaves alone (the output embedding
+    ``lm_head``, tied weights and ``_keep_in_fp32_modules``) becomes int8 + a float32 scale per row,
+    or packed 4-bit + a float32 absmax per 64 weights (8-bit with double quantization) + the code
+    book; embeddings, norms and biases stay in ``dtype``. ``get_memory_footprint()`` leaves the 4-bit
+    absmax and code books out; this function counts them. Buffers (rotary tables) are not counted:
+    checkpoints do not store them.
+
+    >>> weights_bytes("llama-3.1-8b", "bfloat16", "int8")   # embeddings + lm_head stay bf16: 2.1 GB
+    9086705664
+    >>> weights_bytes("llama-3.1-8b", "bfloat16", "nf4")
+    6027761664
+    """
+    return module_bytes(config, dtype, quantization)[""]
+
+
+def largest_layer_bytes(config: Any, dtype: str | torch.dtype = "bfloat16", quantization: str | None = None) -> int:
+    """Bytes of the biggest piece that must stay whole on one device: a module the model lists in
+    ``_no_split_modules`` (a decoder layer, with its residual connection) or a lone module such as
+    the embedding. Big Model Inference needs this much free on a device to place anything there.
+
+    >>> largest_layer_bytes("llama-3.2-1b")          # the tied embedding, 128,256 x 2048 x 2 bytes
+    525336576
+    """
+    spec = resolve(config)
+    model = spec.meta
+    no_split = set(getattr(model, "_no_split_modules", None) or ())
+    classes = {name: type(module).__name__ for name, module in model.named_modules()}
+    groups: dict[str, int] = {}
+    for name, size in _parameter_bytes(spec, dtype_name(dtype, allowed=WEIGHT_DTYPES), Quantization.parse(quantization)):
+        parts = name.split(".")[:-1]
+        prefixes = [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
+        group = next((p for p in prefixes if classes.get(p) in no_split), ".".join(parts))
+        groups[group] = groups.get(group, 0) + size
+    return max(groups.values())
+
+
+def _kv_layout(spec: ModelSpec) -> tuple[int, int, list[int | None]]:
     """(KV heads, head dim, per layer: sliding window or None for full attention)."""
-    text = _text_config(config)
-    for key in ("num_hidden_layers", "num_attention_heads", "hidden_size"):
-        if getattr(text, key, None) is None:
-            raise ValueError(f"config is missing the key {key!r}, needed to size the KV cache")
+    if spec.kind != "transformers":
+        raise LabError(f"config {shown(spec.name)} is a diffusers model: it has no KV cache (only decoders "
+                       "that generate token by token keep one)")
+    can_generate = getattr(spec.meta, "can_generate", None)
+    if callable(can_generate) and not can_generate():
+        raise LabError(f"config {shown(spec.name)} is an encoder ({type(spec.meta).__name__}): it reads the whole "
+                       "input at once and keeps no KV cache")
+    text = spec.text_config
     n_heads = text.num_attention_heads
     n_kv_heads = getattr(text, "num_key_value_heads", None) or n_heads
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // n_heads
@@ -183,41 +253,96 @@ def kv_cache_bytes(config: Any, seq_len: int, batch_size: int = 1, dtype: str | 
     Grouped-query attention is honoured (KV heads, not query heads) and an explicit ``head_dim``
     wins over hidden_size / heads. Models with sliding-window layers (Gemma 2 alternates 4096-token
     windows with full attention) are counted as transformers' ``DynamicCache`` allocates them:
-    a sliding layer keeps only its last ``sliding_window - 1`` tokens.
+    a sliding layer keeps only its last ``sliding_window - 1`` tokens. Encoders (T5's encoder, CLIP's
+    text model) and diffusers models keep no KV cache: one sentence says so.
 
     >>> kv_cache_bytes("gemma-2-9b", seq_len=8192) // 2**20   # 21 full + 21 sliding layers
     2015
     """
-    for name, value in (("seq_len", seq_len), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ValueError(f"{name} {value!r} must be a positive whole number of tokens / sequences")
+    seq_len = whole_number(seq_len, "seq_len")
+    batch_size = whole_number(batch_size, "batch_size")
     dtype = dtype_name(dtype, allowed=WEIGHT_DTYPES + ("int8", "int4"))
-    n_kv_heads, head_dim, windows = _kv_layout(config)
+    n_kv_heads, head_dim, windows = _kv_layout(resolve(config))
     tokens = sum(seq_len if w is None else min(seq_len, w - 1) for w in windows)
     return int(2 * n_kv_heads * head_dim * tokens * batch_size * bytes_per_element(dtype))
 
 
 def activation_bytes(config: Any, seq_len: int, batch_size: int = 1, dtype: str | torch.dtype = "bfloat16",
                      all_logits: bool = False) -> int:
-    """A forward pass's transient peak, estimated: one MLP block's hidden states
-    (batch x seq x (2 x intermediate + hidden)) plus the float32 logits over the vocabulary, for the
-    last position only (what ``generate`` computes, ``logits_to_keep=1``) or, with ``all_logits``,
-    for every position (a plain ``model(ids)`` call, or training).
+    """A forward pass's transient memory without gradients (inference), estimated in ``dtype``.
 
-    It is an estimate (kernels add workspaces, attention may materialise seq x seq scores); the
-    lessons measure the real peak beside it.
+    What it models, per sequence of ``seq_len`` tokens:
+
+    - one decoder layer at a time (no gradients: a layer's tensors are freed before the next runs);
+      its peak is the eager Llama MLP, which holds act(gate), up and their product at once:
+      3 x intermediate x tokens, plus the residual stream and its normed copy: 2 x hidden x tokens;
+    - the logits over the vocabulary, in the model's dtype (transformers 5 returns bf16 logits for a
+      bf16 model): of the last position only, plus the float32 copy ``generate()`` keeps of it
+      (the default), or of every position with ``all_logits`` (a plain ``model(ids)`` call).
+
+    The two are added, not maxed: a caching allocator (CUDA's, glibc's) rarely hands the MLP's freed
+    blocks to the much larger logits tensor. Not counted: attention scores (SDPA and flash kernels do
+    not materialise seq x seq; an eager attention would add heads x seq^2 x bytes), kernel
+    workspaces, and everything training keeps. The lessons measure the real peak beside it.
+
+    Llama 3.1 8B, 131,072 tokens, ``all_logits``: MLP 3 x 14,336 x 131,072 x 2 B = 11.3 GB, residual
+    2.1 GB, logits 131,072 x 128,256 x 2 B = 33.6 GB:
+
+    >>> round(activation_bytes("llama-3.1-8b", 131072, all_logits=True) / 1e9, 1)
+    47.0
     """
-    text = _text_config(config)
+    spec = resolve(config)
+    seq_len = whole_number(seq_len, "seq_len")
+    batch_size = whole_number(batch_size, "batch_size")
     dtype = dtype_name(dtype, allowed=WEIGHT_DTYPES)
+    if not isinstance(all_logits, bool):
+        raise LabError.bad("all_logits", all_logits, "use True or False", verb="is not a bool")
+    if spec.kind != "transformers":
+        raise LabError(f"config {shown(spec.name)} is a diffusers model: its activations depend on the image "
+                       "size and steps, which this estimate does not model")
+    text = spec.text_config
+    width = bytes_per_element(dtype)
+    tokens = batch_size * seq_len
     intermediate = getattr(text, "intermediate_size", None) or 4 * text.hidden_size
-    hidden_states = batch_size * seq_len * (2 * intermediate + text.hidden_size) * bytes_per_element(dtype)
-    logits = batch_size * (seq_len if all_logits else 1) * text.vocab_size * 4
-    return int(hidden_states + logits)
+    layer = tokens * (3 * intermediate + 2 * text.hidden_size) * width
+    head = spec.meta.get_output_embeddings() if hasattr(spec.meta, "get_output_embeddings") else None
+    if head is None:  # an encoder: no logits over a vocabulary
+        logits = 0
+    elif all_logits:
+        logits = tokens * text.vocab_size * width
+    else:
+        logits = batch_size * text.vocab_size * (width + _F32)
+    return int(layer + logits)
+
+
+def fits(n_bytes: int, gpu: str | int | float) -> bool:
+    """Whether ``n_bytes`` fit ``gpu``: a name from :data:`GPUS` ("T4"), a size ("24GB") or bytes.
+
+    >>> fits(16_060_522_496, "T4"), fits(16_060_522_496, "24GB")
+    (False, True)
+    """
+    return n_bytes <= _capacity(gpu)
+
+
+def _capacity(gpu: str | int | float) -> int:
+    if isinstance(gpu, str) and gpu in GPUS:
+        return GPUS[gpu].usable_bytes
+    try:
+        return parse_size(gpu, argument="gpu")
+    except LabError:
+        hint = closest(gpu, GPUS) if isinstance(gpu, str) else ""
+        raise LabError.bad("gpu", gpu, f"use a GPU name ({', '.join(GPUS)}) or a memory size like '24GB'",
+                           verb="is not a GPU or a size" + hint) from None
 
 
 @dataclass(frozen=True)
 class MemoryEstimate:
-    """What running a model needs, in bytes; ``total_bytes`` is their sum."""
+    """What running a model needs, in bytes; ``total_bytes`` is their sum.
+
+    ``overhead_source`` says where ``overhead_bytes`` comes from (an assumption off CUDA, a measurement
+    on a GPU); ``notes`` says what was left out or looks wrong (a context beyond the model's trained
+    length, a diffusers model without KV cache).
+    """
 
     config: str
     dtype: str
@@ -229,58 +354,80 @@ class MemoryEstimate:
     kv_cache_bytes: int
     activation_bytes: int
     overhead_bytes: int
+    overhead_source: str = ""
+    notes: tuple[str, ...] = ()
 
     @property
     def total_bytes(self) -> int:
         return self.weights_bytes + self.kv_cache_bytes + self.activation_bytes + self.overhead_bytes
 
     def fits(self, gpu: str | int | float) -> bool:
-        """Whether the total fits ``gpu``: a name from ``hardware.GPUS`` ("T4"), a size ("24GB") or bytes."""
-        return self.total_bytes <= _capacity(gpu)
-
-    def fits_attached(self) -> bool:
-        """Whether it fits what is attached now: the first GPU's free memory, else the available RAM."""
-        hw = describe()
-        free = hw.gpus[0].free_bytes if hw.gpus else hw.ram_available_bytes
-        return self.total_bytes <= free
+        """Whether the total fits ``gpu``: a name from ``GPUS`` ("T4"), a size ("24GB") or bytes."""
+        return fits(self.total_bytes, gpu)
 
     def fits_table(self) -> dict[str, bool]:
         return {name: self.fits(name) for name in GPUS}
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "total_bytes": self.total_bytes, "fits": self.fits_table()}
+        return {**asdict(self), "notes": list(self.notes), "total_bytes": self.total_bytes, "fits": self.fits_table()}
 
 
-def _capacity(gpu: str | int | float) -> int:
-    if isinstance(gpu, str) and gpu in GPUS:
-        return GPUS[gpu].usable_bytes
-    try:
-        return parse_size(gpu, argument="gpu")
-    except ValueError:
-        raise ValueError(f"gpu {gpu!r} is neither a GPU name ({', '.join(GPUS)}) nor a memory size like '24GB'") from None
+def _overhead(overhead_bytes: Any, overhead_source: str | None) -> tuple[int, str]:
+    if overhead_bytes is None:
+        return RUNTIME_OVERHEAD.bytes, RUNTIME_OVERHEAD.source
+    if isinstance(overhead_bytes, bool) or not isinstance(overhead_bytes, numbers.Real) or not (
+            math.isfinite(overhead_bytes) and overhead_bytes >= 0):
+        raise LabError.bad("overhead_bytes", overhead_bytes, "use a number of bytes >= 0, or None for the "
+                           "assumed CUDA context", verb="is not a size")
+    return int(overhead_bytes), overhead_source or "given by the caller"
 
 
 def estimate(config: Any, dtype: str | torch.dtype = "bfloat16", quantization: str | None = None,
-             seq_len: int = 4096, batch_size: int = 1, overhead_bytes: int = CUDA_CONTEXT_BYTES) -> MemoryEstimate:
+             seq_len: int = 4096, batch_size: int = 1, overhead_bytes: int | None = None,
+             overhead_source: str | None = None) -> MemoryEstimate:
     """Weights + KV cache (in ``dtype``) + a forward pass's activations + runtime overhead.
+
+    The config is resolved once. ``overhead_bytes``: the runtime's own memory; None takes the
+    labelled assumption :data:`RUNTIME_OVERHEAD` (500 MB); on a GPU pass the measured
+    ``bsl.hardware.cuda_context_bytes()``; 0 to compare with torch's own counters. A diffusers model
+    (the FLUX transformer) gets its weights and overhead, and a note: no KV cache, activations not
+    modelled.
 
     >>> e = estimate("llama-3.1-8b", seq_len=4096)
     >>> e.fits("T4"), e.fits("L4")
     (False, True)
     """
-    from .zoo import count_parameters
-
-    label = config if isinstance(config, str) else str(config_dict(config).get("_name_or_path") or "config")
+    spec = resolve(config)
     quant = Quantization.parse(quantization)
     kv_dtype = dtype_name(dtype, allowed=WEIGHT_DTYPES)
+    seq_len = whole_number(seq_len, "seq_len")
+    batch_size = whole_number(batch_size, "batch_size")
+    overhead, source = _overhead(overhead_bytes, overhead_source)
+    notes: list[str] = []
+    if spec.kind == "transformers":
+        kv = kv_cache_bytes(spec, seq_len, batch_size, kv_dtype) if _has_kv_cache(spec) else 0
+        if not kv:
+            notes.append(f"{type(spec.meta).__name__} is an encoder: no KV cache")
+        activations = activation_bytes(spec, seq_len, batch_size, kv_dtype)
+        trained = getattr(spec.text_config, "max_position_embeddings", None)
+        if isinstance(trained, int) and seq_len > trained:
+            notes.append(f"seq_len {seq_len:,} is beyond max_position_embeddings {trained:,}: the model was not "
+                         "built for that context, so its output there is not trustworthy")
+    else:
+        kv = activations = 0
+        notes.append("a diffusers model: no KV cache, and its activations (which depend on image size) are not "
+                     "modelled; weights and overhead only")
     return MemoryEstimate(
-        config=label, dtype=kv_dtype, quantization=quant.value if quant else None, seq_len=seq_len,
-        batch_size=batch_size, parameters=count_parameters(config),
-        weights_bytes=weights_bytes(config, dtype, quant),
-        kv_cache_bytes=kv_cache_bytes(config, seq_len, batch_size, kv_dtype),
-        activation_bytes=activation_bytes(config, seq_len, batch_size, kv_dtype),
-        overhead_bytes=overhead_bytes,
+        config=spec.name, dtype=kv_dtype, quantization=quant.value if quant else None, seq_len=seq_len,
+        batch_size=batch_size, parameters=spec.parameters,
+        weights_bytes=weights_bytes(spec, kv_dtype, quant), kv_cache_bytes=kv, activation_bytes=activations,
+        overhead_bytes=overhead, overhead_source=source, notes=tuple(notes),
     )
+
+
+def _has_kv_cache(spec: ModelSpec) -> bool:
+    can_generate = getattr(spec.meta, "can_generate", None)
+    return not callable(can_generate) or bool(can_generate())
 
 
 @dataclass(frozen=True)
@@ -291,6 +438,10 @@ class WeightsRow:
     parameters: int
     weights_bytes: int
 
+    def fits(self, gpu: str | int | float) -> bool:
+        """Whether the weights alone fit ``gpu`` (a name from ``GPUS``, a size or bytes)."""
+        return fits(self.weights_bytes, gpu)
+
 
 def weights_table(configs, dtypes=("float32", "bfloat16"), quantizations=(None,)) -> list[WeightsRow]:
     """Weights' bytes of each config in each dtype (x each quantization), exact.
@@ -298,14 +449,18 @@ def weights_table(configs, dtypes=("float32", "bfloat16"), quantizations=(None,)
     >>> [r.weights_bytes for r in weights_table(["llama-3.2-1b"], ["float32", "bfloat16"])]
     [4943257600, 2471628800]
     """
-    from .zoo import count_parameters
-
+    for argument, value in (("configs", configs), ("dtypes", dtypes), ("quantizations", quantizations)):
+        if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__iter__"):
+            raise LabError.bad(argument, value, "use a list, e.g. ['llama-3.2-1b']", verb="is not a list")
     rows = []
     for config in configs:
+        spec = resolve(config)
         for dtype in dtypes:
             for quant in quantizations:
-                rows.append(WeightsRow(str(config), dtype_name(dtype, allowed=WEIGHT_DTYPES),
-                                       quant, count_parameters(config), weights_bytes(config, dtype, quant)))
+                quant = Quantization.parse(quant)
+                rows.append(WeightsRow(spec.name, dtype_name(dtype, allowed=WEIGHT_DTYPES),
+                                       quant.value if quant else None, spec.parameters,
+                                       weights_bytes(spec, dtype, quant)))
     return rows
 
 

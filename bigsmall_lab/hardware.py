@@ -4,6 +4,9 @@ Every lesson prints :func:`banner` first, so a reader of a notebook knows which 
 come from. Cells that truly need CUDA ask :func:`needs_cuda`, which on a CPU prints one plain
 sentence saying what the cell would do and what runs instead, and returns False.
 
+The table of GPUs people rent or own (``GPUS``, what a model can use on each) is planner data and
+lives in :mod:`bigsmall_lab.estimates`; it is re-exported here.
+
 >>> GPUS["T4"].usable_bytes
 15000000000
 """
@@ -17,32 +20,12 @@ from dataclasses import dataclass
 import psutil
 import torch
 
+from ._errors import LabError
 from ._units import format_bytes
+from .estimates import GPUS, GpuModel
 
-__all__ = ["GPUS", "GpuInfo", "GpuModel", "Hardware", "banner", "describe", "has_cuda", "needs_cuda"]
-
-
-@dataclass(frozen=True)
-class GpuModel:
-    """A GPU people rent or own, with the memory a model can really use on it (bytes)."""
-
-    name: str
-    usable_bytes: int
-    note: str = ""
-
-
-# Usable memory, decimal GB as the cards are sold; the T4's 16 GB shows ~15 GB usable on Colab.
-GPUS: dict[str, GpuModel] = {
-    g.name: g
-    for g in (
-        GpuModel("T4", 15 * 10**9, "free Colab: 16 GB card, ~15 GB usable"),
-        GpuModel("L4", 24 * 10**9),
-        GpuModel("RTX 4090", 24 * 10**9),
-        GpuModel("A100 40GB", 40 * 10**9),
-        GpuModel("A100 80GB", 80 * 10**9),
-        GpuModel("H100", 80 * 10**9),
-    )
-}
+__all__ = ["GPUS", "GpuInfo", "GpuModel", "Hardware", "banner", "cuda_context_bytes", "describe", "has_cuda",
+           "needs_cuda"]
 
 
 @dataclass(frozen=True)
@@ -82,6 +65,48 @@ def has_cuda() -> bool:
     return torch.cuda.is_available() and torch.cuda.device_count() > 0
 
 
+_context_bytes: dict[int, int | None] = {}
+
+
+def cuda_context_bytes(index: int = 0) -> int | None:
+    """Bytes GPU ``index`` holds for this process's CUDA context (and cuBLAS workspace), measured; None
+    without CUDA or NVML.
+
+    Measured the way tools/gpu_check.py does: NVML's used memory before and after the first CUDA call
+    of this process, minus what torch reserved for tensors. When CUDA was initialised earlier in the
+    process, NVML's per-process figure minus torch's reserved memory is used instead. Cached per GPU.
+    The estimator takes it as ``estimate(..., overhead_bytes=cuda_context_bytes())``.
+    """
+    if not has_cuda():
+        return None
+    if index not in _context_bytes:
+        _context_bytes[index] = _measure_context(index)
+    return _context_bytes[index]
+
+
+def _measure_context(index: int) -> int | None:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+    except Exception:  # no NVML library or driver: not measurable here
+        return None
+    if not torch.cuda.is_initialized():
+        before = pynvml.nvmlDeviceGetMemoryInfo(handle).used
+        torch.empty(1, device=f"cuda:{index}")
+        torch.cuda.synchronize(index)
+        after = pynvml.nvmlDeviceGetMemoryInfo(handle).used
+        return max(int(after - before) - torch.cuda.memory_reserved(index), 0)
+    try:
+        for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
+            if proc.pid == os.getpid() and proc.usedGpuMemory is not None:
+                return max(int(proc.usedGpuMemory) - torch.cuda.memory_reserved(index), 0)
+    except Exception:  # NVML without per-process accounting (containers, some drivers)
+        return None
+    return None
+
+
 def describe() -> Hardware:
     """Read what is attached now (free memory changes as models load)."""
     gpus = []
@@ -115,6 +140,9 @@ def needs_cuda(what: str, instead: str) -> bool:
     >>> if needs_cuda("streams prefetch the next group of layers", instead="the plan is shown"):
     ...     pass  # doctest: +SKIP
     """
+    for argument, value in (("what", what), ("instead", instead)):
+        if not isinstance(value, str) or not value.strip():
+            raise LabError.bad(argument, value, "say it in a few words, e.g. 'the plan is shown'", verb="is not a text")
     if has_cuda():
         return True
     print(f"This cell needs a CUDA GPU ({what}); on this CPU {instead}.")

@@ -5,7 +5,9 @@ page is drawn by this run and the committed notebooks are never touched) through
 command, ``bigsmall-lab lab``, with every Jupyter folder under a scratch directory. The functions
 below open a notebook, run all its cells through the menu, and read back what the page shows.
 
-Nothing here downloads a browser: without /usr/bin/chromium (apt install chromium) the tests skip.
+Nothing here downloads a browser: without /usr/bin/chromium (apt install chromium) the tests skip
+for a user, and fail in CI (``CI=true``), where a missing browser means the browser tests silently
+stopped running.
 """
 
 from __future__ import annotations
@@ -52,6 +54,20 @@ _LAB_SETTINGS = {
     "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none",
                                                                    "scrollPastEnd": False},
 }
+
+
+def in_ci() -> bool:
+    """True under continuous integration (GitHub Actions and most CI systems set CI=true)."""
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def missing(reason: str) -> None:
+    """A browser test cannot run: skip with ``reason`` for a user, fail with it in CI."""
+    import pytest
+
+    if in_ci():
+        pytest.fail(f"{reason}; CI=true, so the browser tests must run here", pytrace=False)
+    pytest.skip(reason)
 
 
 def chromium_path() -> str | None:

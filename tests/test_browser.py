@@ -76,6 +76,29 @@ def click_a_bit(page: Any) -> None:
     widget.screenshot(path=str(jl.SCREENSHOTS / f"{page_stem(page)}_bitlayout_clicked.png"))
 
 
+def change_the_planner(page: Any) -> None:
+    """PlacementPlanner: click another device_map strategy; the chart must redraw with the new plan.
+
+    The click travels to Python, the planner plans again and the FigureWidget comes back redrawn: its
+    title names the strategy the new plan was made with, and its bars are drawn.
+    """
+    from playwright.sync_api import expect
+
+    widget = page.locator(".bsl-placement").first
+    expect(widget).to_be_visible(timeout=30_000)
+    title = widget.locator(".js-plotly-plot .gtitle")
+    expect(title).to_contain_text("device_map=", timeout=30_000)
+    before = title.text_content() or ""  # an SVG <text>: no inner_text
+    target = "balanced_low_0" if "balanced_low_0" not in before else "auto"
+    widget.locator(".bsl-placement-strategy button", has_text=target).click()
+    expect(title).to_contain_text(f'"{target}"', timeout=15_000)
+    bars = widget.locator(".js-plotly-plot .trace.bars path").evaluate_all(
+        "els => els.filter(p => (p.getAttribute('d') || '').length > 4).length")
+    assert bars > 0, "the planner's chart shows no bars after the redraw"
+    jl.SCREENSHOTS.mkdir(exist_ok=True)
+    widget.screenshot(path=str(jl.SCREENSHOTS / f"{page_stem(page)}_planner_{target}.png"))
+
+
 @dataclass(frozen=True)
 class Page:
     """One lesson notebook and what to check on it after Run All."""
@@ -90,20 +113,30 @@ class Page:
 PAGES = [
     Page("01_memory_maths", min_plots=3),  # weights by dtype, estimate stack, memory timeline
     Page("03_dtypes", checks=(click_a_bit,), min_plots=3),  # precision, weights vs fp8, peaks
+    Page("07_device_map", checks=(change_the_planner,), min_plots=8),  # 7 plans + the planner widget's chart
 ]
 
 
 # --- fixtures -----------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("ci, outcome", [("true", "failed"), ("", "skipped")])
+def test_a_missing_browser_fails_in_ci_and_skips_for_a_user(ci, outcome, monkeypatch):
+    monkeypatch.setenv("CI", ci)
+    with pytest.raises(BaseException) as raised:
+        jl.missing("chromium is not installed")
+    assert type(raised.value).__name__ == {"failed": "Failed", "skipped": "Skipped"}[outcome]
+    assert "chromium is not installed" in str(raised.value)
+
+
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[jl.LabServer]:
     if jl.chromium_path() is None:
-        pytest.skip("Debian's chromium is not installed: apt install chromium chromium-driver "
-                    "(never `playwright install`)")
+        jl.missing("Debian's chromium is not installed: apt install chromium chromium-driver "
+                   "(never `playwright install`)")
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
-        pytest.skip("playwright is not installed: pip install -e '.[test]'")
+        jl.missing("playwright is not installed: pip install -e '.[test]'")
     with jl.LabServer(tmp_path_factory.mktemp("lab")) as server:
         yield server
 

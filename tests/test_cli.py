@@ -37,6 +37,23 @@ def test_presets_lists_counts():
     assert "llama-3.1-8b" in out.stdout and "8,030,261,248" in out.stdout
 
 
+def test_presets_into_a_closed_pipe_is_quiet():
+    # `bigsmall-lab presets | head -1`: the reader leaves early; no BrokenPipeError traceback follows.
+    # `true` leaves before the command has even imported torch, so every write meets a closed pipe.
+    exe = shutil.which("bigsmall-lab", path=str(Path(sys.executable).parent))
+    out = subprocess.run(f"'{exe}' presets | true", shell=True, capture_output=True, text=True, timeout=120)
+    assert out.stderr == "", out.stderr
+    head = subprocess.run(f"'{exe}' presets | head -1", shell=True, capture_output=True, text=True, timeout=120)
+    assert head.stdout.startswith("llama-3.1-8b") and head.stdout.count("\n") == 1 and head.stderr == ""
+
+
+def test_lab_port_must_be_a_port():
+    for good in ("1", "8888", "65535"):
+        args, _ = cli._parser().parse_known_args(["lab", "--port", good])
+        assert args.port == int(good)
+    # out-of-range and non-numeric ports: see tests/test_bad_input.py (exit 2, one sentence)
+
+
 def test_lab_command_binds_localhost_and_serves_the_lessons_folder():
     args, extra = cli._parser().parse_known_args(["lab", "--port", "9999", "--no-browser", "--foo=1"])
     cmd = cli._lab_command(args, extra)

@@ -36,6 +36,18 @@ def test_gpu_is_described():
     assert bsl.needs_cuda("x", instead="y") is True
 
 
-def test_gpu_table_has_the_talks_t4():
-    assert GPUS["T4"].usable_bytes == 15 * 10**9
-    assert [g.name for g in GPUS.values()] == ["T4", "L4", "RTX 4090", "A100 40GB", "A100 80GB", "H100"]
+def test_the_t4_usable_figure_is_below_what_torch_sees_on_a_t4():
+    # A T4 reports about 14.75 GiB to torch (15,360 MiB in nvidia-smi with ECC on: shared/FACTS.md);
+    # the talk's "~15 GB usable" must not promise more than that.
+    assert GPUS["T4"].usable_bytes <= 14.75 * 2**30
+
+
+def test_cuda_context_is_not_a_number_without_cuda():
+    if not bsl.has_cuda():
+        assert bsl.hardware.cuda_context_bytes() is None  # "not measured" is None, never 0
+
+
+@pytest.mark.gpu
+def test_cuda_context_is_measured_on_a_gpu():
+    context = bsl.hardware.cuda_context_bytes()
+    assert context is not None and 50 * 2**20 < context < 4 * 2**30  # a context is hundreds of MiB

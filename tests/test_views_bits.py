@@ -142,7 +142,7 @@ def test_format_selector_chooses_rows():
     w.dtypes = ["uint8"]
     assert [r["dtype"] for r in w.rows] == ["uint8"]
     assert set(DEFAULT_FORMATS) <= set(w.choices)
-    with pytest.raises(ValueError, match="^dtypes 'bf32' is not known; use one of: float32"):
+    with pytest.raises(ValueError, match=r"^dtypes 'bf32' is not known.*; use one of: float32"):
         w.dtypes = ["bf32"]
 
 
@@ -150,9 +150,9 @@ def test_flip_bit_errors_name_the_argument():
     w = BitLayout(value="1", dtypes=["float16"])
     with pytest.raises(ValueError, match="^index 16 is not a bit of float16; use 0"):
         w.flip_bit("float16", 16)
-    with pytest.raises(ValueError, match="^dtype 'bfloat16' is not shown"):
+    with pytest.raises(ValueError, match="^dtype 'bf16' is not shown"):
         w.flip_bit("bf16", 0)
-    with pytest.raises(ValueError, match="^dtype 'nf4' is not known"):
+    with pytest.raises(ValueError, match="^dtype 'nf4' is not allowed here"):
         w.flip_bit("nf4", 0)
 
 
@@ -195,7 +195,7 @@ def test_chart_shows_bfloat16_trading_precision_for_range():
 
 
 def test_chart_checks_its_dtypes():
-    with pytest.raises(ValueError, match="^dtypes 'nf4' is not known"):
+    with pytest.raises(ValueError, match="^dtypes 'nf4' is not allowed here"):
         precision_chart(["float16", "nf4"])
     with pytest.raises(ValueError, match=r"^x_range \(10, 1\) is not a range of magnitudes"):
         precision_chart(x_range=(10, 1))

@@ -10,24 +10,31 @@ import torch
 
 import bigsmall_lab as bsl
 from bigsmall_lab import zoo
+from bigsmall_lab._errors import LabError
 
-# Published parameter counts: the exact figure (parameters x 2 bytes = the bf16 checkpoint's
-# safetensors total_size) and, in the comment, the rounded size its model card states. The 8B, 70B,
-# FLUX transformer, T5 and CLIP figures were also re-measured on the meta device (shared/FACTS.md).
+# Published parameter counts, each with its source outside the lab. "page" is the rounded count the
+# model's hub page / model card shows (also ``Preset.published``, checked below); the exact figure is
+# the bf16 safetensors index's total_size / 2 bytes where noted, and every exact figure was re-measured
+# on the meta device when the presets were added (the 8B, 70B, FLUX, T5, CLIP ones: shared/FACTS.md).
 PUBLISHED = {
-    "llama-3.1-8b": 8_030_261_248,       # "8.03B"; total_size 16,060,522,496 bytes
-    "llama-3.1-70b": 70_553_706_496,     # "70.6B"; total_size 141,107,412,992 bytes
-    "llama-3.1-405b": 405_853_388_800,   # "406B"
-    "llama-3.2-1b": 1_235_814_400,       # "1.24B" (tied embeddings)
-    "llama-3.2-3b": 3_212_749_824,       # "3.21B" (tied embeddings)
-    "mistral-7b-v0.3": 7_248_023_552,    # "7.25B"
-    "qwen2.5-7b": 7_615_616_512,         # "7.62B"
-    "gemma-2-9b": 9_241_705_984,         # "9.24B" (tied embeddings)
-    "smollm2-1.7b": 1_711_376_384,       # "1.71B" (tied embeddings)
-    "flux.1-dev-transformer": 11_901_408_320,  # "12B" (FLUX.1-dev transformer/)
-    "t5-v1.1-xxl-encoder": 4_762_310_656,      # FLUX.1-dev text_encoder_2/ (shared embedding once)
-    "clip-vit-l-14-text": 123_060_480,          # FLUX.1-dev text_encoder/
+    "llama-3.1-8b": 8_030_261_248,     # page "8.03B"; index total_size 16,060,522,496 B (FACTS.md)
+    "llama-3.1-70b": 70_553_706_496,   # page "70.6B"; FACTS.md
+    "llama-3.1-405b": 405_853_388_800,  # page "406B"
+    "llama-3.2-1b": 1_235_814_400,     # page "1.24B" (tied embeddings)
+    "llama-3.2-3b": 3_212_749_824,     # page "3.21B" (tied embeddings)
+    "mistral-7b-v0.3": 7_248_023_552,  # page "7.25B"
+    "qwen2.5-7b": 7_615_616_512,       # page "7.62B"
+    "gemma-2-9b": 9_241_705_984,       # page "9.24B" (tied embeddings)
+    "smollm2-1.7b": 1_711_376_384,     # page "1.71B" (tied embeddings)
+    "flux.1-dev-transformer": 11_901_408_320,  # FLUX.1-dev transformer/: 23.8 GB bf16 (FACTS.md); page "12B"
+    "t5-v1.1-xxl-encoder": 4_762_310_656,      # FLUX.1-dev text_encoder_2/, shared embedding once (FACTS.md)
+    "clip-vit-l-14-text": 123_060_480,          # FLUX.1-dev text_encoder/ (FACTS.md)
 }
+
+
+def _published_count(text: str) -> float:
+    """'8.03B' -> 8.03e9, '123M' -> 1.23e8: the rounded figure a model card shows."""
+    return float(text[:-1]) * {"B": 10**9, "M": 10**6}[text[-1]]
 
 
 def test_every_preset_has_a_published_count():
@@ -57,8 +64,12 @@ def test_meta_count_agrees_with_the_formula(name):
     assert bsl.count_parameters(name) == llama_formula(zoo.config_dict(name))
 
 
-def test_the_talks_example_is_16_gb_in_bf16():
-    assert bsl.count_parameters("llama-3.1-8b") * 2 == 16_060_522_496
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_preset_published_label_rounds_the_exact_count(name):
+    # "8.03B" states 3 significant digits: the exact count must round to it
+    label = zoo.PRESETS[name].published
+    digits = len(label[:-1].replace(".", "").lstrip("0"))
+    assert math.isclose(float(f"{PUBLISHED[name]:.{digits}g}"), _published_count(label), rel_tol=1e-9), label
 
 
 def test_count_accepts_dict_path_and_config_object(tmp_path):
@@ -89,13 +100,15 @@ def test_tied_weights_count_once():
     assert tensors == sum(1 for _ in model.parameters()) + 1
 
 
-def test_unknown_preset_lists_the_presets():
-    with pytest.raises(ValueError, match=r"'llama-9' is not a preset.*llama-3\.1-8b.*clip-vit-l-14-text"):
-        bsl.count_parameters("llama-9")
+def test_a_misspelt_preset_suggests_the_closest():
+    with pytest.raises(LabError, match=r"'lama-3\.1-8b' is not a preset.*did you mean 'llama-3\.1-8b'"):
+        bsl.count_parameters("lama-3.1-8b")
+    with pytest.raises(LabError, match=r"'zzz' is not a preset.*bsl\.presets\(\)"):
+        bsl.count_parameters("zzz")
 
 
 def test_nonexistent_path_is_one_clear_error(tmp_path):
-    with pytest.raises(ValueError, match="not a preset, a lab model, a config dict or an existing config.json"):
+    with pytest.raises(LabError, match="not a preset, a lab model or an existing config.json path"):
         bsl.count_parameters(tmp_path / "nope.json")
 
 
@@ -179,6 +192,7 @@ def test_checkpoint_writes_shards_atomically_and_reloads(lab_cache):
         assert torch.equal(a, b), name
     assert zoo.checkpoint(model, name="unit", dtype="float32", shard_size="1MB", progress=False) == path
     assert [p.name for p in lab_cache.iterdir()] == ["checkpoints"]  # nothing else written
+    assert folders(lab_cache / "checkpoints") == [path.name]
 
 
 def test_interrupted_checkpoint_leaves_nothing_and_rebuilds(lab_cache, monkeypatch):
@@ -194,21 +208,28 @@ def test_interrupted_checkpoint_leaves_nothing_and_rebuilds(lab_cache, monkeypat
     monkeypatch.setattr(PreTrainedModel, "save_pretrained", half_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         zoo.checkpoint(model, name="unit", dtype="float32", progress=False)
-    assert list((lab_cache / "checkpoints").iterdir()) == []
+    assert folders(lab_cache / "checkpoints") == []
     monkeypatch.setattr(PreTrainedModel, "save_pretrained", original)
     path = zoo.checkpoint(model, name="unit", dtype="float32", progress=False)
     assert (path / "config.json").is_file()
-    assert [p.name for p in (lab_cache / "checkpoints").iterdir()] == [path.name]
+    assert folders(lab_cache / "checkpoints") == [path.name]
 
 
-def test_a_killed_build_is_cleared_by_the_next(lab_cache):
-    # A process killed mid-build leaves its temporary folder; the next build of that name removes it.
-    stale = lab_cache / "checkpoints" / ".partial-unit-float32-shard100MB-seed0-dead"
-    stale.mkdir(parents=True)
-    (stale / "model-00001-of-00002.safetensors").write_bytes(b"half")
+def folders(path):
+    """The folders (complete or partial) in ``path``; the tiny lock files beside them are left out."""
+    return sorted(p.name for p in path.iterdir() if p.is_dir())
+
+
+def test_a_killed_build_is_cleared_by_the_next_of_any_target(lab_cache):
+    # Processes killed mid-build leave their temporary folders; the next build in that folder removes
+    # them, its own target's and another target's alike (their writers hold no lock any more).
+    for stale_name in (".partial-unit-float32-shard100MB-seed0-dead", ".partial-other-bfloat16-shard1MB-seed0-1234abcd"):
+        stale = lab_cache / "checkpoints" / stale_name
+        stale.mkdir(parents=True)
+        (stale / "model-00001-of-00002.safetensors").write_bytes(b"half")
     model = zoo.build(SMALL_LLAMA, dtype="float32")
     path = zoo.checkpoint(model, name="unit", dtype="float32", progress=False)
-    assert [p.name for p in (lab_cache / "checkpoints").iterdir()] == [path.name]
+    assert folders(lab_cache / "checkpoints") == [path.name]
 
 
 def test_unwritable_cache_is_one_clear_error(tmp_path, monkeypatch):
@@ -221,12 +242,18 @@ def test_unwritable_cache_is_one_clear_error(tmp_path, monkeypatch):
 
 
 def test_checkpoint_bad_arguments(lab_cache):
-    with pytest.raises(ValueError, match="model 'gpt-5' is not a preset or lab model"):
+    with pytest.raises(LabError, match="model 'gpt-5' is not a preset or lab model"):
         zoo.checkpoint("gpt-5")
-    with pytest.raises(ValueError, match="shard_size '10 parsecs' is not a memory size"):
+    with pytest.raises(LabError, match="shard_size '10 parsecs' is not a memory size"):
         zoo.checkpoint("bigsmall-small", shard_size="10 parsecs")
-    with pytest.raises(ValueError, match="name is required"):
-        zoo.checkpoint(torch.nn.Linear(2, 2))
+    with pytest.raises(LabError, match="cannot be saved as a checkpoint"):
+        zoo.checkpoint(torch.nn.Linear(2, 2), name="linear")
+    with pytest.raises(LabError, match="name is required"):
+        zoo.checkpoint(zoo.build(SMALL_LLAMA, dtype="float32"))
+    for bad in ("../../x", "/tmp/x", "..", ".partial-x", "a/b", "x" * 200):
+        with pytest.raises(LabError, match="is not a folder name"):
+            zoo.checkpoint("bigsmall-tiny", name=bad)
+    assert not (lab_cache / "x").exists() and not (lab_cache.parent / "x").exists()
 
 
 def test_load_model_default_is_the_embedded_model():

@@ -6,7 +6,18 @@ functions, so a lesson cell reads ``bsl.exercises.check_weights_bytes(my_answer,
 Every expected value is computed by the lab's planners, never typed in.
 """
 
-from ._core import Exercise, Slip, Verdict
-from ._lesson01 import check_value, check_weights_bytes
+from ._core import Exercise, Slip, Verdict, ask, byte_unit_slips
+from ._lesson01 import (check_kv_cache_bytes, check_kv_equals_weights, check_largest_batch, check_value,
+                        check_weights_bytes)
+from ._lesson03 import check_fp8_rmse_ratio, check_gap, check_load_peak_ratio, check_stored
+from ._lesson06 import check_allreduces, check_rank_bytes, check_smallest_nproc
 
-__all__ = ["Exercise", "Slip", "Verdict", "check_value", "check_weights_bytes"]
+__all__ = [
+    "Exercise", "Slip", "Verdict", "ask", "byte_unit_slips", "check_value",
+    # lesson 01
+    "check_kv_cache_bytes", "check_kv_equals_weights", "check_largest_batch", "check_weights_bytes",
+    # lesson 03
+    "check_fp8_rmse_ratio", "check_gap", "check_load_peak_ratio", "check_stored",
+    # lesson 06
+    "check_allreduces", "check_rank_bytes", "check_smallest_nproc",
+]

@@ -15,15 +15,29 @@ non-number gets one sentence saying to write a number.
 [not a number] Write the answer as a number (e.g. 16e9 or 16_000_000_000), not as text ('16e9').
 >>> print(ex.check(16_000_000_000))
 [correct] 1.6e+10 is right: 8e9 parameters x 2 bytes.
+
+A lesson's check functions keep one :class:`Exercise` per question with :func:`ask`, so the second
+wrong try of the same question reveals the answer; :func:`byte_unit_slips` recognises an answer in
+GB or GiB where bytes were asked. ``fmt`` and ``unit`` say how numbers are written back:
+
+>>> ex = Exercise("bytes", expected=2_000_000, why="1e6 x 2", hint="x 2 bytes", fmt=",.0f", unit=" bytes",
+...               slips=byte_unit_slips(2_000_000))
+>>> print(ex.check(0.002))
+[not quite] You wrote 0.002: that number is in GB (10**9 bytes); the question asks for bytes. Hint: x 2 bytes
+>>> print(ex.check(0.002))
+[not quite] You wrote 0.002: that number is in GB (10**9 bytes); the question asks for bytes. The answer is 2,000,000 bytes: 1e6 x 2.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
-__all__ = ["Exercise", "Slip", "Verdict"]
+from .._units import GB, GiB
+
+__all__ = ["Exercise", "Slip", "Verdict", "ask", "byte_unit_slips"]
 
 
 @dataclass(frozen=True)
@@ -54,27 +68,40 @@ class Verdict:
 
 @dataclass(frozen=True)
 class Slip:
-    """A wrong answer a learner reaches by a known mistake, and the sentence that names the mistake."""
+    """A wrong answer a learner reaches by a known mistake, and the sentence that names the mistake.
+
+    ``rel_tol``: how close an answer must be to count as this slip (None: the exercise's
+    ``slip_tol``); an answer in GB is usually rounded, so its slip takes a looser tolerance.
+    """
 
     value: float
     why: str
+    rel_tol: float | None = None
 
 
 def _close(a: float, b: float, rel_tol: float) -> bool:
-    return abs(a - b) <= rel_tol * abs(b) or a == b
+    if math.isinf(a) or math.isinf(b):  # inf is only close to itself
+        return a == b
+    return a == b or abs(a - b) <= rel_tol * abs(b)
 
 
 def _as_number(answer) -> float | None:
-    """The answer as a float, or None when it is not a real number (str, list, complex, nan)."""
+    """The answer as a float, or None when it is not a real number (str, list, complex, nan).
+
+    Infinities are numbers (float16 stores 65,520 as inf), so ``math.inf`` is an answer.
+    """
     if isinstance(answer, bool) or not isinstance(answer, numbers.Real):
         try:  # numpy and torch scalars
             answer = answer.item()
-        except (AttributeError, ValueError, RuntimeError):
+        except (AttributeError, ValueError, RuntimeError, TypeError):
             return None
         if isinstance(answer, bool) or not isinstance(answer, numbers.Real):
             return None
-    value = float(answer)
-    return value if math.isfinite(value) else None
+    try:
+        value = float(answer)
+    except OverflowError:  # an int beyond float64
+        return math.inf if answer > 0 else -math.inf
+    return None if math.isnan(value) else value
 
 
 @dataclass
@@ -82,7 +109,8 @@ class Exercise:
     """One predict-then-check question. ``expected`` comes from the lab's own functions.
 
     ``rel_tol`` is the relative tolerance of a right answer (0: exact). ``tries`` counts wrong
-    answers, so the second wrong try reveals the answer.
+    answers, so the second wrong try reveals the answer. ``example`` shows how to write a number
+    when the learner wrote something else; ``fmt`` (a format spec) and ``unit`` write numbers back.
     """
 
     key: str
@@ -93,6 +121,28 @@ class Exercise:
     rel_tol: float = 0.0
     slip_tol: float | None = None  # tolerance for recognising a slip (default: rel_tol, at least 1e-9)
     tries: int = field(default=0, compare=False)
+    example: str = "16e9 or 16_000_000_000"
+    fmt: str = "g"
+    unit: str = ""
+
+    def _text(self, value: float, unit: bool = True, exact: bool = False) -> str:
+        """``value`` written back with ``fmt``; a learner's number that is not whole (16.06 in GB) with
+        ``g`` so it does not read as 16; the unit only where the number is in it."""
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        spec = self.fmt if exact or value == int(value) else "g"
+        try:
+            text = f"{value:{spec}}"
+        except ValueError:
+            text = f"{value:g}"
+        return text + (self.unit if unit else "")
+
+    def _slip(self, value: float) -> Slip | None:
+        default = max(self.slip_tol if self.slip_tol is not None else self.rel_tol, 1e-9)
+        for slip in self.slips:
+            if _close(value, slip.value, slip.rel_tol if slip.rel_tol is not None else default):
+                return slip
+        return None
 
     def check(self, answer) -> Verdict:
         if answer is None:
@@ -100,17 +150,40 @@ class Exercise:
         value = _as_number(answer)
         if value is None:
             text = repr(answer) if len(repr(answer)) <= 40 else repr(answer)[:37] + "..."
-            return Verdict(False, True, f"Write the answer as a number (e.g. 16e9 or 16_000_000_000), not as "
-                                        f"{'text' if isinstance(answer, str) else type(answer).__name__} ({text}).",
+            kind = "text" if isinstance(answer, str) else type(answer).__name__
+            return Verdict(False, True, f"Write the answer as a number (e.g. {self.example}), not as {kind} ({text}).",
                            slip="not a number")
         if _close(value, self.expected, self.rel_tol):
             self.tries = 0
-            return Verdict(True, True, f"{value:g} is right: {self.why}.")
+            return Verdict(True, True, f"{self._text(value)} is right: {self.why}.")
         self.tries += 1
-        tol = max(self.slip_tol if self.slip_tol is not None else self.rel_tol, 1e-9)
-        slip = next((s for s in self.slips if _close(value, s.value, tol)), None)
-        said = f"You wrote {value:g}: {slip.why}." if slip else f"You wrote {value:g}, which is not it."
+        slip = self._slip(value)
+        wrote = self._text(value, unit=slip is None)  # a slip's number may be in another unit (GB)
+        said = f"You wrote {wrote}: {slip.why}." if slip else f"You wrote {wrote}, which is not it."
         if self.tries == 1:
             return Verdict(False, True, f"{said} Hint: {self.hint}", slip=slip.why if slip else None)
-        return Verdict(False, True, f"{said} The answer is {self.expected:g}: {self.why}.",
+        return Verdict(False, True, f"{said} The answer is {self._text(self.expected, exact=True)}: {self.why}.",
                        slip=slip.why if slip else None, revealed=True)
+
+
+_ASKED: dict[Hashable, Exercise] = {}
+
+
+def ask(key: Hashable, build: Callable[[], Exercise]) -> Exercise:
+    """The one :class:`Exercise` of question ``key`` (built on first use), so tries are counted
+    across runs of the check cell: the hint comes first, the answer on the second wrong try."""
+    if key not in _ASKED:
+        _ASKED[key] = build()
+    return _ASKED[key]
+
+
+def byte_unit_slips(expected_bytes: float, asked: str = "bytes") -> tuple[Slip, ...]:
+    """Slips of an answer in GB or GiB where ``asked`` (bytes) was the unit; 2 % tolerance for rounding.
+
+    >>> [round(s.value, 3) for s in byte_unit_slips(16_060_522_496)]
+    [16.061, 14.958]
+    """
+    if not expected_bytes or not math.isfinite(expected_bytes):
+        return ()
+    return (Slip(expected_bytes / GB, f"that number is in GB (10**9 bytes); the question asks for {asked}", 0.02),
+            Slip(expected_bytes / GiB, f"that number is in GiB (2**30 bytes); the question asks for {asked}", 0.02))

@@ -8,9 +8,11 @@
 from bigsmall_lab.views._bits import DEFAULT_FORMATS, BitLayout, precision_chart
 from bigsmall_lab.views._estimates import comparison_table, estimate_stack, weights_bars, weights_table_html
 from bigsmall_lab.views._memory import memory_timeline, peaks_bar
+from bigsmall_lab.views._parallel import tp_memory_chart, tp_placement_table, tp_split_figure, tp_speed_chart
 from bigsmall_lab.views._weights import formats_table, rounding_table, weights_vs_formats
 
 __all__ = [
     "DEFAULT_FORMATS", "BitLayout", "comparison_table", "estimate_stack", "formats_table", "memory_timeline",
-    "peaks_bar", "precision_chart", "rounding_table", "weights_bars", "weights_table_html", "weights_vs_formats",
+    "peaks_bar", "precision_chart", "rounding_table", "tp_memory_chart", "tp_placement_table", "tp_split_figure", "tp_speed_chart",
+    "weights_bars", "weights_table_html", "weights_vs_formats",
 ]

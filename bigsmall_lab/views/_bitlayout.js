@@ -8,6 +8,14 @@ const FIELD_TITLES = {
   integer: "integer bit",
 };
 
+// float.exposed's view of the stored value: its neighbours, the step there, its exact decimal.
+const NEAR = [
+  ["below", "next below", "the largest value this format has below the stored one"],
+  ["above", "next above", "the smallest value this format has above the stored one"],
+  ["gap", "gap", "the step from the stored value to the next larger magnitude"],
+  ["decimal", "exactly", "the stored value written out in decimal, every digit"],
+];
+
 const LEGEND = [
   ["sign", "sign"],
   ["exponent", "exponent"],
@@ -31,7 +39,8 @@ function render({ model, el }) {
     make(
       "div",
       "bsl-hint",
-      "Type a number (70000, 1 + 2**-8, 1e-8, -0.0, nan) and press Enter. Click any bit to flip it.",
+      "Type a number (70000, 1 + 2**-8, 1e-8, -0.0, nan) and press Enter. Click any bit to flip it. " +
+        "Under each value: the format's neighbouring values, the gap there and the exact decimal it stores.",
     ),
   );
 
@@ -135,6 +144,18 @@ function render({ model, el }) {
     summary.appendChild(kind);
     if (row.note) summary.appendChild(make("span", "bsl-note", row.note));
     line.appendChild(summary);
+
+    const near = make("div", "bsl-near");
+    for (const [key, label, title] of NEAR) {
+      const item = make("span", "bsl-near-item");
+      item.title = title;
+      item.appendChild(make("span", "bsl-near-label", label));
+      const value = make("span", "bsl-near-value", row[key]);
+      value.dataset.role = key;
+      item.appendChild(value);
+      near.appendChild(item);
+    }
+    line.appendChild(near);
 
     const bits = make("div", "bsl-bits");
     bits.title = row.detail;

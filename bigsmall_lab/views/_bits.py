@@ -7,15 +7,20 @@ JavaScript of the widget never does float arithmetic, it sends clicks to Python.
 from __future__ import annotations
 
 import math
+import numbers
 import pathlib
-from typing import Any, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import anywidget
 import plotly.graph_objects as go
 import traitlets
 
 from bigsmall_lab._dtypes import dtype_name
-from bigsmall_lab.bits import FORMATS, FloatBits, decompose, format_info, from_bits, parse_value, spacing
+from bigsmall_lab._errors import LabError
+from bigsmall_lab.bits import (
+    FORMATS, FloatBits, decompose, format_info, from_bits, neighbours, parse_value, range_note, spacing, value_text,
+)
 
 __all__ = ["DEFAULT_FORMATS", "BitLayout", "precision_chart"]
 
@@ -33,15 +38,6 @@ _HERE = pathlib.Path(__file__).parent
 
 def _label(name: str) -> str:
     return name if _SHORT[name] == name else f"{name} ({_SHORT[name]})"
-
-
-def _value_text(x: float) -> str:
-    """Text that :func:`parse_value` reads back as exactly ``x`` (integers without '.0')."""
-    if x == 0:
-        return "-0" if math.copysign(1.0, x) < 0 else "0"
-    if math.isfinite(x) and x.is_integer() and abs(x) < 1e16:
-        return str(int(x))
-    return repr(x)  # '0.1', 'inf', 'nan', '1e+20': repr round-trips every float64
 
 
 def _error_text(b: FloatBits) -> str:
@@ -71,36 +67,20 @@ def _detail(b: FloatBits) -> str:
             f"mantissa {b.mantissa} of {2 ** info.mantissa_bits}")
 
 
-def _note(b: FloatBits) -> str:
-    """A hint when the format could not hold the given value's size at all; '' otherwise.
-
-    The error alone hides why: float8_e4m3fn stores 70000 as 448 (-99.4%) yet its kind is "normal".
-
-    >>> [_note(decompose(70000, d)) for d in ("float16", "float8_e4m3fn", "bfloat16")]
-    ['overflow to inf', 'saturated at the largest value', '']
-    >>> _note(decompose(-1e-8, "float16")), _note(decompose(0.3, "int8"))
-    ('underflow to -0', 'rounded to 0')
-    """
-    info = format_info(b.dtype)
-    if math.isnan(b.given):
-        return "" if math.isnan(b.value) else f"{b.dtype} has no nan: stored as {_value_text(b.value)}"
-    if b.given > info.max or b.given < info.min:  # beyond the largest finite value (inf included)
-        if math.isinf(b.value):
-            return "" if b.value == b.given else f"overflow to {_value_text(b.value)}"
-        if info.has_inf:  # IEEE rounding: just past the largest value still rounds down to it
-            return f"rounded to the {'largest' if b.given > 0 else 'most negative'} value"
-        # no inf to go to: float8_e4m3fn and the integers clamp to their ends
-        return f"saturated at the {'largest' if b.given > 0 else 'most negative'} value"
-    if b.given != 0 and b.value == 0:
-        return f"underflow to {_value_text(b.value)}" if info.is_float else "rounded to 0"
-    return ""
+def _near_text(x: float) -> str:
+    """A neighbour as the widget prints it: '–' where the format has nothing there."""
+    return "–" if math.isnan(x) else value_text(x)
 
 
 def _row(b: FloatBits) -> dict[str, Any]:
     # Floats travel as text: JSON (the widget protocol) has no inf or nan.
+    # below / above / gap / decimal: float.exposed's view of the stored value (bits.neighbours).
+    near = neighbours(b.value, b.dtype)
     return {"dtype": b.dtype, "label": _label(b.dtype), "short": _SHORT[b.dtype], "bits": b.bits, "fields": _fields(b.dtype),
-            "value": _value_text(b.value), "error": _error_text(b), "exact": b.error == 0, "kind": b.kind,
-            "note": _note(b), "sign": b.sign, "exponent": b.exponent, "mantissa": b.mantissa, "detail": _detail(b)}
+            "value": value_text(b.value), "error": _error_text(b), "exact": b.error == 0, "kind": b.kind,
+            "note": range_note(b), "sign": b.sign, "exponent": b.exponent, "mantissa": b.mantissa, "detail": _detail(b),
+            "below": _near_text(near.below), "above": _near_text(near.above), "gap": _near_text(near.gap),
+            "decimal": near.exact}
 
 
 class BitLayout(anywidget.AnyWidget):
@@ -132,9 +112,19 @@ class BitLayout(anywidget.AnyWidget):
     error = traitlets.Unicode("", help="why the last value could not be shown; empty when all is well").tag(sync=True)
 
     def __init__(self, value: str | float = "70000", dtypes: Sequence[str] = DEFAULT_FORMATS, **kwargs: Any) -> None:
+        if not isinstance(value, str):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise LabError.bad("value", value, "type a number or its text, e.g. 70000 or '1 + 2**-8'",
+                                   verb="is not a number")
+            try:
+                value = value_text(float(value))
+            except OverflowError:  # an int beyond float64 (10**400): every format sees an infinity
+                value = "inf" if value > 0 else "-inf"
+        if isinstance(dtypes, (str, bytes)) or not isinstance(dtypes, Iterable):
+            raise LabError.bad("dtypes", dtypes, "use a list of formats, e.g. ['float16', 'bfloat16']",
+                               verb="is not a list")
         self._refreshing = True  # the flip path sets value and rows itself
-        super().__init__(value=value if isinstance(value, str) else _value_text(float(value)),
-                         dtypes=list(dtypes), **kwargs)
+        super().__init__(value=value, dtypes=list(dtypes), **kwargs)
         self._refreshing = False
         self.on_msg(self._on_msg)
         self._refresh()
@@ -167,16 +157,18 @@ class BitLayout(anywidget.AnyWidget):
         name = dtype_name(dtype, allowed=FORMATS)
         row = next((r for r in self.rows if r["dtype"] == name), None)
         if row is None:
-            raise ValueError(f"dtype {name!r} is not shown; add it to dtypes or use one of: {', '.join(self.dtypes)}")
+            raise LabError.bad("dtype", dtype, f"add it to dtypes or use one of: {', '.join(self.dtypes)}",
+                               verb="is not shown")
         width = len(row["bits"])
-        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < width:
-            raise ValueError(f"index {index!r} is not a bit of {name}; use 0 (the leftmost bit) to {width - 1}")
+        if isinstance(index, bool) or not isinstance(index, numbers.Integral) or not 0 <= index < width:
+            raise LabError.bad("index", index, f"use 0 (the leftmost bit) to {width - 1}", verb=f"is not a bit of {name}")
+        index = int(index)
         old = row["bits"]
         flipped = from_bits(old[:index] + ("1" if old[index] == "0" else "0") + old[index + 1:], name)
         rows = [_row(flipped) if name == other else _row(decompose(flipped.value, other)) for other in self.dtypes]
         self._refreshing = True
         try:
-            self.value = _value_text(flipped.value)
+            self.value = value_text(flipped.value)
         finally:
             self._refreshing = False
         self.rows = rows
@@ -187,7 +179,7 @@ class BitLayout(anywidget.AnyWidget):
             return
         try:
             self.flip_bit(content.get("dtype", ""), content.get("index"))
-        except (TypeError, ValueError) as exc:  # a message from the page must not crash the kernel's comm
+        except LabError as exc:  # a message from the page must not crash the kernel's comm
             self.error = str(exc)
 
 
@@ -199,6 +191,15 @@ def _power_text(x: float) -> str:
     """3.4e38 -> '3.4 × 10³⁸': how the chart's axes write large numbers."""
     mantissa, exponent = f"{x:.2g}".split("e")
     return f"{mantissa} × 10" + str(int(exponent)).translate(str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹"))
+
+
+def _is_range(x_range: Any) -> bool:
+    if not isinstance(x_range, (tuple, list)) or len(x_range) != 2:
+        return False
+    low, high = x_range
+    if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in (low, high)):
+        return False
+    return 0 < low < high and math.isfinite(high)
 
 
 #: Magnitudes the chart shows until zoomed out: the small formats' whole range, subnormals included.
@@ -227,12 +228,14 @@ def precision_chart(dtypes: Sequence[str] = DEFAULT_FORMATS, magnitudes: Sequenc
     >>> fig.layout.annotations[0].text.split("<br>")[0]
     'bf16 goes on to 3.4 × 10³⁸ →'
     """
+    if isinstance(dtypes, (str, bytes)) or not isinstance(dtypes, Iterable):
+        raise LabError.bad("dtypes", dtypes, "use a list of formats, e.g. ['float16', 'bfloat16']", verb="is not a list")
     names = list(dict.fromkeys(dtype_name(d, allowed=FORMATS, argument="dtypes") for d in dtypes))
     if magnitudes is None:
         magnitudes = [2.0**k for k in range(-30, 128)]
-    if x_range is not None and not (0 < x_range[0] < x_range[1] and math.isfinite(x_range[1])):
-        raise ValueError(f"x_range {x_range!r} is not a range of magnitudes; use (low, high) with 0 < low < high, "
-                         f"e.g. {_X_RANGE}, or None to show every line to its end")
+    if x_range is not None and not _is_range(x_range):
+        raise LabError.bad("x_range", x_range, f"use (low, high) with 0 < low < high, e.g. {_X_RANGE}, or None to "
+                           "show every line to its end", verb="is not a range of magnitudes")
     fig = go.Figure()
     shown_gaps: list[float] = []  # the gaps drawn inside x_range, to fit the y axis to them
     beyond: list[tuple[str, float]] = []  # (name, largest value) of the lines that leave at the right

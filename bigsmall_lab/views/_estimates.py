@@ -8,12 +8,12 @@ from collections.abc import Sequence
 
 import plotly.graph_objects as go
 
-from ..estimates import Comparison, MemoryEstimate, WeightsRow
-from ..hardware import GPUS
+from .._units import GB as _GB
+from .._units import MiB as _MiB
+from ..estimates import GPUS, Comparison, MemoryEstimate, WeightsRow
 
 __all__ = ["comparison_table", "estimate_stack", "weights_bars", "weights_table_html"]
 
-_GB = 1e9
 _LAYOUT = dict(template="plotly_white", margin=dict(l=70, r=150, t=70, b=90),
                legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0))
 # GPU sizes drawn as reference lines; cards of the same size share a line.
@@ -51,8 +51,9 @@ def estimate_stack(estimates: Sequence[MemoryEstimate], labels: Sequence[str] | 
                    title: str = "What comes on top of the weights") -> go.Figure:
     """Stacked bars: weights, KV cache, activations and runtime overhead of each estimate (GB)."""
     labels = list(labels) if labels is not None else [f"{e.seq_len:,} tokens x {e.batch_size}" for e in estimates]
+    assumed = any(e.overhead_source.startswith("assumed") for e in estimates)
     parts = {"weights": "weights_bytes", "KV cache": "kv_cache_bytes", "activations (forward pass)": "activation_bytes",
-             "runtime overhead (CUDA context)": "overhead_bytes"}
+             "runtime overhead (CUDA context" + (", assumed)" if assumed else ")"): "overhead_bytes"}
     fig = go.Figure()
     for name, field in parts.items():
         values = [getattr(e, field) / _GB for e in estimates]
@@ -71,7 +72,7 @@ def comparison_table(rows: Sequence[Comparison], tolerance: float = 0.05):
     return html_table(
         ["what", "estimate (MiB)", "measured (MiB)", "measured / estimate", f"within {tolerance:.0%}",
          "how it was measured"],
-        [[c.label, f"{c.estimate_bytes / 2**20:,.1f}", f"{c.measured_bytes / 2**20:,.1f}", f"{c.ratio:.3f}",
+        [[c.label, f"{c.estimate_bytes / _MiB:,.1f}", f"{c.measured_bytes / _MiB:,.1f}", f"{c.ratio:.3f}",
           "yes" if c.matches(tolerance) else "no", c.measured_how] for c in rows])
 
 
@@ -85,9 +86,10 @@ def html_table(head: Sequence[str], rows: Sequence[Sequence[str]]):
 
 
 def weights_table_html(rows: Sequence[WeightsRow]):
-    """The rows of ``estimates.weights_table`` as an HTML table (GB, and fits on a T4)."""
-    t4 = GPUS["T4"].usable_bytes
+    """The rows of ``estimates.weights_table`` as an HTML table (GB, and whether the weights alone fit a
+    T4: running the model needs more, which ``estimate(...).fits("T4")`` counts)."""
+    t4 = f"{GPUS['T4'].usable_bytes / _GB:g} GB"
     return html_table(
-        ["model", "parameters", "format", "weights (GB)", "fits a T4 (15 GB)?"],
+        ["model", "parameters", "format", "weights (GB)", f"fits a T4 ({t4})? weights alone"],
         [[r.config, f"{r.parameters:,}", r.dtype + (f" + {r.quantization}" if r.quantization else ""),
-          f"{r.weights_bytes / _GB:,.2f}", "yes" if r.weights_bytes <= t4 else "no"] for r in rows])
+          f"{r.weights_bytes / _GB:,.2f}", "yes" if r.fits("T4") else "no"] for r in rows])

@@ -6,11 +6,11 @@ from collections.abc import Sequence
 
 import plotly.graph_objects as go
 
+from .._units import MiB as _MiB
 from ..measure import MemoryReport
 
 __all__ = ["memory_timeline", "peaks_bar"]
 
-_MiB = 2**20
 _LAYOUT = dict(template="plotly_white", height=380, margin=dict(l=70, r=30, t=60, b=60),
                legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0))
 
@@ -25,10 +25,12 @@ def memory_timeline(report: MemoryReport, title: str | None = None, widget: bool
     if report.device == "cuda":
         series = {"torch allocated": [s.cuda_allocated for s in report.samples],
                   "torch reserved": [s.cuda_reserved for s in report.samples]}
-        if any(s.nvml_used for s in report.samples):
+        if all(s.nvml_used is not None for s in report.samples):
             series["device used (NVML)"] = [s.nvml_used for s in report.samples]
+    elif not report.rss_split:  # psutil's resident set (no /proc): one line, not split
+        series = {"resident set (psutil)": [s.rss_bytes for s in report.samples]}
     else:
-        series = {"total resident (anon + file)": [s.rss_anon + s.rss_file for s in report.samples],
+        series = {"total resident (anon + file)": [s.rss_bytes for s in report.samples],
                   "RssAnon: allocated by the process": [s.rss_anon for s in report.samples],
                   "RssFile: mapped files (safetensors)": [s.rss_file for s in report.samples]}
     for i, (name, values) in enumerate(series.items()):

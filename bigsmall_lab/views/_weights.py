@@ -17,7 +17,8 @@ __all__ = ["formats_table", "rounding_table", "weights_vs_formats"]
 def weights_vs_formats(weights: torch.Tensor, dtypes: Sequence[str] = ("float8_e4m3fn", "float8_e5m2"),
                        title: str = "One layer's weights and the values each format can store") -> go.Figure:
     """Histogram of ``weights`` with, below it, the grid of representable values of each format in
-    the same range (one tick per value); the legend gives each format's mean relative rounding error."""
+    the same range (one tick per value); the legend gives each format's RMSE and mean relative
+    rounding error (the two can rank formats differently: see ``bits.rounding_stats``)."""
     values = weights.detach().reshape(-1).float().cpu()
     low, high = float(values.min()), float(values.max())
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.72, 0.28], vertical_spacing=0.04)
@@ -28,7 +29,8 @@ def weights_vs_formats(weights: torch.Tensor, dtypes: Sequence[str] = ("float8_e
         stats = rounding_stats(values, dtype)
         fig.add_trace(go.Scatter(
             x=list(grid), y=[dtype] * len(grid), mode="markers", marker=dict(symbol="line-ns-open", size=14),
-            name=f"{dtype}: {len(grid)} values here, mean rel. error {stats.mean_relative_error:.1%}"),
+            name=f"{dtype}: {len(grid)} values here, RMSE {stats.rmse:.2g}, "
+                 f"mean rel. error {stats.mean_relative_error:.1%}"),
             row=2, col=1)
     fig.update_layout(title=title, template="plotly_white", height=480, bargap=0.02,
                       margin=dict(l=110, r=30, t=70, b=60),
@@ -47,8 +49,12 @@ def formats_table(dtypes: Sequence[str] = ("float32", "float16", "bfloat16", "fl
     rows = []
     for dtype in dtypes:
         f = format_info(dtype)
-        fields = (f"{f.sign_bits} / {f.exponent_bits} / {f.mantissa_bits}" if f.is_float
-                  else f"{f.sign_bits} / – / {f.bits - f.sign_bits}")
+        if f.is_float:
+            fields = f"{f.sign_bits} / {f.exponent_bits} / {f.mantissa_bits}"
+        elif f.sign_bits:  # no sign bit in the float sense: the top bit is worth -2**(bits - 1)
+            fields = f"two's complement: top bit worth {-(2 ** (f.bits - 1)):,}, {f.bits - 1} value bits"
+        else:
+            fields = f"unsigned: {f.bits} value bits"
         rows.append([dtype, str(f.bits), fields, num(f.max), num(f.smallest_normal), num(f.eps),
                      "yes" if f.has_inf else "no"])
     return html_table(["format", "bits", "sign / exponent / mantissa", "largest finite", "smallest normal",
@@ -56,8 +62,18 @@ def formats_table(dtypes: Sequence[str] = ("float32", "float16", "bfloat16", "fl
 
 
 def rounding_table(stats: Sequence[RoundingStats]):
-    """``bits.rounding_stats`` results side by side, one row per format."""
-    return html_table(
-        ["format", "distinct values left", "mean relative error", "largest error", "became 0", "became inf/nan"],
-        [[s.dtype, f"{s.distinct_stored:,}", f"{s.mean_relative_error:.3%}", f"{s.max_abs_error:.3g}",
-          f"{s.flushed_to_zero:.2%}", f"{s.non_finite:.2%}"] for s in stats])
+    """``bits.rounding_stats`` results side by side, one row per format (a per-tensor scale is named
+    in the format column); the matmul output error is a column when any row measured it."""
+    outputs = any(s.output_relative_error is not None for s in stats)
+    head = ["format", "distinct values left", "RMSE", "mean relative error"]
+    head += ["matmul output error"] if outputs else []
+    head += ["largest error", "became 0", "became inf/nan"]
+    rows = []
+    for s in stats:
+        row = [s.dtype + (" + per-tensor scale" if s.scale != 1.0 else ""), f"{s.distinct_stored:,}",
+               f"{s.rmse:.3g}", f"{s.mean_relative_error:.3%}"]
+        if outputs:
+            row.append("–" if s.output_relative_error is None else f"{s.output_relative_error:.3%}")
+        row += [f"{s.max_abs_error:.3g}", f"{s.flushed_to_zero:.2%}", f"{s.non_finite:.2%}"]
+        rows.append(row)
+    return html_table(head, rows)

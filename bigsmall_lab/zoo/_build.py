@@ -8,6 +8,7 @@ checkpoint, a local folder or (with network, e.g. on Colab) a hub id.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -18,11 +19,21 @@ from urllib.parse import urlparse
 
 import torch
 
-from .._dtypes import dtype_name, torch_dtype
-from .._paths import atomic_dir, cache_dir
-from .._units import parse_size
-from ._configs import LAB_MODELS, PRESETS, TINY_DIR, instantiate, meta_model, presets
+from .._dtypes import bytes_per_element, dtype_name, torch_dtype
+from .._errors import LabError, closest, shown, whole_number
+from .._paths import atomic_dir, cache_dir, check_name
+from .._units import MB, format_bytes, parse_size
+from ._configs import LAB_MODELS, PRESETS, TINY_DIR, instantiate, meta_model, presets, register_config_source, resolve
 from ._smollm2 import REAL_MODELS, real_model_path
+
+
+def _real_model_config(name: str) -> dict:
+    # The real model's config.json exists once its checkpoint is converted (on first use).
+    return json.loads((real_model_path(name) / "config.json").read_text())
+
+
+for _name in REAL_MODELS:
+    register_config_source(_name, lambda name=_name: _real_model_config(name))
 
 __all__ = ["HubUnreachableError", "Weights", "build", "checkpoint", "load_model", "load_tokenizer", "model_path"]
 
@@ -40,14 +51,38 @@ class HubUnreachableError(OSError):
     """A hub id was asked for and the Hugging Face Hub cannot be reached."""
 
 
+_BUILD_DTYPES = ("float32", "float16", "bfloat16")  # what random weights are drawn in (normal_ needs a float)
+
+
 def _device(device: str | torch.device) -> torch.device:
+    allowed = "use 'cpu', 'cuda', 'cuda:N' or 'meta'"
+    if isinstance(device, bool) or not isinstance(device, (str, torch.device)):
+        raise LabError.bad("device", device, allowed, verb="is not a device")
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
-        raise ValueError(f"device {device!r} is not a device; use 'cpu', 'cuda', 'cuda:N' or 'meta'") from None
+        raise LabError.bad("device", device, allowed, verb="is not a device") from None
+    if dev.type not in ("cpu", "cuda", "meta"):
+        raise LabError.bad("device", device, allowed, verb="is not supported by the lab")
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asks for a CUDA GPU and none is attached; use device='cpu'")
+        raise LabError.bad("device", device, "none is attached; use device='cpu'", verb="asks for a CUDA GPU")
     return dev
+
+
+def _free_bytes(device: torch.device) -> int | None:
+    """Memory free for new tensors on ``device`` now (None for meta: nothing is allocated there)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device.index or 0)[0]
+    if device.type == "cpu":
+        import psutil
+
+        return psutil.virtual_memory().available
+    return None
+
+
+def _needed_bytes(model: torch.nn.Module, dtype: str) -> int:
+    """Bytes the parameters of a meta ``model`` take in ``dtype`` (tied tensors once), from the dtype table."""
+    return int(sum(p.numel() for p in model.parameters()) * bytes_per_element(dtype))
 
 
 def build(config: Any, weights: str = "random", dtype: str | torch.dtype = "bfloat16",
@@ -60,12 +95,20 @@ def build(config: Any, weights: str = "random", dtype: str | torch.dtype = "bflo
     """
     try:
         kind = Weights(weights)
-    except ValueError:
-        raise ValueError(f"weights {weights!r} is not known; use one of: "
-                         f"{', '.join(w.value for w in Weights)}") from None
+    except (ValueError, TypeError):
+        raise LabError.bad("weights", weights, f"use one of: {', '.join(w.value for w in Weights)}",
+                           verb="is not known") from None
+    dtype = dtype_name(dtype, allowed=_BUILD_DTYPES)
+    seed = whole_number(seed, "seed", minimum=0)
     if kind is Weights.EMPTY:
         return meta_model(config, dtype)
-    model = instantiate(config, dtype, _device(device))
+    dev = _device(device)
+    spec = resolve(config)  # validates the config and sizes it on the meta device, before allocating
+    needed, free = _needed_bytes(spec.meta, dtype), _free_bytes(dev)
+    if free is not None and needed > free:
+        raise LabError(f"config {shown(spec.name)} in {dtype} needs {format_bytes(needed)} and {dev} has "
+                       f"{format_bytes(free)} free; use weights='empty' (the meta device), a smaller dtype or preset")
+    model = instantiate(spec.config, dtype, dev)
     _fill_random(model, seed)
     return model.eval()
 
@@ -85,7 +128,7 @@ def _fill_random(model: torch.nn.Module, seed: int) -> None:
 
 
 def _checkpoint_name(name: str, dtype: str, shard_bytes: int, seed: int) -> str:
-    return f"{name}-{dtype}-shard{shard_bytes / 1e6:g}MB-seed{seed}"
+    return f"{name}-{dtype}-shard{shard_bytes / MB:g}MB-seed{seed}"
 
 
 def checkpoint(model: str | torch.nn.Module = "bigsmall-small", dtype: str | torch.dtype = "bfloat16",
@@ -102,24 +145,34 @@ def checkpoint(model: str | torch.nn.Module = "bigsmall-small", dtype: str | tor
     """
     from tqdm.auto import tqdm
 
-    dtype = dtype_name(dtype, allowed=("float32", "float16", "bfloat16"))
+    dtype = dtype_name(dtype, allowed=_BUILD_DTYPES)
     shard_bytes = parse_size(shard_size, argument="shard_size")
-    if shard_bytes < 10**6:
-        raise ValueError(f"shard_size {shard_size!r} is below 1MB; use e.g. '100MB' or '2GB'")
+    if shard_bytes < MB:
+        raise LabError.bad("shard_size", shard_size, "use e.g. '100MB' or '2GB'", verb="is below 1MB")
+    seed = whole_number(seed, "seed", minimum=0)
+    if name is not None:
+        check_name(name)
     if isinstance(model, torch.nn.Module):
+        if not callable(getattr(model, "save_pretrained", None)):
+            raise LabError.bad("model", model, "pass a transformers model (it has save_pretrained) or a preset name",
+                               verb="cannot be saved as a checkpoint")
         if not name:
-            raise ValueError("name is required when model is a module: it names the checkpoint folder")
+            raise LabError("name is required when model is a module: it names the checkpoint folder")
         label, source = name, None
-    elif isinstance(model, str) and model.lower() in (*PRESETS, *LAB_MODELS, *REAL_MODELS):
-        label, source = model.lower(), model.lower()
+    elif isinstance(model, str) and model.strip().lower() in (*PRESETS, *LAB_MODELS, *REAL_MODELS):
+        label = source = model.strip().lower()
     else:
-        raise ValueError(f"model {model!r} is not a preset or lab model; use one of: "
-                         f"{', '.join((*LAB_MODELS, *presets()))}, or pass a model with name=")
+        names = (*LAB_MODELS, *REAL_MODELS, *presets())
+        raise LabError(f"model {shown(model)} is not a preset or lab model{closest(str(model), names)}; use a "
+                       "name from bsl.presets(), 'bigsmall-small', or pass a transformers model with name=")
     target = cache_dir() / "checkpoints" / _checkpoint_name(label, dtype, shard_bytes, seed)
     if (target / "config.json").is_file():
         return target
     steps = tqdm(total=2, desc=f"checkpoint {label}", disable=not progress, unit="step")
     with atomic_dir(target) as tmp:
+        if (target / "config.json").is_file():  # another process built it while this one waited
+            steps.close()
+            return target
         if source in REAL_MODELS:
             # The real model re-sharded: its trained weights, not random ones.
             steps.set_postfix_str("trained weights")
@@ -147,8 +200,11 @@ def _copy_tokenizer(folder: Path, source: Path = TINY_DIR) -> None:
 
 def _resolve(name_or_path: str | os.PathLike | None) -> tuple[str, bool]:
     """(what to give from_pretrained, whether it is a hub id)."""
-    if name_or_path is None or str(name_or_path).lower() == "bigsmall-tiny":
+    if name_or_path is None or (isinstance(name_or_path, str) and name_or_path.strip().lower() == "bigsmall-tiny"):
         return str(TINY_DIR), False
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise LabError.bad("name_or_path", name_or_path, "use a lab model or preset name, a folder or a hub id",
+                           verb="is not a name or a path")
     key = str(name_or_path)
     if key.strip().lower() in REAL_MODELS:
         return str(real_model_path(key.strip().lower())), False
@@ -159,9 +215,9 @@ def _resolve(name_or_path: str | os.PathLike | None) -> tuple[str, bool]:
         return str(path), False
     if key.count("/") == 1 and not key.startswith((".", "/", "~")):
         return key, True
-    raise ValueError(f"name_or_path {key!r} is not a preset, a lab model, an existing folder or a hub id "
-                     f"(owner/name); presets: {', '.join(presets())}; lab models: "
-                     f"{', '.join((*LAB_MODELS, *REAL_MODELS))}")
+    names = (*LAB_MODELS, *REAL_MODELS, *presets())
+    raise LabError(f"name_or_path {shown(key)} is not a preset, a lab model, an existing folder or a hub id "
+                   f"(owner/name){closest(key, names)}; lab models: {', '.join((*LAB_MODELS, *REAL_MODELS))}")
 
 
 def model_path(name_or_path: str | os.PathLike | None = None) -> Path:
@@ -174,8 +230,8 @@ def model_path(name_or_path: str | os.PathLike | None = None) -> Path:
     """
     source, is_hub = _resolve(name_or_path)
     if is_hub:
-        raise ValueError(f"name_or_path {str(name_or_path)!r} is a hub id, not a local model; download it with "
-                         "huggingface_hub.snapshot_download first, or use a lab model or a preset")
+        raise LabError(f"name_or_path {shown(str(name_or_path))} is a hub id, not a local model; download it with "
+                       "huggingface_hub.snapshot_download first, or use a lab model or a preset")
     return Path(source)
 
 
@@ -183,7 +239,7 @@ def _from_pretrained(cls, name_or_path, kwargs: dict):
     source, is_hub = _resolve(name_or_path)
     # Safe by default: never run code that comes with a repository.
     if kwargs.get("trust_remote_code"):
-        raise ValueError("trust_remote_code=True is refused by the lab: it runs code downloaded with a model")
+        raise LabError("trust_remote_code=True is refused by the lab: it runs code downloaded with a model")
     if not is_hub:
         kwargs.setdefault("local_files_only", True)
     elif not _hub_reachable():
@@ -191,14 +247,31 @@ def _from_pretrained(cls, name_or_path, kwargs: dict):
         kwargs["local_files_only"] = True
     try:
         return cls.from_pretrained(source, **kwargs)
-    except OSError as err:
+    except Exception as err:
+        if not is_hub:
+            _name_a_broken_file(Path(source), err)
+        if not isinstance(err, OSError):
+            raise
         if is_hub and (kwargs.get("local_files_only") or _looks_offline(err)):
             raise HubUnreachableError(
-                f"name_or_path {source!r} is a hub id and the Hugging Face Hub cannot be reached from here "
-                "(and it is not in the local Hugging Face cache); on this machine use load_model() for the "
-                "embedded model, a preset such as load_model('llama-3.2-1b') (random weights, real "
-                "architecture) or a local folder that holds config.json and *.safetensors") from None
+                f"name_or_path {shown(source)} is a hub id and the Hugging Face Hub cannot be reached from here "
+                "(nor is it cached); use load_model() for the embedded model, a preset such as 'llama-3.2-1b' "
+                "(random weights) or a local folder with config.json and *.safetensors") from None
         raise
+
+
+def _name_a_broken_file(folder: Path, err: BaseException) -> None:
+    """After a failed load of a local folder: one sentence naming a safetensors file that cannot be read."""
+    from safetensors import safe_open
+
+    for file in sorted(folder.glob("*.safetensors")) if folder.is_dir() else []:
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                for key in f.keys():  # reading every tensor's bytes finds a truncated file too
+                    f.get_slice(key)
+        except Exception as broken:  # noqa: BLE001  (the file is named; the library's words follow)
+            raise LabError(f"file {shown(str(file), 120)} is not a readable safetensors file "
+                           f"({shown(str(broken), 80)}); delete the folder and build or download it again") from err
 
 
 def _hub_reachable(timeout_s: float = 2.0) -> bool:
@@ -231,6 +304,10 @@ def load_model(name_or_path: str | os.PathLike | None = None, **from_pretrained_
     from .._compat import from_pretrained_kwargs as current_names
 
     kwargs = current_names(from_pretrained_kwargs)
+    dtype = kwargs.get("dtype")
+    if dtype is not None and not (isinstance(dtype, str) and dtype == "auto"):
+        # The lab's own names ("bf16", "fp32") work here as everywhere else in the lab.
+        kwargs["dtype"] = torch_dtype(dtype_name(dtype, allowed=_BUILD_DTYPES + ("float8_e4m3fn", "float8_e5m2")))
     kwargs.setdefault("use_safetensors", True)
     return _from_pretrained(AutoModelForCausalLM, name_or_path, kwargs)
 
@@ -239,7 +316,7 @@ def load_tokenizer(name_or_path: str | os.PathLike | None = None, **kwargs):
     """The tokenizer that goes with :func:`load_model`'s model (the embedded one by default)."""
     from transformers import AutoTokenizer
 
-    if name_or_path is not None and str(name_or_path).lower() in PRESETS:
-        raise ValueError(f"name_or_path {name_or_path!r} is a preset with random weights and no tokenizer; "
-                         "feed it token ids, or use load_tokenizer() for the embedded model's")
+    if isinstance(name_or_path, str) and name_or_path.strip().lower() in PRESETS:
+        raise LabError(f"name_or_path {name_or_path!r} is a preset with random weights and no tokenizer; "
+                       "feed it token ids, or use load_tokenizer() for the embedded model's")
     return _from_pretrained(AutoTokenizer, name_or_path, dict(kwargs))

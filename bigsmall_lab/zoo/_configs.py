@@ -14,17 +14,18 @@ import contextlib
 import io
 import json
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ._smollm2 import REAL_MODELS, real_model_path
+from .._errors import LabError, closest, shown, whole_number
 
-__all__ = ["LAB_MODELS", "PRESETS", "Preset", "config_dict", "count_parameters", "instantiate", "meta_model", "presets",
-           "transformers_config"]
+__all__ = ["LAB_MODELS", "PRESETS", "ModelSpec", "Preset", "config_dict", "count_parameters", "instantiate",
+           "meta_model", "presets", "register_config_source", "resolve", "transformers_config"]
 
 _CONFIGS = Path(__file__).parent / "configs"
 TINY_DIR = Path(__file__).parent / "tiny"
@@ -77,19 +78,56 @@ def _lab_config(name: str) -> dict:
     return small
 
 
+# Lab models whose config.json exists only once a runner has made their checkpoint (the real model is
+# converted from a GGUF on first use). That runner registers a function returning the config, so this
+# module (a planner: configs in, meta models and counts out) never imports it.
+_CONFIG_SOURCES: dict[str, Callable[[], dict]] = {}
+
+
+def register_config_source(name: str, source: Callable[[], dict]) -> None:
+    """Let :func:`config_dict` resolve ``name`` by calling ``source()`` (used by the zoo's runners)."""
+    _CONFIG_SOURCES[name.lower()] = source
+
+
 def presets() -> list[str]:
     """Names of the real models whose configs ship with the lab, e.g. 'llama-3.1-8b'."""
     return list(PRESETS)
 
 
-def _unknown(name: str) -> ValueError:
-    return ValueError(f"config {name!r} is not a preset, a lab model, a config dict or an existing config.json "
-                      f"path; presets are: {', '.join(presets())}; lab models: {', '.join(LAB_MODELS)}")
+def _known_names() -> list[str]:
+    return [*PRESETS, *LAB_MODELS, *_CONFIG_SOURCES]
+
+
+def _unknown(name: str) -> LabError:
+    hint = closest(name, _known_names()) or f" (the {len(PRESETS)} presets are listed by bsl.presets())"
+    return LabError(f"config {shown(name)} is not a preset, a lab model or an existing config.json path{hint}; "
+                    f"lab models: {', '.join([*LAB_MODELS, *_CONFIG_SOURCES])}")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise LabError(f"config file {shown(str(path))} is not UTF-8 text; a config.json is JSON text") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise LabError(f"config file {shown(str(path))} is not valid JSON ({err.msg} at line {err.lineno})") from None
+    if not isinstance(data, dict):
+        kind = {list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(type(data), "a number")
+        raise LabError(f"config file {shown(str(path))} holds {kind}, not a JSON object of settings like "
+                       "{\"model_type\": \"llama\", ...}")
+    return data
 
 
 def config_dict(config: Any) -> dict:
     """The config as a plain dict, from a preset name, a dict, a path to a config.json or a config object."""
+    if isinstance(config, ModelSpec):
+        return dict(config.config)
     if isinstance(config, dict):
+        if not all(isinstance(k, str) for k in config):
+            raise LabError.bad("config", config, "a config dict has text keys, as in config.json",
+                               verb="has keys that are not text")
         return dict(config)
     if isinstance(config, (str, os.PathLike)):
         key = str(config).strip()
@@ -97,22 +135,22 @@ def config_dict(config: Any) -> dict:
             return json.loads((_CONFIGS / f"{key.lower()}.json").read_text())
         if key.lower() in LAB_MODELS:
             return _lab_config(key.lower())
-        if key.lower() in REAL_MODELS:  # the real model's config, from its converted checkpoint
-            return json.loads((real_model_path(key.lower()) / "config.json").read_text())
+        if key.lower() in _CONFIG_SOURCES:
+            return dict(_CONFIG_SOURCES[key.lower()]())
+        if not key or len(key) > 4096 or "\0" in key:
+            raise _unknown(key)
         path = Path(key).expanduser()
         if path.is_dir() and (path / "config.json").is_file():
             path = path / "config.json"
         if path.is_file():
-            try:
-                return json.loads(path.read_text())
-            except json.JSONDecodeError as err:
-                raise ValueError(f"config file {str(path)!r} is not valid JSON ({err.msg} at line {err.lineno})") from None
+            return _read_json(path)
         raise _unknown(key)
     if hasattr(config, "to_dict"):  # transformers PretrainedConfig
         return config.to_dict()
     if hasattr(config, "items"):  # diffusers FrozenDict
         return dict(config.items())
-    raise TypeError(f"config must be a preset name, a dict, a path or a config object, not {type(config).__name__}")
+    raise LabError.bad("config", config, "use a preset name, a dict, a path to a config.json or a config object",
+                       verb="is not a config")
 
 
 def _config_fields(cfg: dict) -> dict:
@@ -123,22 +161,19 @@ def transformers_config(config: Any):
     """The transformers config object of a transformers config.json (a dict with ``model_type``)."""
     import transformers
 
-    cfg = config_dict(config)
-    try:
-        return transformers.AutoConfig.for_model(cfg["model_type"], **_config_fields(cfg))
-    except ValueError as err:
-        raise ValueError(f"config model_type {cfg['model_type']!r} is not known to transformers "
-                         f"{transformers.__version__} ({err})") from None
+    cfg = _validated(config_dict(config))
+    if "model_type" not in cfg:
+        raise LabError("config has no 'model_type', so it is not a transformers config (a diffusers model config "
+                       "names its '_class_name' instead)")
+    return transformers.AutoConfig.for_model(cfg["model_type"], **_config_fields(cfg))
 
 
 def _transformers_model(cfg: dict, dtype: torch.dtype) -> torch.nn.Module:
     import transformers
 
     config = transformers_config(cfg)
-    fields = _config_fields(cfg)
-    _check_required(config, fields)
     architectures = cfg.get("architectures") or []
-    cls = getattr(transformers, architectures[0], None) if architectures else None
+    cls = getattr(transformers, architectures[0], None) if architectures and isinstance(architectures[0], str) else None
     if cls is not None:
         return cls._from_config(config, dtype=dtype)
     try:
@@ -149,25 +184,61 @@ def _transformers_model(cfg: dict, dtype: torch.dtype) -> torch.nn.Module:
 
 # Sizes a config must state: a missing one would silently take the library's default (a wrong model).
 _REQUIRED = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")
+# Sizes that, when present, must be whole numbers >= 1 (T5 and CLIP spell some of them differently).
+_SIZES = (*_REQUIRED, "num_key_value_heads", "intermediate_size", "head_dim", "max_position_embeddings",
+          "d_model", "d_ff", "d_kv", "num_layers", "num_heads")
 
 
-def _check_required(config, fields: dict) -> None:
-    if config.get_text_config() is not config:  # multimodal: the sizes live in a text sub-config
-        return
-    for key in _REQUIRED:
-        # attribute_map maps the common name to a model's own (T5: hidden_size -> d_model).
-        names = [key] + ([config.attribute_map[key]] if key in config.attribute_map else [])
-        if not any(name in fields for name in names):
-            raise ValueError(f"config is missing the key {' or '.join(map(repr, names))}; "
-                             f"a {config.model_type} config.json states it")
+def _validated(cfg: dict) -> dict:
+    """``cfg`` checked before anything is built from it: one sentence for the first thing wrong.
+
+    A transformers config needs a ``model_type`` transformers knows and its sizes as whole numbers
+    (a missing one would silently take the library's default: a different model); a diffusers model
+    config needs a ``_class_name``.
+    """
+    if "model_type" not in cfg and "_class_name" not in cfg:
+        raise LabError("config is missing the key 'model_type' (a transformers config.json) or '_class_name' "
+                       "(a diffusers model config.json); one of them says which model to build")
+    if "model_type" not in cfg:
+        if not isinstance(cfg["_class_name"], str):
+            raise LabError.bad("config _class_name", cfg["_class_name"], "name a diffusers model class, e.g. "
+                               "'FluxTransformer2DModel'", verb="is not a class name")
+        return cfg
+    from transformers import CONFIG_MAPPING
+
+    model_type = cfg["model_type"]
+    if not isinstance(model_type, str):
+        raise LabError.bad("config model_type", model_type, "use a text such as 'llama'", verb="is not a text")
+    if model_type not in CONFIG_MAPPING:
+        import transformers
+
+        raise LabError(f"config model_type {shown(model_type)} is not known to transformers "
+                       f"{transformers.__version__}{closest(model_type, CONFIG_MAPPING.keys())}")
+    config_class = CONFIG_MAPPING[model_type]
+    attribute_map = getattr(config_class, "attribute_map", {}) or {}
+    nested = any(isinstance(v, dict) and k.endswith("config") for k, v in cfg.items())
+    for key in _SIZES:
+        if key in cfg and cfg[key] is not None and not (key == "head_dim" and cfg[key] == 0):
+            whole_number(cfg[key], f"config {key}", minimum=1)
+    if not nested:  # multimodal configs hold their sizes in a text sub-config: transformers checks those
+        for key in _REQUIRED:
+            names = [key] + ([attribute_map[key]] if key in attribute_map else [])
+            if not any(name in cfg for name in names):
+                raise LabError(f"config is missing the key {' or '.join(map(repr, names))}; a {model_type} "
+                               "config.json states it")
+    heads, kv_heads = cfg.get("num_attention_heads"), cfg.get("num_key_value_heads")
+    if isinstance(heads, int) and isinstance(kv_heads, int) and heads % kv_heads:
+        raise LabError(f"config num_key_value_heads {kv_heads} does not divide num_attention_heads {heads}; "
+                       "each KV head serves a whole group of query heads")
+    return cfg
 
 
 def _diffusers_model(cfg: dict, dtype: torch.dtype) -> torch.nn.Module:
     import diffusers
 
     cls = getattr(diffusers, cfg["_class_name"], None)
-    if cls is None:
-        raise ValueError(f"config _class_name {cfg['_class_name']!r} is not a diffusers model class")
+    if not isinstance(cls, type) or not hasattr(cls, "from_config"):
+        raise LabError(f"config _class_name {shown(cfg['_class_name'])} is not a diffusers model class")
     # Create the parameters in the target dtype (diffusers' from_config takes no dtype argument).
     default = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
@@ -177,45 +248,96 @@ def _diffusers_model(cfg: dict, dtype: torch.dtype) -> torch.nn.Module:
         torch.set_default_dtype(default)
 
 
+def instantiate(config: Any, dtype: torch.dtype | str, device: torch.device) -> torch.nn.Module:
+    """``config``'s model with parameters allocated on ``device`` and NOT initialised (except on meta).
+
+    Buffers (rotary frequencies, position ids) are computed as usual; tied weights are tied.
+    The config is validated first (:func:`_validated`); an error raised while building after that
+    is a bug of the lab or the library, and surfaces as one.
+    """
+    from .._compat import no_init_weights
+    from .._dtypes import torch_dtype
+
+    cfg = _validated(config_dict(config))
+    dtype = torch_dtype(dtype)
+    is_diffusers = "model_type" not in cfg
+    # Building prints notices (e.g. "Instantiating ... on meta"): they teach nothing here.
+    with contextlib.redirect_stdout(io.StringIO()):
+        if is_diffusers:
+            with torch.device("meta"):
+                model = _diffusers_model(cfg, dtype)
+            if device.type != "meta":
+                # diffusers models hold no buffers to compute, so allocating empty is enough.
+                model = model.to_empty(device=device)
+        else:
+            with torch.device(device), no_init_weights():
+                model = _transformers_model(cfg, dtype)
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+    return model
+
+
+@dataclass(eq=False)
+class ModelSpec:
+    """A config resolved once: the dict, its model on the meta device (float32) and its parameter count.
+
+    Every estimate reads one of these instead of resolving the config again, and so can a planner of
+    device placement (``module_bytes`` in :mod:`bigsmall_lab.estimates`, the idea of accelerate's
+    ``compute_module_sizes``). Make one with :func:`resolve`; functions that take a ``config`` accept it.
+
+    >>> spec = resolve("llama-3.2-1b")
+    >>> spec.name, spec.kind, spec.parameters          # tied embeddings counted once
+    ('llama-3.2-1b', 'transformers', 1235814400)
+    """
+
+    name: str
+    config: dict
+    meta: torch.nn.Module = field(repr=False)
+    kind: str = "transformers"  # or "diffusers"
+
+    @property
+    def parameters(self) -> int:
+        return _count(self.meta)
+
+    @property
+    def text_config(self):
+        """The transformers config whose layers hold the KV cache (decoder side); None for diffusers."""
+        if self.kind != "transformers":
+            return None
+        return self.meta.config.get_text_config(decoder=True)
+
+
+def resolve(config: Any) -> ModelSpec:
+    """``config`` (a preset or lab model name, a dict, a path, a config object) validated and built once
+    on the meta device; preset names are cached. A :class:`ModelSpec` is returned as is."""
+    if isinstance(config, ModelSpec):
+        return config
+    if isinstance(config, str) and config.strip().lower() in (*PRESETS, *LAB_MODELS):
+        return _resolve_name(config.strip().lower())
+    return _resolve(config)
+
+
+@lru_cache(maxsize=32)
+def _resolve_name(name: str) -> ModelSpec:
+    return _resolve(name)
+
+
+def _resolve(config: Any) -> ModelSpec:
+    cfg = config_dict(config)
+    model = instantiate(cfg, torch.float32, torch.device("meta"))
+    if isinstance(config, (str, os.PathLike)):
+        name = str(config).strip()
+    else:
+        name = str(cfg.get("_name_or_path") or cfg.get("model_type") or cfg.get("_class_name") or "config")
+    return ModelSpec(name, cfg, model, "transformers" if "model_type" in cfg else "diffusers")
+
+
 def meta_model(config: Any, dtype: torch.dtype | str = torch.bfloat16) -> torch.nn.Module:
     """The model of ``config`` on the meta device: real shapes and dtypes, no weight memory.
 
     A transformers config needs ``model_type``; a diffusers model config needs ``_class_name``.
     """
-    return instantiate(config, dtype, torch.device("meta"))
-
-
-def instantiate(config: Any, dtype: torch.dtype | str, device: torch.device) -> torch.nn.Module:
-    """``config``'s model with parameters allocated on ``device`` and NOT initialised (except on meta).
-
-    Buffers (rotary frequencies, position ids) are computed as usual; tied weights are tied.
-    """
-    from .._compat import no_init_weights
-    from .._dtypes import torch_dtype
-
-    cfg = config_dict(config)
-    dtype = torch_dtype(dtype)
-    if "model_type" not in cfg and "_class_name" not in cfg:
-        raise ValueError("config is missing the key 'model_type' (a transformers config.json) or "
-                         "'_class_name' (a diffusers model config.json); one of them says which model to build")
-    is_diffusers = "_class_name" in cfg
-    # Building prints notices (e.g. "Instantiating ... on meta"): they teach nothing here.
-    with contextlib.redirect_stdout(io.StringIO()):
-        try:
-            if is_diffusers:
-                with torch.device("meta"):
-                    model = _diffusers_model(cfg, dtype)
-                if device.type != "meta":
-                    # diffusers models hold no buffers to compute, so allocating empty is enough.
-                    model = model.to_empty(device=device)
-            else:
-                with torch.device(device), no_init_weights():
-                    model = _transformers_model(cfg, dtype)
-        except (KeyError, TypeError, AttributeError) as err:
-            raise ValueError(f"config cannot build its model: {err!r}; check that it is a complete config.json") from None
-    if hasattr(model, "tie_weights"):
-        model.tie_weights()
-    return model
+    return instantiate(config_dict(config), dtype, torch.device("meta"))
 
 
 def count_parameters(config: Any) -> int:
@@ -228,14 +350,7 @@ def count_parameters(config: Any) -> int:
     >>> count_parameters("t5-v1.1-xxl-encoder")  # the shared embedding is counted once
     4762310656
     """
-    if isinstance(config, str) and config.strip().lower() in PRESETS:
-        return _count_preset(config.strip().lower())
-    return _count(meta_model(config))
-
-
-@lru_cache(maxsize=None)
-def _count_preset(name: str) -> int:
-    return _count(meta_model(name))
+    return resolve(config).parameters
 
 
 def _count(model: torch.nn.Module) -> int:

@@ -1,4 +1,4 @@
-"""Train "bigsmall-tiny", the small Llama that every lesson uses offline on a CPU.
+"""Train "bigsmall-tiny", the small Llama that every lesson uses offline on a CPU (a tool, not runtime code).
 
 The lab must run with no hub downloads, and the lessons on quantization and quantized KV
 caches need a model whose output is *recognisable text*: on random weights every logit is
@@ -20,8 +20,10 @@ What it does, in order:
 4. **Training**: float32, AdamW, linear warmup then cosine decay, gradient clipping, a fixed
    number of steps and a fixed seed on 2 threads, so two runs give bitwise identical weights.
 5. **Output**: saved in bfloat16 safetensors (13.6 MB; 14.2 MB in all) with the tokenizer,
-   a greedy ``generation_config.json`` and ``training.json`` (held-out perplexity measured on the
-   saved bf16 weights loaded back in float32). Everything is written into a temporary
+   a greedy ``generation_config.json``, ``training.json`` (held-out perplexity measured on the
+   saved bf16 weights loaded back in float32) and ``heldout_ids.safetensors`` (the held-out token
+   ids as int16, ~50 KB: another Python's standard library gives another corpus, so the ids ship
+   and the package's test re-checks the recorded perplexity from them). Everything is written into a temporary
    folder next to the target and renamed into place at the end, so an interrupted run never
    leaves half a model.
 
@@ -31,9 +33,12 @@ a few seconds. It ends at held-out perplexity ~177, still falling (see ``trainin
 
 Run it::
 
-    python -m bigsmall_lab.zoo._train_tiny                   # writes bigsmall_lab/zoo/tiny/
-    python -m bigsmall_lab.zoo._train_tiny --out /tmp/tiny --steps 20
-    python -m bigsmall_lab.zoo._train_tiny --quick --out /tmp/tiny-smoke
+    python tools/train_tiny.py                   # writes bigsmall_lab/zoo/tiny/
+    python tools/train_tiny.py --out /tmp/tiny --steps 20
+    python tools/train_tiny.py --quick --out /tmp/tiny-smoke
+
+The held-out evaluation it uses (windows, perplexity, the shipped ids) lives in the package
+(``bigsmall_lab.zoo.heldout_perplexity``...), because tests and lessons reuse it.
 
 Load the result like any hub model, offline::
 
@@ -65,8 +70,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from bigsmall_lab.zoo import HELDOUT_FILE, TINY_DIR, heldout_perplexity, heldout_windows
+
 EOS_TOKEN = "<|endoftext|>"
-from ._configs import TINY_DIR  # the one place the folder is named
 HELDOUT_PERCENT = 5
 # Folders of the standard library that hold tests, demos, vendored or installed code,
 # not library documentation.
@@ -367,45 +373,6 @@ def _next_token_loss(model: torch.nn.Module, windows: torch.Tensor) -> torch.Ten
     return F.cross_entropy(logits.flatten(0, 1).float(), windows[:, 1:].flatten())
 
 
-# --------------------------------------------------------------------------- evaluation
-
-
-def heldout_windows(stream: torch.Tensor, window_len: int) -> list[torch.Tensor]:
-    """Cut a token stream into consecutive non-overlapping windows of ``window_len + 1`` tokens.
-
-    Neighbouring windows share one token (the last target of one is the first input of the
-    next), so every token after the first is predicted exactly once. The final window may be
-    shorter. Each window is scored on its own, without the previous window as context.
-    """
-    if window_len < 1:
-        raise ValueError(f"window_len must be >= 1 token, got {window_len}")
-    return [stream[i : i + window_len + 1] for i in range(0, len(stream) - 1, window_len)]
-
-
-@torch.no_grad()
-def heldout_perplexity(model: torch.nn.Module, windows: Sequence[torch.Tensor], batch_size: int = 16) -> float:
-    """exp(mean next-token NLL over every predicted token of the windows), teacher-forced.
-
-    Windows are scored independently (no context carried over), so a window's first tokens
-    have little context: this is a slightly pessimistic, but exactly reproducible, perplexity.
-    """
-    if not any(len(w) >= 2 for w in windows):
-        raise ValueError("windows must hold at least one window of >= 2 tokens to score")
-    was_training = model.training
-    model.eval()
-    nll_sum, n_predicted = 0.0, 0
-    full = [w for w in windows if len(w) == len(windows[0])]
-    ragged = [w for w in windows if len(w) != len(windows[0])]
-    batches = [torch.stack(full[i : i + batch_size]) for i in range(0, len(full), batch_size)]
-    batches += [w.unsqueeze(0) for w in ragged if len(w) >= 2]
-    for batch in batches:
-        n_targets = batch[:, 1:].numel()
-        nll_sum += _next_token_loss(model, batch).item() * n_targets
-        n_predicted += n_targets
-    model.train(was_training)
-    return math.exp(nll_sum / n_predicted)
-
-
 # --------------------------------------------------------------------------- training
 
 
@@ -469,6 +436,15 @@ def _write_generation_config(model, out_dir: Path) -> None:
         eos_token_id=config.eos_token_id,
         pad_token_id=config.pad_token_id,
     ).save_pretrained(out_dir)
+
+
+def _write_heldout_ids(stream: torch.Tensor, out_dir: Path) -> None:
+    """The held-out token ids beside the weights, as int16 (every id of an 8192-entry vocabulary fits)."""
+    from safetensors.torch import save_file
+
+    if int(stream.max()) >= 2**15:
+        raise ValueError(f"token id {int(stream.max())} does not fit int16; store the held-out ids as int32")
+    save_file({"heldout_ids": stream.to(torch.int16).contiguous()}, str(out_dir / HELDOUT_FILE))
 
 
 def _evaluate_saved(out_dir: Path, windows: list[torch.Tensor], slice_windows: int) -> dict[str, float]:
@@ -568,6 +544,7 @@ def _build_into(tmp_dir: Path, settings: TrainSettings) -> dict:
     model.to(torch.bfloat16).save_pretrained(tmp_dir, safe_serialization=True)
     tokenizer.save_pretrained(tmp_dir)
     _write_generation_config(model, tmp_dir)
+    _write_heldout_ids(heldout_stream, tmp_dir)
     saved_eval = _evaluate_saved(tmp_dir, windows, settings.slice_windows)
     record = _training_record(settings, model, train_stream, heldout_stream, result, saved_eval, start_s)
     (tmp_dir / "training.json").write_text(json.dumps(record, indent=2) + "\n")

@@ -1,0 +1,609 @@
+"""Runner of lesson 04: load a model in bitsandbytes' formats and measure each one for real.
+
+For every ``BitsAndBytesConfig`` given (None = the unquantized reference), :func:`run_variants`
+loads the model once and measures what it holds (``get_memory_footprint()`` plus the quantization
+state it leaves out), how far its next-token predictions move from the reference
+(:func:`bigsmall_lab.quality.compare`: KL, top-1 agreement, perplexities), how fast it generates and
+what it writes. :func:`linear_timings` takes one layer apart to show where the time of a quantized
+matmul goes, :func:`outlier_experiment` runs LLM.int8()'s outlier decomposition on real activations,
+and :func:`gguf_q4_1_blocks` reads the Q4_1 blocks SmolLM2 was shipped in, to check what
+:func:`bigsmall_lab.quant.recover_q4_1` finds in the bf16 weights.
+
+The maths lives in :mod:`bigsmall_lab.quant` (planner); this module only loads, runs and times.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import math
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import torch
+
+from . import quant
+from ._errors import LabError, closest
+
+__all__ = ["Footprint", "GGUFBlocks", "LinearTiming", "OutlierRow", "Variant", "VariantResult", "bnb_config",
+           "capture_inputs", "check_supported", "estimator_name", "footprint", "stored_bytes", "gguf_q4_1_blocks", "linear_timings",
+           "outlier_experiment", "run_variants"]
+
+
+class Variant(str, Enum):
+    """The formats lesson 04 loads, named as the estimator names them."""
+
+    BF16 = "bf16"
+    INT8 = "int8"  # BitsAndBytesConfig(load_in_8bit=True): LLM.int8(), outlier threshold 6.0
+    NF4 = "nf4"  # load_in_4bit, bnb_4bit_quant_type="nf4"
+    FP4 = "fp4"  # load_in_4bit, bnb_4bit_quant_type="fp4"
+    NF4_DOUBLE = "nf4-double"  # nf4 + bnb_4bit_use_double_quant=True: the absmax values in 8 bits too
+
+
+def bnb_config(variant: Variant | str, compute_dtype: torch.dtype = torch.bfloat16):
+    """The ``BitsAndBytesConfig`` of a variant (None for bf16).
+
+    >>> bnb_config("nf4").bnb_4bit_quant_type
+    'nf4'
+    """
+    from transformers import BitsAndBytesConfig
+
+    key = variant.value if isinstance(variant, Variant) else str(variant).strip().lower()
+    names = [v.value for v in Variant]
+    if key not in names:
+        raise LabError.bad("variant", variant, f"use one of: {', '.join(names)}{closest(key, names)}",
+                           verb="is not known")
+    v = Variant(key)
+    if v is Variant.BF16:
+        return None
+    if v is Variant.INT8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="fp4" if v is Variant.FP4 else "nf4",
+                              bnb_4bit_use_double_quant=v is Variant.NF4_DOUBLE, bnb_4bit_compute_dtype=compute_dtype)
+
+
+def estimator_name(config) -> str | None:
+    """The estimator's quantization name for a ``BitsAndBytesConfig`` (None: not quantized, or a
+    combination the estimator does not count, such as fp4 with double quantization)."""
+    if config is None:
+        return None
+    if getattr(config, "load_in_8bit", False):
+        return "int8"
+    if getattr(config, "load_in_4bit", False):
+        kind = getattr(config, "bnb_4bit_quant_type", "fp4")
+        double = getattr(config, "bnb_4bit_use_double_quant", False)
+        if kind == "nf4":
+            return "nf4-double" if double else "nf4"
+        return None if double else "fp4"
+    return None
+
+
+def check_supported(config, device: str | None = None) -> None:
+    """Raise one sentence when ``config`` cannot run on ``device`` (default: CUDA if attached, else CPU).
+
+    bitsandbytes 0.50 runs int8, nf4 and fp4 on a CPU and on CUDA; fp8 weights
+    (``FineGrainedFP8Config``, ``FbgemmFp8Config``) need a CUDA GPU.
+
+    >>> from transformers import FineGrainedFP8Config
+    >>> check_supported(FineGrainedFP8Config(), device="cpu")
+    Traceback (most recent call last):
+    ...
+    bigsmall_lab._errors.LabError: quantization_config FineGrainedFP8Config needs a CUDA GPU (fp8 matmul kernels) and device is 'cpu'; on a CPU use BitsAndBytesConfig (int8, nf4 or fp4)
+    """
+    if config is None:
+        return
+    from transformers import BitsAndBytesConfig
+
+    from .hardware import has_cuda
+
+    kind = type(config).__name__
+    where = str(device) if device is not None else ("cuda" if has_cuda() else "cpu")
+    if isinstance(config, BitsAndBytesConfig):
+        if where.split(":")[0] not in ("cpu", "cuda"):
+            raise LabError(f"quantization_config {kind} runs here on 'cpu' or 'cuda', and device is {where!r}; "
+                           "use device='cpu'")
+        return
+    if "fp8" in kind.lower():
+        if where.startswith("cuda"):
+            return
+        raise LabError(f"quantization_config {kind} needs a CUDA GPU (fp8 matmul kernels) and device is {where!r}; "
+                       "on a CPU use BitsAndBytesConfig (int8, nf4 or fp4)")
+    raise LabError(f"quantization_config {kind} is not one the lab measures; use BitsAndBytesConfig (int8, nf4, fp4)"
+                   " or None for the unquantized reference")
+
+
+@contextlib.contextmanager
+def _quiet_bnb() -> Iterator[None]:
+    """bitsandbytes' int8 matmul logs "inputs will be cast ... to float16" on every call of every layer:
+    thousands of lines. It says that the activations are quantized from float16; the lesson says it once."""
+    logger = logging.getLogger("bitsandbytes")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+# --- footprint ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Footprint:
+    """What a loaded model holds, in bytes.
+
+    ``memory_footprint_bytes`` is transformers' ``get_memory_footprint()`` (parameters and buffers);
+    it leaves out bitsandbytes' quantization state (int8: one float32 scale per output row; 4-bit:
+    absmax per block of 64, the code book, the nested absmax of double quantization), counted in
+    ``quant_state_bytes``. ``total_bytes`` is both together.
+    """
+
+    memory_footprint_bytes: int
+    quant_state_bytes: int
+
+    @property
+    def total_bytes(self) -> int:
+        return self.memory_footprint_bytes + self.quant_state_bytes
+
+
+def _quant_state_tensors(model: torch.nn.Module) -> list[torch.Tensor]:
+    """The tensors bitsandbytes keeps beside quantized weights, which are not parameters.
+
+    int8: ``SCB`` (one float32 scale per output row), on the weight until the first forward pass,
+    then on the module's ``state`` (bitsandbytes moves it there). 4-bit: the ``quant_state``'s
+    absmax, code book and offset, and those of its nested state (double quantization).
+    """
+    found = []
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        scb = getattr(weight, "SCB", None)
+        if scb is None:
+            scb = getattr(getattr(module, "state", None), "SCB", None)
+        if isinstance(scb, torch.Tensor):
+            found.append(scb)
+        state = getattr(weight, "quant_state", None)
+        while state is not None:
+            found += [t for t in (getattr(state, "absmax", None), getattr(state, "code", None),
+                                  getattr(state, "offset", None)) if isinstance(t, torch.Tensor)]
+            state = getattr(state, "state2", None)
+    return found
+
+
+def _unique_bytes(tensors) -> int:
+    seen: set[tuple[str, int]] = set()
+    total = 0
+    for t in tensors:
+        key = (t.device.type, t.untyped_storage().data_ptr())
+        if key not in seen:
+            seen.add(key)
+            total += t.numel() * t.element_size()
+    return total
+
+
+def footprint(model: torch.nn.Module) -> Footprint:
+    """Footprint of a loaded model: ``get_memory_footprint()`` + the quantization state it omits.
+
+    >>> import bigsmall_lab as bsl
+    >>> fp = footprint(bsl.load_model(dtype="bfloat16"))
+    >>> fp.quant_state_bytes, fp.total_bytes == fp.memory_footprint_bytes
+    (0, True)
+    """
+    return Footprint(int(model.get_memory_footprint()), _unique_bytes(_quant_state_tensors(model)))
+
+
+def stored_bytes(model: torch.nn.Module) -> int:
+    """Parameters + quantization state, each storage once: what the estimator's ``weights_bytes`` predicts
+    (buffers such as rotary tables are not weights)."""
+    return _unique_bytes([*model.parameters(), *_quant_state_tensors(model)])
+
+
+# --- the variants, measured -----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class VariantResult:
+    """One loaded variant, measured. ``agreement`` is None for the reference itself."""
+
+    name: str
+    quantization: str | None  # the estimator's name ("int8", "nf4", ...), None for the reference
+    footprint: Footprint
+    estimate_bytes: int | None  # bsl.weights_bytes(model, dtype, quantization): weights + quant state
+    stored_bytes: int  # parameters + quant state (:func:`stored_bytes`): what the estimate predicts
+    agreement: Any  # quality.Agreement against the reference
+    perplexity: float
+    load_s: float
+    generate_s: float
+    new_tokens: int
+    text: str
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.new_tokens / self.generate_s if self.generate_s > 0 else math.inf
+
+    @property
+    def estimate_ratio(self) -> float | None:
+        """measured / estimated bytes (1.0: the estimator counted exactly)."""
+        return self.stored_bytes / self.estimate_bytes if self.estimate_bytes else None
+
+
+def _generate(model, tokenizer, prompt: str, new_tokens: int) -> tuple[str, float]:
+    enc = tokenizer(prompt, return_tensors="pt")
+    device = next(model.parameters()).device
+    enc = {k: v.to(device) for k, v in enc.items()}
+    start = time.perf_counter()
+    with torch.no_grad():
+        out = model.generate(**enc, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+    elapsed = time.perf_counter() - start
+    return tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True), elapsed
+
+
+def run_variants(model_name: str, configs: Mapping[str, Any], ids: torch.Tensor, prompt: str,
+                 new_tokens: int = 12, dtype: torch.dtype = torch.bfloat16, device: str | None = None,
+                 reference: torch.nn.Module | None = None, progress: bool = True) -> list[VariantResult]:
+    """Load ``model_name`` once per entry of ``configs`` (name -> ``BitsAndBytesConfig`` or None)
+    and measure each against the reference: the one entry whose config is None (``reference``, when
+    given, is that model already loaded in ``dtype``: it is not loaded twice).
+
+    Each quantized model is freed before the next one loads, so at most the reference and one
+    variant are in memory. ``ids``: evaluation tokens (``quality.heldout_ids``); ``prompt``: the
+    text every variant continues greedily for ``new_tokens`` tokens (the time includes the prompt).
+    """
+    from . import quality
+    from .estimates import weights_bytes
+    from .hardware import has_cuda
+    from .zoo import load_model, load_tokenizer, model_path
+
+    if not configs:
+        raise LabError("configs is empty; give at least one name -> BitsAndBytesConfig (or None for the reference)")
+    names = list(configs)
+    if sum(configs[n] is None for n in names) != 1:
+        raise LabError("configs needs exactly one reference entry, the unquantized model (name -> None), "
+                       f"and has {sum(configs[n] is None for n in names)}; e.g. {{'bf16': None, 'int8': ...}}")
+    device = device or ("cuda" if has_cuda() else "cpu")
+    for name in names:  # every config is checked before anything loads: fail in seconds, not minutes
+        check_supported(configs[name], device)
+    new_tokens = int(new_tokens)
+    tokenizer = load_tokenizer(model_name)
+    path = model_path(model_name)
+    names.sort(key=lambda n: configs[n] is not None)  # the reference first: the others are compared with it
+    results: list[VariantResult] = []
+    reference_logprobs = None
+    with _quiet_bnb():
+        for name in names:
+            config = configs[name]
+            start = time.perf_counter()
+            model = reference if (config is None and reference is not None) else load_model(
+                model_name, dtype=dtype, device_map=device, quantization_config=config)
+            load_s = time.perf_counter() - start
+            # footprint before any forward pass: what loading put in memory
+            held, stored = footprint(model), stored_bytes(model)
+            logprobs = quality.next_token_logprobs(model, ids)
+            if reference_logprobs is None:  # the reference is scored once, not once per variant
+                reference_logprobs, agreement, ppl = logprobs, None, _perplexity(logprobs, ids)
+            else:
+                agreement = _agreement(reference_logprobs, logprobs, ids)
+                ppl = agreement.candidate_ppl
+            text, gen_s = _generate(model, tokenizer, prompt, new_tokens)
+            q_name = estimator_name(config)
+            estimate = weights_bytes(path, dtype, q_name) if (config is None or q_name) else None
+            results.append(VariantResult(name, q_name, held, estimate, stored, agreement, ppl, load_s, gen_s,
+                                         new_tokens, text))
+            if progress:
+                print(f"{name}: loaded in {load_s:.1f} s, {ids.shape[1]} tokens scored, {new_tokens} generated in "
+                      f"{gen_s:.1f} s", flush=True)
+            if config is not None:
+                del model
+                gc.collect()
+    return results
+
+
+def _perplexity(logprobs: torch.Tensor, ids: torch.Tensor) -> float:
+    targets = ids[:, 1:1 + logprobs.shape[1]]
+    return math.exp(float(-logprobs.gather(-1, targets.unsqueeze(-1)).mean()))
+
+
+def _agreement(reference: torch.Tensor, candidate: torch.Tensor, ids: torch.Tensor):
+    """``quality.compare``'s figures from log-probabilities already computed (the reference's once for
+    all variants); tests/test_quant.py checks that both give the same numbers."""
+    from .quality import Agreement
+
+    kl = (reference.exp() * (reference - candidate)).sum(-1).clamp_min(0.0)
+    top1 = (reference.argmax(-1) == candidate.argmax(-1)).float()
+    return Agreement(n_tokens=int(top1.numel()), kl_nats=float(kl.mean()), top1_agreement=float(top1.mean()),
+                     reference_ppl=_perplexity(reference, ids), candidate_ppl=_perplexity(candidate, ids))
+
+
+# --- where the time goes --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LinearTiming:
+    """Median seconds per call of one operation on one layer, for a batch of ``tokens`` rows."""
+
+    operation: str
+    tokens: int
+    seconds: float
+    part_of: str | None = None  # the whole operation this is a step of
+
+
+def _median_seconds(fn, repeat: int, device: torch.device) -> float:
+    def sync() -> None:  # CUDA calls return before the GPU is done: wait for it, or the time means nothing
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    fn()  # warm-up: first calls allocate and pick kernels
+    sync()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def _bnb_layers(weight: torch.Tensor, dtype: torch.dtype):
+    import bitsandbytes as bnb
+
+    out_f, in_f = weight.shape
+    dense = torch.nn.Linear(in_f, out_f, bias=False, dtype=dtype)
+    dense.weight.data = weight.detach().to(dtype).clone()
+    int8 = bnb.nn.Linear8bitLt(in_f, out_f, bias=False, has_fp16_weights=False, threshold=6.0)
+    int8.weight = bnb.nn.Int8Params(weight.detach().to(dtype).clone(), requires_grad=False, has_fp16_weights=False)
+    nf4 = bnb.nn.Linear4bit(in_f, out_f, bias=False, compute_dtype=dtype, quant_type="nf4")
+    nf4.weight = bnb.nn.Params4bit(weight.detach().to(dtype).clone(), requires_grad=False, quant_type="nf4")
+    device = weight.device if weight.device.type != "meta" else torch.device("cpu")
+    # moving Int8Params / Params4bit to a device is what quantizes them
+    return dense.to(device).eval(), int8.to(device).eval(), nf4.to(device).eval()
+
+
+@torch.no_grad()
+def linear_timings(weight: torch.Tensor, tokens: tuple[int, ...] = (1, 128), dtype: torch.dtype = torch.bfloat16,
+                   repeat: int = 15) -> list[LinearTiming]:
+    """Time one layer's matmul as a dense ``dtype`` layer, as bitsandbytes int8 and as nf4, and the
+    extra steps inside the quantized ones: dequantizing the 4-bit weight, quantizing the activations
+    to int8. ``tokens``: rows of the input (1: one generated token; 128: a prompt)."""
+    import bitsandbytes.functional as F
+
+    if not isinstance(weight, torch.Tensor) or weight.ndim != 2:
+        raise LabError(f"weight must be a 2-D weight matrix (out, in), not {type(weight).__name__}")
+    dense, int8, nf4 = _bnb_layers(weight, dtype)
+    device = dense.weight.device
+    rows = []
+    with _quiet_bnb():
+        for n in tokens:
+            x = torch.randn(n, weight.shape[1], dtype=dtype, device=device)
+            rows.append(LinearTiming(f"{_short(dtype)} matmul", n, _median_seconds(lambda: dense(x), repeat, device)))
+            rows.append(LinearTiming("int8 (LLM.int8())", n, _median_seconds(lambda: int8(x), repeat, device)))
+            rows.append(LinearTiming("quantize activations to int8", n,
+                                     _median_seconds(lambda: F.int8_vectorwise_quant(x.half(), 6.0), repeat, device),
+                                     part_of="int8 (LLM.int8())"))
+            rows.append(LinearTiming("nf4", n, _median_seconds(lambda: nf4(x), repeat, device)))
+            state = nf4.weight.quant_state
+            rows.append(LinearTiming("dequantize nf4 weight", n,
+                                     _median_seconds(lambda: F.dequantize_4bit(nf4.weight.data, state), repeat, device),
+                                     part_of="nf4"))
+    return rows
+
+
+def _short(dtype: torch.dtype) -> str:
+    return {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}.get(dtype, str(dtype))
+
+
+# --- outliers -------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def capture_inputs(model: torch.nn.Module, ids: torch.Tensor, module_names: str | list[str]):
+    """The float32 input (tokens, in_features) each module of ``module_names`` receives when ``model``
+    reads ``ids``, from one forward pass: a tensor for one name, a dict name -> tensor for a list."""
+    names = [module_names] if isinstance(module_names, str) else list(module_names)
+    modules = dict(model.named_modules())
+    for name in names:
+        if name not in modules:
+            linear = [n for n, m in modules.items() if isinstance(m, torch.nn.Linear)]
+            raise LabError.bad("module_names", name, f"use modules of the model such as {linear[0]!r}"
+                               f"{closest(name, linear)}", verb="is not in the model")
+    seen: dict[str, torch.Tensor] = {}
+
+    def keep(name):
+        def hook(module, args, output):
+            x = args[0].detach()
+            seen[name] = x.reshape(-1, x.shape[-1]).float().cpu()
+        return hook
+
+    handles = [modules[n].register_forward_hook(keep(n)) for n in names]
+    try:
+        device = next(model.parameters()).device
+        model(ids.to(device), use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen[names[0]] if isinstance(module_names, str) else seen
+
+
+@dataclass(frozen=True)
+class OutlierRow:
+    """One way of computing x @ W.T in int8, and how far it lands from the float result."""
+
+    method: str
+    by: str  # "teaching code (bigsmall_lab.quant)" or "bitsandbytes"
+    token_error: float  # median over tokens of ||y_t - y_float,t|| / ||y_float,t||: what a typical token gets
+    relative_error: float  # ||y - y_float|| / ||y_float|| over all tokens (large outputs dominate it)
+    outlier_columns: int | None = None  # columns computed in float (threshold > 0)
+
+
+def _errors(y: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
+    diff = y.float() - ref
+    per_token = diff.norm(dim=1) / ref.norm(dim=1).clamp(min=1e-12)
+    return float(per_token.median()), float(diff.norm() / ref.norm())
+
+
+@torch.no_grad()
+def outlier_experiment(weight: torch.Tensor, x: torch.Tensor, threshold: float = 6.0) -> list[OutlierRow]:
+    """Multiply activations ``x`` (tokens, in) by ``weight`` (out, in) in int8 several ways and compare
+    each with the float32 product: per-tensor int8, vector-wise int8, vector-wise with LLM.int8()'s
+    outlier threshold (teaching code), and bitsandbytes' own ``Linear8bitLt`` without and with it.
+
+    The error is measured per token: a few tokens with huge activations would otherwise dominate a
+    single norm over all of them and hide what happens to every other token."""
+    import bitsandbytes as bnb
+
+    w = weight.detach().float().cpu()
+    xs = x.detach().float().cpu()
+    ref = xs @ w.T
+    cols = int(((xs.abs() >= threshold).any(dim=0)).sum())
+    teach = "teaching code (bigsmall_lab.quant)"
+    rows = [
+        OutlierRow("int8 per tensor", teach, *_errors(quant.int8_matmul(xs, w, "tensor"), ref)),
+        OutlierRow("int8 vector-wise (per row)", teach, *_errors(quant.int8_matmul(xs, w, "channel"), ref)),
+        OutlierRow(f"int8 vector-wise + outliers >= {threshold:g} in float", teach,
+                   *_errors(quant.int8_matmul(xs, w, "channel", threshold), ref), cols),
+    ]
+    with _quiet_bnb():
+        for th in (0.0, threshold):
+            layer = bnb.nn.Linear8bitLt(w.shape[1], w.shape[0], bias=False, has_fp16_weights=False, threshold=th)
+            layer.weight = bnb.nn.Int8Params(w.half().clone(), requires_grad=False, has_fp16_weights=False)
+            layer = layer.to("cpu").eval()  # eval: training mode takes a dequantize-only path on CPU
+            y = layer(xs.half())
+            label = "Linear8bitLt, threshold=0 (vector-wise)" if th == 0 else f"Linear8bitLt, threshold={th:g}"
+            rows.append(OutlierRow(label, "bitsandbytes", *_errors(y, ref), cols if th else None))
+    return rows
+
+
+# --- GGUF Q4_1 blocks -----------------------------------------------------------------------------
+
+# transformers' names of SmolLM2's (Llama) linear layers -> llama.cpp's; q and k are left out:
+# llama.cpp's converter permutes their rows (rotary layout), so rows would not line up.
+_GGUF_NAMES = {"mlp.up_proj": "ffn_up", "mlp.gate_proj": "ffn_gate", "mlp.down_proj": "ffn_down",
+               "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output"}
+_Q4_1_BLOCK = 32
+_Q4_1_BYTES = 20  # float16 scale d, float16 min m, 16 bytes of 32 4-bit codes
+
+
+@dataclass(frozen=True)
+class GGUFBlocks:
+    """The Q4_1 blocks of one tensor as the GGUF file stores them: value = scale x q + min."""
+
+    name: str  # the tensor's name in the file
+    scales: torch.Tensor  # float32 (rows, blocks per row), stored as float16
+    mins: torch.Tensor  # float32 (rows, blocks per row), stored as float16
+    q: torch.Tensor  # uint8 (rows, cols), 0 .. 15
+
+    def dequantize(self) -> torch.Tensor:
+        rows, blocks = self.scales.shape
+        q = self.q.reshape(rows, blocks, _Q4_1_BLOCK).float()
+        return (q * self.scales.unsqueeze(-1) + self.mins.unsqueeze(-1)).reshape(self.q.shape)
+
+
+def gguf_q4_1_blocks(module_name: str, path: str | None = None) -> GGUFBlocks:
+    """Read one linear layer's Q4_1 blocks from SmolLM2's GGUF file (``model.layers.3.mlp.up_proj``).
+
+    Block layout (llama.cpp ``block_q4_1``): float16 d, float16 m, then 16 bytes whose low nibbles
+    are values 0..15 of the block and high nibbles values 16..31.
+    """
+    import numpy as np
+
+    parts = module_name.removesuffix(".weight").split(".")
+    suffix = ".".join(parts[-2:])
+    if len(parts) != 5 or parts[:2] != ["model", "layers"] or not parts[2].isdigit() or suffix not in _GGUF_NAMES:
+        raise LabError.bad("module_name", module_name, "use model.layers.N.<mlp.up_proj | mlp.gate_proj | "
+                           "mlp.down_proj | self_attn.v_proj | self_attn.o_proj> (q and k rows are permuted in the file)",
+                           verb="has no Q4_1 block to compare")
+    name = f"blk.{parts[2]}.{_GGUF_NAMES[suffix]}.weight"
+    if path is None:
+        from .zoo import gguf_path
+
+        path = gguf_path()
+    kind, dims, raw = _gguf_tensor(str(path), name)
+    if kind != _GGML_Q4_1:
+        raise LabError(f"tensor {name!r} is stored as ggml type {kind}, not Q4_1 ({_GGML_Q4_1})")
+    cols, rows = dims[0], int(np.prod(dims[1:]))  # ggml lists the fastest-moving dimension first
+    blocks = np.asarray(raw).reshape(rows, cols // _Q4_1_BLOCK, _Q4_1_BYTES)
+    d = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)
+    m = blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32)
+    packed = blocks[..., 4:]
+    q = np.concatenate([packed & 0x0F, packed >> 4], axis=-1)  # low nibbles: 0..15, high: 16..31
+    return GGUFBlocks(name, torch.from_numpy(d), torch.from_numpy(m), torch.from_numpy(q.reshape(rows, cols).copy()))
+
+
+_GGML_Q4_1 = 3  # ggml_type of Q4_1
+_GGML_BLOCK_BYTES = {_GGML_Q4_1: (_Q4_1_BLOCK, _Q4_1_BYTES)}
+# GGUF metadata value types -> struct format of a scalar (8: string, 9: array are read apart)
+_GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+
+
+def _gguf_tensor(path: str, name: str):
+    """(ggml type, dims, raw bytes) of one tensor of a GGUF v2/v3 file, read from its header.
+
+    A minimal reader: the gguf package's GGUFReader parses every metadata value (SmolLM2's 49,152-token
+    vocabulary and its merges) into numpy views, which takes seconds; here the metadata is skipped.
+    """
+    import struct
+
+    import numpy as np
+
+    data = np.memmap(path, dtype=np.uint8, mode="r")
+    buf = memoryview(data)
+    pos = 0
+
+    def read(fmt: str):
+        nonlocal pos
+        values = struct.unpack_from("<" + fmt, buf, pos)
+        pos += struct.calcsize("<" + fmt)
+        return values[0] if len(values) == 1 else values
+
+    def string() -> str:
+        nonlocal pos
+        n = read("Q")
+        text = bytes(buf[pos:pos + n]).decode("utf-8", errors="replace")
+        pos += n
+        return text
+
+    def skip(kind: int) -> None:
+        nonlocal pos
+        if kind == 8:
+            n = read("Q")  # read first: `pos += read(...)` would add to the old pos
+            pos += n
+        elif kind == 9:
+            item, count = read("I"), read("Q")
+            if item in _GGUF_SCALARS:
+                pos += struct.calcsize("<" + _GGUF_SCALARS[item]) * count
+            else:
+                for _ in range(count):
+                    skip(item)
+        else:
+            read(_GGUF_SCALARS[kind])
+
+    if bytes(buf[:4]) != b"GGUF":
+        raise LabError(f"path {path!r} is not a GGUF file (it does not start with 'GGUF')")
+    pos = 4
+    version = read("I")
+    if version not in (2, 3):
+        raise LabError(f"path {path!r} is GGUF version {version}; this reader knows versions 2 and 3")
+    n_tensors, n_kv = read("Q"), read("Q")
+    alignment = 32
+    for _ in range(n_kv):
+        key, kind = string(), read("I")
+        if key == "general.alignment" and kind == 4:
+            alignment = read("I")
+        else:
+            skip(kind)
+    found = None
+    for _ in range(n_tensors):
+        tname = string()
+        n_dims = read("I")
+        dims = [read("Q") for _ in range(n_dims)]
+        kind, offset = read("I"), read("Q")
+        if tname == name:
+            found = (kind, dims, offset)
+    if found is None:
+        raise LabError(f"name {name!r} is not a tensor of {path}")
+    start = pos + (-pos % alignment)
+    kind, dims, offset = found
+    if kind not in _GGML_BLOCK_BYTES:
+        return kind, dims, None
+    per_block, block_bytes = _GGML_BLOCK_BYTES[kind]
+    n_bytes = int(np.prod(dims)) // per_block * block_bytes
+    return kind, dims, data[start + offset:start + offset + n_bytes]
