@@ -19,12 +19,13 @@ quantized KV cache          ``QuantizedCache(backend="quanto")``        ``Quanto
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import transformers
 from packaging.version import Version
 
-__all__ = ["OLD_NAMES", "TRANSFORMERS_5", "from_pretrained_kwargs", "model_tp_plan", "no_init_weights",
+__all__ = ["OLD_NAMES", "TRANSFORMERS_5", "diffusers_dtype_kwarg", "from_pretrained_kwargs", "quiet_libraries", "model_tp_plan", "no_init_weights",
            "tensor_parallel_kwargs"]
 
 TRANSFORMERS_5 = Version(transformers.__version__).major >= 5
@@ -142,3 +143,44 @@ def quantized_cache_backends() -> tuple[str, ...]:
 
     names = ("quanto", "hqq")
     return names + ("fp8",) if hasattr(cache_utils, "Fp8QuantizedLayer") else names
+
+
+def diffusers_dtype_kwarg() -> str:
+    """The keyword diffusers' ``from_pretrained`` takes the weights' dtype under.
+
+    diffusers 0.42 renamed ``torch_dtype`` to ``dtype``, as transformers 5 did (``torch_dtype`` still
+    works there, with a deprecation warning); older versions know only ``torch_dtype``. Either way,
+    ``"auto"`` is not a dtype to diffusers 0.42.1: it falls back to float32 with a warning.
+    """
+    try:
+        from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401  (0.42+)
+    except ImportError:
+        return "torch_dtype"
+    return "dtype"
+
+
+@contextlib.contextmanager
+def quiet_libraries(progress_bars: bool = True):
+    """Silence the notices accelerate, transformers and diffusers log inside a lesson's output
+    ("Device 1 is not available" for every fake GPU a plan names, offload notices) and, with
+    ``progress_bars=False``, transformers' loading bars; the lesson says what happens instead.
+    Everything is restored on exit."""
+    import logging
+
+    loggers = [logging.getLogger(n) for n in ("accelerate", "transformers", "diffusers")]
+    levels = [lg.level for lg in loggers]
+    verbosity = transformers.logging.get_verbosity()
+    bars = transformers.utils.logging.is_progress_bar_enabled()
+    if not progress_bars:
+        transformers.utils.logging.disable_progress_bar()
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    transformers.logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+        transformers.logging.set_verbosity(verbosity)
+        if bars and not progress_bars:
+            transformers.utils.logging.enable_progress_bar()

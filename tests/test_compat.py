@@ -41,3 +41,19 @@ def test_no_init_weights_really_skips_initialisation():
     assert torch.equal(weights, torch.zeros(16))
     torch.nn.init.normal_(weights)
     assert not torch.equal(weights, torch.zeros(16))
+
+
+def test_diffusers_dtype_keyword_is_the_one_its_from_pretrained_accepts():
+    import inspect
+
+    import diffusers
+    from packaging.version import Version
+
+    from bigsmall_lab._compat import diffusers_dtype_kwarg
+
+    name = diffusers_dtype_kwarg()
+    # 0.42 renamed torch_dtype to dtype; the keyword must be one from_pretrained reads without a warning.
+    expected = "dtype" if Version(diffusers.__version__) >= Version("0.42") else "torch_dtype"
+    assert name == expected
+    source = inspect.getsource(diffusers.DiffusionPipeline.from_pretrained)
+    assert f'"{name}"' in source or f"'{name}'" in source or f"{name}=" in source

@@ -9,15 +9,25 @@ Every expected value is computed by the lab's planners, never typed in.
 from ._core import Exercise, Slip, Verdict, ask, byte_unit_slips
 from ._lesson01 import (check_kv_cache_bytes, check_kv_equals_weights, check_largest_batch, check_value,
                         check_weights_bytes)
+from ._lesson02 import check_disk_layers, check_largest_shard, check_meta_bytes, check_naive_peak
 from ._lesson03 import check_fp8_rmse_ratio, check_gap, check_load_peak_ratio, check_stored
+from ._lesson05 import (check_cpu_offload_saving, check_flux_transformer_bytes, check_group_count,
+                        check_model_offload_bytes)
 from ._lesson06 import check_allreduces, check_rank_bytes, check_smallest_nproc
+from ._lesson07 import check_bytes_on_gpu, check_fewest_gpus, check_layers_on_gpu0
 
 __all__ = [
     "Exercise", "Slip", "Verdict", "ask", "byte_unit_slips", "check_value",
     # lesson 01
     "check_kv_cache_bytes", "check_kv_equals_weights", "check_largest_batch", "check_weights_bytes",
+    # lesson 02
+    "check_disk_layers", "check_largest_shard", "check_meta_bytes", "check_naive_peak",
     # lesson 03
     "check_fp8_rmse_ratio", "check_gap", "check_load_peak_ratio", "check_stored",
+    # lesson 05
+    "check_cpu_offload_saving", "check_flux_transformer_bytes", "check_group_count", "check_model_offload_bytes",
     # lesson 06
     "check_allreduces", "check_rank_bytes", "check_smallest_nproc",
+    # lesson 07
+    "check_bytes_on_gpu", "check_fewest_gpus", "check_layers_on_gpu0",
 ]

@@ -7,12 +7,23 @@
 
 from bigsmall_lab.views._bits import DEFAULT_FORMATS, BitLayout, precision_chart
 from bigsmall_lab.views._estimates import comparison_table, estimate_stack, weights_bars, weights_table_html
+from bigsmall_lab.views._loading import device_map_chart, loading_peaks, loading_timeline, shard_steps_chart
 from bigsmall_lab.views._memory import memory_timeline, peaks_bar
+from bigsmall_lab.views._offload import components_table, offload_table, offload_timelines, plan_bars, tradeoff_scatter
 from bigsmall_lab.views._parallel import tp_memory_chart, tp_placement_table, tp_split_figure, tp_speed_chart
+from bigsmall_lab.views._placement import PLANNER_PRESETS, PlacementPlanner, placement_chart
 from bigsmall_lab.views._weights import formats_table, rounding_table, weights_vs_formats
 
 __all__ = [
+    # lessons 01 and 03: estimates, bit layouts, measured memory
     "DEFAULT_FORMATS", "BitLayout", "comparison_table", "estimate_stack", "formats_table", "memory_timeline",
-    "peaks_bar", "precision_chart", "rounding_table", "tp_memory_chart", "tp_placement_table", "tp_split_figure", "tp_speed_chart",
-    "weights_bars", "weights_table_html", "weights_vs_formats",
+    "peaks_bar", "precision_chart", "rounding_table", "weights_bars", "weights_table_html", "weights_vs_formats",
+    # lesson 02: Big Model Inference
+    "device_map_chart", "loading_peaks", "loading_timeline", "shard_steps_chart",
+    # lesson 05: offloading
+    "components_table", "offload_table", "offload_timelines", "plan_bars", "tradeoff_scatter",
+    # lesson 06: tensor parallelism
+    "tp_memory_chart", "tp_placement_table", "tp_split_figure", "tp_speed_chart",
+    # lesson 07: device_map
+    "PLANNER_PRESETS", "PlacementPlanner", "placement_chart",
 ]

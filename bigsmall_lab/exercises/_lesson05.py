@@ -1,0 +1,149 @@
+"""Exercises of lesson 05 (offloading): predict what a strategy keeps on the GPU, then check.
+
+Every expected value comes from :mod:`bigsmall_lab.offload`'s planner on FLUX.1-dev's real configs
+(meta device) or on the lab's pipeline; each slip is the planner's own answer under the mistaken
+assumption (no offloading, the wrong component, float32, blocks instead of groups), so it stays
+right when a config or the library changes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .._dtypes import bytes_per_element, dtype_name
+from .._units import GB
+from ..offload import OffloadSettings, component_sizes, flux_dev_components, pipeline_components, plan
+from ._core import Exercise, Slip, Verdict, ask, byte_unit_slips
+
+__all__ = ["check_cpu_offload_saving", "check_flux_transformer_bytes", "check_group_count",
+           "check_model_offload_bytes"]
+
+_BYTES = dict(fmt=",.0f", unit=" bytes", example="24e9 or 24_000_000_000")
+
+
+def _sizes(dtype: str) -> dict[str, int]:
+    return {c.name: c.weights_bytes for c in component_sizes(dtype=dtype)}
+
+
+def check_flux_transformer_bytes(answer: float | None, dtype: str = "bfloat16") -> Verdict:
+    """Bytes of FLUX.1-dev's transformer weights in ``dtype`` (parameters x bytes per parameter).
+
+    >>> print(check_flux_transformer_bytes(23_802_816_640))  # doctest: +SKIP
+    [correct] 23,802,816,640 bytes is right: 11,901,408,320 parameters x 2 bytes (bfloat16) = 23.80 GB.
+    """
+    dtype = dtype_name(dtype)
+
+    def build() -> Exercise:
+        sizes = _sizes(dtype)
+        expected = sizes["transformer"]
+        params = expected / bytes_per_element(dtype)
+        slips = [Slip(params, "that is the number of parameters; multiply by the bytes per parameter"),
+                 Slip(sum(sizes.values()), "that is the whole pipeline (text encoders and VAE too); "
+                                           "the question is the transformer alone"),
+                 *byte_unit_slips(expected)]
+        for other in ("float32", "bfloat16"):
+            if bytes_per_element(other) != bytes_per_element(dtype):
+                slips.append(Slip(params * bytes_per_element(other),
+                                  f"that is {other} ({bytes_per_element(other):g} bytes per parameter); {dtype} "
+                                  f"takes {bytes_per_element(dtype):g}"))
+        return Exercise("flux_transformer_bytes", expected=expected,
+                        why=f"{params:,.0f} parameters x {bytes_per_element(dtype):g} bytes ({dtype}) = "
+                            f"{expected / GB:.2f} GB",
+                        hint="count_parameters('flux.1-dev-transformer') gives the parameters; then bytes per "
+                             "parameter of the dtype",
+                        slips=tuple(slips), rel_tol=0.01, slip_tol=0.01, **_BYTES)
+
+    return ask(("lesson05", "flux_transformer_bytes", dtype), build).check(answer)
+
+
+def check_model_offload_bytes(answer: float | None, dtype: str = "bfloat16") -> Verdict:
+    """Bytes of FLUX.1-dev's weights on the GPU at the peak with ``pipe.enable_model_cpu_offload()``.
+
+    >>> print(check_model_offload_bytes(23_802_816_640))  # doctest: +SKIP
+    [correct] 23,802,816,640 bytes is right: model offloading moves one whole component at a time, so the GPU needs the largest: the transformer (23.80 GB).
+    """
+    dtype = dtype_name(dtype)
+
+    def build() -> Exercise:
+        components = flux_dev_components(dtype)
+        right = plan(components, OffloadSettings("model"), device="cuda")
+        sizes = {name: b for name, b in right.by_component.items()}
+        none = plan(components, OffloadSettings("none"), device="cuda").device_bytes
+        text = sizes["text_encoder"] + sizes["text_encoder_2"]
+        slips = [Slip(none, "that is every component at once: no offloading"),
+                 Slip(text, "that is both text encoders together; they run one after the other, and the "
+                            "transformer is bigger than both"),
+                 Slip(sizes["text_encoder_2"], "that is the T5 encoder, the largest text encoder; one component "
+                                               "is bigger still"),
+                 Slip(none - right.device_bytes, "that is what waits on the CPU; the question is what is on the GPU"),
+                 *byte_unit_slips(right.device_bytes)]
+        if dtype != "float32":
+            slips.append(Slip(right.device_bytes * bytes_per_element("float32") / bytes_per_element(dtype),
+                              "that is float32; the weights are in " + dtype))
+        return Exercise("model_offload_bytes", expected=right.device_bytes,
+                        why=f"model offloading moves one whole component at a time, so the GPU needs the largest: "
+                            f"the {right.largest} ({right.device_bytes / GB:.2f} GB)",
+                        hint="components run one after another (text encoders, then the transformer at every "
+                             "step, then the VAE); which one is largest?",
+                        slips=tuple(slips), rel_tol=0.01, slip_tol=0.01, **_BYTES)
+
+    return ask(("lesson05", "model_offload_bytes", dtype), build).check(answer)
+
+
+def check_group_count(answer: float | None, num_blocks_per_group: int = 2) -> Verdict:
+    """How many groups block-level offloading cuts FLUX.1-dev's transformer into.
+
+    >>> print(check_group_count(30))  # doctest: +SKIP
+    [correct] 30 is right: ceil(19 / 2) + ceil(38 / 2) groups of blocks + 1 group for the rest = 30.
+    """
+    def build() -> Exercise:
+        transformer = flux_dev_components(torch.bfloat16)["transformer"]
+        settings = OffloadSettings("block_level", num_blocks_per_group=num_blocks_per_group)
+        expected = plan({"transformer": transformer}, settings, device="cuda").n_groups
+        lists = [len(c) for c in transformer.children() if isinstance(c, (torch.nn.ModuleList, torch.nn.Sequential))]
+        blocks = sum(lists)
+        per_list = sum(math.ceil(n / num_blocks_per_group) for n in lists)
+        slips = [Slip(per_list, "those are the groups of blocks; everything outside the block lists (the "
+                                "embedders, the final norm and projection) is one more group"),
+                 Slip(blocks, "that counts blocks, not groups of blocks"),
+                 Slip(blocks + 1, "that counts blocks (plus the rest), not groups of blocks"),
+                 Slip(blocks / num_blocks_per_group, "each block list is cut on its own, and a last, shorter "
+                                                     "group still counts"),
+                 Slip(blocks // num_blocks_per_group, "each block list is cut on its own (round up per list), "
+                                                      "and the rest of the transformer is one more group")]
+        return Exercise("group_count", expected=expected,
+                        why=f"{' + '.join(f'ceil({n} / {num_blocks_per_group})' for n in lists)} groups of blocks "
+                            f"+ 1 group for the rest = {expected}",
+                        hint=f"FLUX's transformer has two block lists ({' and '.join(map(str, lists))} blocks); "
+                             "each is cut into groups on its own, and what is not in a list forms one more group",
+                        slips=tuple(s for s in slips if s.value != expected), example="12")
+
+    return ask(("lesson05", "group_count", num_blocks_per_group), build).check(answer)
+
+
+def check_cpu_offload_saving(answer: float | None, pipeline: str = "small") -> Verdict:
+    """Bytes of RAM that ``enable_model_cpu_offload()`` saves on a CPU-only machine (the plan).
+
+    >>> print(check_cpu_offload_saving(0, pipeline="tiny"))  # doctest: +SKIP
+    [correct] 0 bytes is right: on a CPU the fast and the slow memory are the same RAM: 'offloading to the CPU' moves each weight from RAM to RAM, so nothing is saved.
+    """
+    def build() -> Exercise:
+        components = pipeline_components(pipeline, torch.float32)
+        none = plan(components, OffloadSettings("none"), device="cpu").device_bytes
+        on_cpu = plan(components, OffloadSettings("model"), device="cpu").device_bytes
+        on_gpu = plan(components, OffloadSettings("model"), device="cuda")
+        expected = none - on_cpu
+        slips = [Slip(none - on_gpu.device_bytes, "that is what it saves on a GPU; on a CPU the offload device is "
+                                                  "the same RAM"),
+                 Slip(on_gpu.device_bytes, f"that is the {on_gpu.largest}; on a CPU it never leaves, there is "
+                                           "nowhere else to put it"),
+                 Slip(none, "that is every weight; they all stay in RAM")]
+        return Exercise("cpu_offload_saving", expected=expected,
+                        why="on a CPU the fast and the slow memory are the same RAM: 'offloading to the CPU' moves "
+                            "each weight from RAM to RAM, so nothing is saved",
+                        hint="where is the 'CPU' that the weights are offloaded to, on a machine with no GPU?",
+                        slips=tuple(s for s in slips if s.value != expected), slip_tol=0.05, **_BYTES)
+
+    return ask(("lesson05", "cpu_offload_saving", str(pipeline)), build).check(answer)
