@@ -45,7 +45,8 @@ import torch
 from ._errors import LabError, shown
 from ._units import MiB
 
-__all__ = ["MemoryReport", "Sample", "Sampler", "cpu_memory", "sample_now", "stored_weight_bytes", "track"]
+__all__ = ["MemoryReport", "Sample", "Sampler", "cpu_memory", "quant_state_tensors", "sample_now", "stored_weight_bytes",
+           "track", "unique_bytes"]
 
 _STATUS = "/proc/self/status"
 _MIN_INTERVAL_S = 0.001  # below a millisecond the thread only burns a core
@@ -465,18 +466,40 @@ def _finish(report: MemoryReport, sampler: Sampler, peak_abs: int) -> None:
 # Weights as stored
 
 
-def _quant_state_tensors(param) -> list[torch.Tensor]:
-    """The tensors bitsandbytes keeps beside a quantized weight (not parameters, so not in footprints)."""
-    tensors = []
-    scb = getattr(param, "SCB", None)  # int8: one float32 scale per output row
-    if isinstance(scb, torch.Tensor):
-        tensors.append(scb)
-    state = getattr(param, "quant_state", None)  # 4-bit: absmax per block, code book, nested state
-    while state is not None:
-        tensors += [t for t in (getattr(state, "absmax", None), getattr(state, "code", None),
-                                getattr(state, "offset", None)) if isinstance(t, torch.Tensor)]
-        state = getattr(state, "state2", None)
-    return tensors
+def quant_state_tensors(model: torch.nn.Module) -> list[torch.Tensor]:
+    """The tensors bitsandbytes keeps beside quantized weights, which are not parameters (so
+    ``get_memory_footprint()`` leaves them out).
+
+    int8: ``SCB`` (one float32 scale per output row), on the weight until the first forward pass,
+    then on the module's ``state`` (bitsandbytes moves it there). 4-bit: the ``quant_state``'s
+    absmax, code book and offset, and those of its nested state (double quantization).
+    """
+    found = []
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        scb = getattr(weight, "SCB", None)
+        if scb is None:
+            scb = getattr(getattr(module, "state", None), "SCB", None)
+        if isinstance(scb, torch.Tensor):
+            found.append(scb)
+        state = getattr(weight, "quant_state", None)
+        while state is not None:
+            found += [t for t in (getattr(state, "absmax", None), getattr(state, "code", None),
+                                  getattr(state, "offset", None)) if isinstance(t, torch.Tensor)]
+            state = getattr(state, "state2", None)
+    return found
+
+
+def unique_bytes(tensors) -> int:
+    """Bytes of ``tensors``, each storage once (a tied weight counts once; meta tensors each count)."""
+    seen: set[tuple[str, int]] = set()
+    total = 0
+    for t in tensors:
+        key = (t.device.type, t.untyped_storage().data_ptr())
+        if t.device.type == "meta" or key not in seen:
+            seen.add(key)
+            total += t.numel() * t.element_size()
+    return total
 
 
 def stored_weight_bytes(model: torch.nn.Module) -> int:
@@ -488,12 +511,4 @@ def stored_weight_bytes(model: torch.nn.Module) -> int:
     """
     if not isinstance(model, torch.nn.Module):
         raise LabError.bad("model", model, "pass a torch.nn.Module (a loaded model)", verb="is not a model")
-    seen: set[tuple[str, int]] = set()
-    total = 0
-    for param in model.parameters():
-        for tensor in (param, *_quant_state_tensors(param)):
-            key = (tensor.device.type, tensor.untyped_storage().data_ptr())
-            if tensor.device.type == "meta" or key not in seen:
-                seen.add(key)
-                total += tensor.numel() * tensor.element_size()
-    return total
+    return unique_bytes([*model.parameters(), *quant_state_tensors(model)])

@@ -36,7 +36,7 @@ import torch
 
 from ._errors import LabError, closest, whole_number
 
-__all__ = ["Agreement", "HELDOUT_MODELS", "compare", "heldout_ids", "heldout_text", "next_token_logprobs",
+__all__ = ["Agreement", "HELDOUT_MODELS", "agreement", "compare", "heldout_ids", "heldout_text", "next_token_logprobs",
            "perplexity"]
 
 _DATA = Path(__file__).parent / "data"
@@ -144,10 +144,19 @@ def perplexity(model: torch.nn.Module, ids: torch.Tensor, window: int = 512) -> 
 
 def compare(reference: torch.nn.Module, candidate: torch.nn.Module, ids: torch.Tensor,
             window: int = 512) -> Agreement:
-    """KL divergence, top-1 agreement and both perplexities of ``candidate`` against ``reference``."""
+    """KL divergence, top-1 agreement and both perplexities of ``candidate`` against ``reference``.
+
+    Comparing several candidates with one reference? Score the reference once with
+    :func:`next_token_logprobs` and call :func:`agreement` for each candidate.
+    """
     ids = _check_ids(ids)
-    ref = next_token_logprobs(reference, ids, window)
-    cand = next_token_logprobs(candidate, ids, window)
+    return agreement(next_token_logprobs(reference, ids, window), next_token_logprobs(candidate, ids, window), ids)
+
+
+def agreement(reference_logprobs: torch.Tensor, candidate_logprobs: torch.Tensor, ids: torch.Tensor) -> Agreement:
+    """:func:`compare`'s figures from log-probabilities already scored by :func:`next_token_logprobs`."""
+    ids = _check_ids(ids)
+    ref, cand = reference_logprobs, candidate_logprobs
     if ref.shape != cand.shape:
         raise LabError(f"candidate's vocabulary ({cand.shape[-1]}) differs from reference's ({ref.shape[-1]}); "
                        "compare two variants of the same model")

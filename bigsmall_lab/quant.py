@@ -365,7 +365,8 @@ class Quantized:
 
     @property
     def storage_bytes(self) -> int:
-        """Bytes to store it (:meth:`QuantSpec.storage_bytes`): nf4 in blocks of 64 is 4 + 32/64 = 4.5 bits per value."""
+        """Bytes to store it (:meth:`QuantSpec.storage_bytes`): nf4 in blocks of 64 is 4 + 32/64 = 4.5 bits
+        per value."""
         return self.spec.storage_bytes(self.shape)
 
     @property
@@ -661,7 +662,8 @@ def int8_vectorwise(x: Any, threshold: float = 0.0) -> Int8Vectorwise:
     return Int8Vectorwise(q, absmax, cols, values[:, cols].clone())
 
 
-def int8_matmul(x: Any, weight: Any, granularity: Granularity | str = "channel", threshold: float = 0.0) -> torch.Tensor:
+def int8_matmul(x: Any, weight: Any, granularity: Granularity | str = "channel",
+                threshold: float = 0.0) -> torch.Tensor:
     """``x @ weight.T`` computed in int8, as LLM.int8() computes an nn.Linear.
 
     Both operands are quantized with absmax (symmetric int8), multiplied as integers (exactly, in
@@ -677,7 +679,8 @@ def int8_matmul(x: Any, weight: Any, granularity: Granularity | str = "channel",
         raise LabError(f"x {tuple(xs.shape)} and weight {tuple(w.shape)} do not multiply; use x (tokens, in) and "
                        f"weight (out, in)")
     if g is Granularity.GROUP:
-        raise LabError.bad("granularity", g.value, "use 'tensor' or 'channel' (vector-wise)", verb="is not offered here")
+        raise LabError.bad("granularity", g.value, "use 'tensor' or 'channel' (vector-wise)",
+                           verb="is not offered here")
     if g is Granularity.TENSOR:
         if threshold:
             raise LabError.bad("threshold", threshold, "the outlier threshold goes with granularity='channel'",
@@ -824,7 +827,8 @@ def mapping_report(x: Any, bits: int = 8, scheme: Scheme | str = "asymmetric",
     qz = _quantize(values, QuantSpec(bits, scheme, granularity, group_size))
     deq = qz.dequantize()
     if focus not in ("widest", "typical"):
-        raise LabError.bad("focus", focus, "use 'widest' (the group with the largest scale) or 'typical' (median scale)")
+        raise LabError.bad("focus", focus,
+                           "use 'widest' (the group with the largest scale) or 'typical' (median scale)")
     row, index = qz.widest_group() if focus == "widest" else qz.typical_group()
     focus_group = qz.group(row, index)
     rows, groups = qz.scales.shape

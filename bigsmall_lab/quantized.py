@@ -27,11 +27,12 @@ from typing import Any
 import torch
 
 from . import quant
+from .measure import quant_state_tensors, stored_weight_bytes, unique_bytes
 from ._errors import LabError, closest
 
 __all__ = ["Footprint", "GGUFBlocks", "LinearTiming", "OutlierRow", "Variant", "VariantResult", "bnb_config",
-           "capture_inputs", "check_supported", "estimator_name", "footprint", "stored_bytes", "gguf_q4_1_blocks", "linear_timings",
-           "outlier_experiment", "run_variants"]
+           "capture_inputs", "check_supported", "estimator_name", "footprint", "gguf_q4_1_blocks", "linear_timings",
+           "outlier_experiment", "run_variants", "stored_bytes"]
 
 
 class Variant(str, Enum):
@@ -149,40 +150,6 @@ class Footprint:
         return self.memory_footprint_bytes + self.quant_state_bytes
 
 
-def _quant_state_tensors(model: torch.nn.Module) -> list[torch.Tensor]:
-    """The tensors bitsandbytes keeps beside quantized weights, which are not parameters.
-
-    int8: ``SCB`` (one float32 scale per output row), on the weight until the first forward pass,
-    then on the module's ``state`` (bitsandbytes moves it there). 4-bit: the ``quant_state``'s
-    absmax, code book and offset, and those of its nested state (double quantization).
-    """
-    found = []
-    for module in model.modules():
-        weight = getattr(module, "weight", None)
-        scb = getattr(weight, "SCB", None)
-        if scb is None:
-            scb = getattr(getattr(module, "state", None), "SCB", None)
-        if isinstance(scb, torch.Tensor):
-            found.append(scb)
-        state = getattr(weight, "quant_state", None)
-        while state is not None:
-            found += [t for t in (getattr(state, "absmax", None), getattr(state, "code", None),
-                                  getattr(state, "offset", None)) if isinstance(t, torch.Tensor)]
-            state = getattr(state, "state2", None)
-    return found
-
-
-def _unique_bytes(tensors) -> int:
-    seen: set[tuple[str, int]] = set()
-    total = 0
-    for t in tensors:
-        key = (t.device.type, t.untyped_storage().data_ptr())
-        if key not in seen:
-            seen.add(key)
-            total += t.numel() * t.element_size()
-    return total
-
-
 def footprint(model: torch.nn.Module) -> Footprint:
     """Footprint of a loaded model: ``get_memory_footprint()`` + the quantization state it omits.
 
@@ -191,13 +158,13 @@ def footprint(model: torch.nn.Module) -> Footprint:
     >>> fp.quant_state_bytes, fp.total_bytes == fp.memory_footprint_bytes
     (0, True)
     """
-    return Footprint(int(model.get_memory_footprint()), _unique_bytes(_quant_state_tensors(model)))
+    return Footprint(int(model.get_memory_footprint()), unique_bytes(quant_state_tensors(model)))
 
 
 def stored_bytes(model: torch.nn.Module) -> int:
     """Parameters + quantization state, each storage once: what the estimator's ``weights_bytes`` predicts
-    (buffers such as rotary tables are not weights)."""
-    return _unique_bytes([*model.parameters(), *_quant_state_tensors(model)])
+    (buffers such as rotary tables are not weights). The same count as ``bsl.stored_weight_bytes``."""
+    return stored_weight_bytes(model)
 
 
 # --- the variants, measured -----------------------------------------------------------------------
@@ -282,9 +249,9 @@ def run_variants(model_name: str, configs: Mapping[str, Any], ids: torch.Tensor,
             held, stored = footprint(model), stored_bytes(model)
             logprobs = quality.next_token_logprobs(model, ids)
             if reference_logprobs is None:  # the reference is scored once, not once per variant
-                reference_logprobs, agreement, ppl = logprobs, None, _perplexity(logprobs, ids)
+                reference_logprobs, agreement, ppl = logprobs, None, quality.agreement(logprobs, logprobs, ids).reference_ppl
             else:
-                agreement = _agreement(reference_logprobs, logprobs, ids)
+                agreement = quality.agreement(reference_logprobs, logprobs, ids)
                 ppl = agreement.candidate_ppl
             text, gen_s = _generate(model, tokenizer, prompt, new_tokens)
             q_name = estimator_name(config)
@@ -298,22 +265,6 @@ def run_variants(model_name: str, configs: Mapping[str, Any], ids: torch.Tensor,
                 del model
                 gc.collect()
     return results
-
-
-def _perplexity(logprobs: torch.Tensor, ids: torch.Tensor) -> float:
-    targets = ids[:, 1:1 + logprobs.shape[1]]
-    return math.exp(float(-logprobs.gather(-1, targets.unsqueeze(-1)).mean()))
-
-
-def _agreement(reference: torch.Tensor, candidate: torch.Tensor, ids: torch.Tensor):
-    """``quality.compare``'s figures from log-probabilities already computed (the reference's once for
-    all variants); tests/test_quant.py checks that both give the same numbers."""
-    from .quality import Agreement
-
-    kl = (reference.exp() * (reference - candidate)).sum(-1).clamp_min(0.0)
-    top1 = (reference.argmax(-1) == candidate.argmax(-1)).float()
-    return Agreement(n_tokens=int(top1.numel()), kl_nats=float(kl.mean()), top1_agreement=float(top1.mean()),
-                     reference_ppl=_perplexity(reference, ids), candidate_ppl=_perplexity(candidate, ids))
 
 
 # --- where the time goes --------------------------------------------------------------------------
@@ -362,19 +313,24 @@ def _bnb_layers(weight: torch.Tensor, dtype: torch.dtype):
 @torch.no_grad()
 def linear_timings(weight: torch.Tensor, tokens: tuple[int, ...] = (1, 128), dtype: torch.dtype = torch.bfloat16,
                    repeat: int = 15) -> list[LinearTiming]:
-    """Time one layer's matmul as a dense ``dtype`` layer, as bitsandbytes int8 and as nf4, and the
-    extra steps inside the quantized ones: dequantizing the 4-bit weight, quantizing the activations
-    to int8. ``tokens``: rows of the input (1: one generated token; 128: a prompt)."""
+    """Time one layer's matmul as a dense float32 and ``dtype`` layer, as bitsandbytes int8 and as nf4,
+    and the extra steps inside the quantized ones: dequantizing the 4-bit weight, quantizing the
+    activations to int8. ``tokens``: rows of the input (1: one generated token; 128: a prompt)."""
     import bitsandbytes.functional as F
 
     if not isinstance(weight, torch.Tensor) or weight.ndim != 2:
         raise LabError(f"weight must be a 2-D weight matrix (out, in), not {type(weight).__name__}")
     dense, int8, nf4 = _bnb_layers(weight, dtype)
     device = dense.weight.device
+    dense32 = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False, device=device)
+    dense32.weight.data = weight.detach().to(device=device, dtype=torch.float32)
     rows = []
     with _quiet_bnb():
         for n in tokens:
             x = torch.randn(n, weight.shape[1], dtype=dtype, device=device)
+            if dtype != torch.float32:  # the plain float32 product: is the compute dtype itself fast here?
+                x32 = x.float()
+                rows.append(LinearTiming("fp32 matmul", n, _median_seconds(lambda: dense32(x32), repeat, device)))
             rows.append(LinearTiming(f"{_short(dtype)} matmul", n, _median_seconds(lambda: dense(x), repeat, device)))
             rows.append(LinearTiming("int8 (LLM.int8())", n, _median_seconds(lambda: int8(x), repeat, device)))
             rows.append(LinearTiming("quantize activations to int8", n,
@@ -508,8 +464,9 @@ def gguf_q4_1_blocks(module_name: str, path: str | None = None) -> GGUFBlocks:
     parts = module_name.removesuffix(".weight").split(".")
     suffix = ".".join(parts[-2:])
     if len(parts) != 5 or parts[:2] != ["model", "layers"] or not parts[2].isdigit() or suffix not in _GGUF_NAMES:
-        raise LabError.bad("module_name", module_name, "use model.layers.N.<mlp.up_proj | mlp.gate_proj | "
-                           "mlp.down_proj | self_attn.v_proj | self_attn.o_proj> (q and k rows are permuted in the file)",
+        raise LabError.bad("module_name", module_name,
+                           "use model.layers.N.<mlp.up_proj | mlp.gate_proj | mlp.down_proj | self_attn.v_proj | "
+                           "self_attn.o_proj> (q and k rows are permuted in the file)",
                            verb="has no Q4_1 block to compare")
     name = f"blk.{parts[2]}.{_GGUF_NAMES[suffix]}.weight"
     if path is None:

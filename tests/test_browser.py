@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,6 +100,70 @@ def change_the_planner(page: Any) -> None:
     widget.screenshot(path=str(jl.SCREENSHOTS / f"{page_stem(page)}_planner_{target}.png"))
 
 
+def move_the_quant_map(page: Any) -> None:
+    """QuantMap: pick the NF4 mapping in its menu, then per-row scales; the headline and the chart must redraw.
+
+    Each change travels to Python, quantizes the whole matrix again and comes back: the headline above the chart
+    names the new setting, the mapping panel's subtitle names the row it shows, and the histogram is drawn.
+    """
+    from playwright.sync_api import expect
+
+    widget = page.locator(".bsl-quantmap").first
+    expect(widget).to_be_visible(timeout=30_000)
+    headline = widget.locator(".bsl-quantmap-message")
+    expect(headline).to_contain_text("bits", timeout=30_000)
+    widget.locator(".bsl-quantmap-scheme select").select_option(label="NF4 code book (absmax)")
+    expect(headline).to_contain_text("NF4 code book (absmax), 4 bits", timeout=20_000)
+    widget.locator(".bsl-quantmap-granularity button", has_text="per row").click()
+    expect(headline).to_contain_text("per row", timeout=20_000)
+    subtitles = widget.locator(".js-plotly-plot .annotation-text")
+    expect(subtitles.filter(has_text="the widest row: row")).not_to_have_count(0, timeout=20_000)
+    bars = widget.locator(".js-plotly-plot .trace.bars path").evaluate_all(
+        "els => els.filter(p => (p.getAttribute('d') || '').length > 4).length")
+    assert bars > 0, "the map's histogram shows no bars after the redraw"
+    jl.SCREENSHOTS.mkdir(exist_ok=True)
+    widget.screenshot(path=str(jl.SCREENSHOTS / f"{page_stem(page)}_quantmap_nf4_per_row.png"))
+
+
+def watch_the_live_chart(page: Any) -> None:
+    """LiveMemory: run the lesson's generation cell again and watch its chart gain points while it runs.
+
+    The chart is a FigureWidget redrawn from the sampler's thread; here the page itself is read every
+    0.1 s while the cell's prompt shows '[*]': the number of points plotly holds for the first line
+    must grow several times before the cell ends (updates reach the browser during the cell, not
+    after it). The rate seen is printed (``-s`` shows it).
+    """
+    from playwright.sync_api import expect
+
+    charts = page.locator(".js-plotly-plot").filter(has=page.locator(".gtitle", has_text="live"))
+    expect(charts.first).to_be_visible(timeout=30_000)
+    chart = charts.first
+    cell = page.locator(".jp-Notebook .jp-CodeCell").filter(has_text="with live:").first
+    prompt = cell.locator(".jp-InputArea-prompt")
+    points = "gd => (gd.data && gd.data[0] && gd.data[0].x) ? gd.data[0].x.length : 0"
+    before = chart.evaluate(points)
+    cell.locator(".jp-InputArea-editor").click()
+    page.keyboard.press("Control+Enter")  # run this cell, stay on it
+    seen: list[tuple[float, int]] = []
+    started = time.monotonic()
+    while time.monotonic() - started < 120:
+        running = "*" in (prompt.text_content() or "")
+        if running:
+            seen.append((time.monotonic() - started, chart.evaluate(points)))
+        elif seen:
+            break
+        page.wait_for_timeout(100)
+    counts = [n for _, n in seen]
+    grew = sum(1 for a, b in zip(counts, counts[1:]) if b > a)
+    span = seen[-1][0] - seen[0][0] if len(seen) > 1 else 0.0
+    print(f"live chart: {len(seen)} looks over {span:.1f} s while the cell ran, {grew} of them saw new points "
+          f"({grew / span if span else 0:.1f} updates/s seen), points {before} -> {chart.evaluate(points)}")
+    assert len(seen) >= 5, f"the cell ran too briefly to watch ({len(seen)} looks)"
+    assert grew >= 3 and counts[-1] > counts[0], f"the chart did not move while the cell ran: {counts}"
+    jl.SCREENSHOTS.mkdir(exist_ok=True)
+    chart.screenshot(path=str(jl.SCREENSHOTS / f"{page_stem(page)}_live_memory.png"))
+
+
 @dataclass(frozen=True)
 class Page:
     """One lesson notebook and what to check on it after Run All."""
@@ -114,6 +179,8 @@ PAGES = [
     Page("01_memory_maths", min_plots=3),  # weights by dtype, estimate stack, memory timeline
     Page("03_dtypes", checks=(click_a_bit,), min_plots=3),  # precision, weights vs fp8, peaks
     Page("07_device_map", checks=(change_the_planner,), min_plots=8),  # 7 plans + the planner widget's chart
+    Page("04_quantization", checks=(move_the_quant_map,), min_plots=4),  # map, code books, variants, timings
+    Page("08_kv_cache", checks=(watch_the_live_chart,), min_plots=10),  # 9 charts + the live FigureWidget
 ]
 
 

@@ -11,6 +11,7 @@ from ._lesson01 import (check_kv_cache_bytes, check_kv_equals_weights, check_lar
                         check_weights_bytes)
 from ._lesson02 import check_disk_layers, check_largest_shard, check_meta_bytes, check_naive_peak
 from ._lesson03 import check_fp8_rmse_ratio, check_gap, check_load_peak_ratio, check_stored
+from ._lesson04 import check_4bit_bytes, check_scale, check_zero_point
 from ._lesson05 import (check_cpu_offload_saving, check_flux_transformer_bytes, check_group_count,
                         check_model_offload_bytes)
 from ._lesson06 import check_allreduces, check_rank_bytes, check_smallest_nproc
@@ -24,6 +25,8 @@ __all__ = [
     "check_disk_layers", "check_largest_shard", "check_meta_bytes", "check_naive_peak",
     # lesson 03
     "check_fp8_rmse_ratio", "check_gap", "check_load_peak_ratio", "check_stored",
+    # lesson 04
+    "check_4bit_bytes", "check_scale", "check_zero_point",
     # lesson 05
     "check_cpu_offload_saving", "check_flux_transformer_bytes", "check_group_count", "check_model_offload_bytes",
     # lesson 06

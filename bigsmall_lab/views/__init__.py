@@ -12,6 +12,8 @@ from bigsmall_lab.views._memory import memory_timeline, peaks_bar
 from bigsmall_lab.views._offload import components_table, offload_table, offload_timelines, plan_bars, tradeoff_scatter
 from bigsmall_lab.views._parallel import tp_memory_chart, tp_placement_table, tp_split_figure, tp_speed_chart
 from bigsmall_lab.views._placement import PLANNER_PRESETS, PlacementPlanner, placement_chart
+from bigsmall_lab.views._quant import (QuantMap, codebook_chart, mapping_figure, outlier_table, scheme_table,
+                                       texts_table, timings_chart, variants_chart, variants_table)
 from bigsmall_lab.views._weights import formats_table, rounding_table, weights_vs_formats
 
 __all__ = [
@@ -20,6 +22,9 @@ __all__ = [
     "peaks_bar", "precision_chart", "rounding_table", "weights_bars", "weights_table_html", "weights_vs_formats",
     # lesson 02: Big Model Inference
     "device_map_chart", "loading_peaks", "loading_timeline", "shard_steps_chart",
+    # lesson 04: quantization
+    "QuantMap", "codebook_chart", "mapping_figure", "outlier_table", "scheme_table", "texts_table", "timings_chart",
+    "variants_chart", "variants_table",
     # lesson 05: offloading
     "components_table", "offload_table", "offload_timelines", "plan_bars", "tradeoff_scatter",
     # lesson 06: tensor parallelism
