@@ -30,8 +30,8 @@ A new lesson usually adds one planner (what to expect), one runner (run it, meas
 and a notebook that calls them.
 """
 
-from . import (bits, exercises, hardware, loading, offload, parallel, placement, quality, quant, quantized, tp_plan,
-               zoo)
+from . import (bits, exercises, hardware, kvcache, loading, offload, parallel, placement, quality, quant, quantized,
+               tp_plan, zoo)
 from .estimates import Comparison, MemoryEstimate, estimate, kv_cache_bytes, weights_bytes, weights_table
 from .hardware import banner, describe, has_cuda, needs_cuda
 from .measure import MemoryReport, stored_weight_bytes, track
@@ -41,7 +41,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Comparison", "MemoryEstimate", "MemoryReport", "banner", "bits", "build", "checkpoint", "count_parameters",
-    "describe", "estimate", "exercises", "hardware", "has_cuda", "kv_cache_bytes", "load_model",
+    "describe", "estimate", "exercises", "hardware", "has_cuda", "kv_cache_bytes", "kvcache", "load_model",
     "load_tokenizer", "loading", "needs_cuda", "offload", "parallel", "placement", "presets", "quality", "quant",
     "quantized", "stored_weight_bytes", "tiny_flux_pipeline", "tp_plan", "track", "weights_bytes", "weights_table",
     "zoo",

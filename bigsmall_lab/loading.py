@@ -12,6 +12,15 @@ safetensors shards are memory-mapped: the weights enter the process's memory as 
 >>> round(cmp.ratio, 1)                                      # doctest: +SKIP
 2.9
 
+The loads take ``on_phase``: a function called with each phase's name as the phase begins
+(``"load_state_dict"``, ``"shard 2/4"``, ``"first forward"``). Pass a live chart's ``mark`` to see
+the phases on it:
+
+>>> from bigsmall_lab.views import LiveMemory                # doctest: +SKIP
+>>> live = LiveMemory()                                      # doctest: +SKIP
+>>> with live:                                               # doctest: +SKIP
+...     cmp = compare_loads(path, on_phase=live.mark)
+
 Runner functions here touch memory, files and devices; every number they report is measured.
 """
 
@@ -22,7 +31,7 @@ import gc
 import json
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +41,7 @@ import torch
 from ._compat import quiet_libraries
 from ._errors import LabError, shown
 from ._paths import cache_dir
-from .measure import MemoryReport, _read_status, _reset_cpu_peak, _trim_heap, track
+from .measure import MemoryReport, cpu_memory, peak, track, trim_heap
 from .placement import Plan, Strategy, from_device_map, parse_budgets, plan
 
 __all__ = ["Generation", "LoadComparison", "LoadRun", "Phase", "PlacedLoad", "ShardStep", "ShardSteps",
@@ -166,21 +175,41 @@ class Generation:
 
 # --- helpers ------------------------------------------------------------------------------------
 
-class _Phases:
-    """Record named phases inside a tracked block, with the memory at the end of each."""
+_PhaseHook = Callable[[str], object]
 
-    def __init__(self, device: str):
+
+def _hook(on_phase: _PhaseHook | None, prefix: str = "") -> _PhaseHook | None:
+    """Check ``on_phase`` at the public function; with ``prefix``, every name it gets starts with it."""
+    if on_phase is None:
+        return None
+    if not callable(on_phase):
+        raise LabError.bad("on_phase", on_phase, "pass a function that takes the phase's name (e.g. a live "
+                           "chart's mark), or None", verb="is not callable")
+    if not prefix:
+        return on_phase
+    return lambda name: on_phase(f"{prefix}{name}")
+
+
+class _Phases:
+    """Record named phases inside a tracked block, with the memory at the end of each; ``on_phase(name)``
+    is called as each one begins (a live chart's mark)."""
+
+    def __init__(self, device: str, on_phase: _PhaseHook | None = None):
         self.t0 = time.perf_counter()
         self.device = device
+        self.on_phase = on_phase
         self.items: list[Phase] = []
 
     @contextlib.contextmanager
-    def __call__(self, name: str) -> Iterator[None]:
+    def __call__(self, name: str, mark: str | bool = True) -> Iterator[None]:
+        """``mark``: what ``on_phase`` gets: the phase's name (True), another text, or nothing (False)."""
+        if self.on_phase is not None and mark:
+            self.on_phase(name if mark is True else mark)
         start = time.perf_counter() - self.t0
         yield
         if self.device == "cuda":
             torch.cuda.synchronize()
-        status = _read_status()
+        status = cpu_memory()
         allocated = torch.cuda.memory_allocated() if self.device == "cuda" else 0
         self.items.append(Phase(name, start, time.perf_counter() - self.t0, status["RssAnon"], status["RssFile"],
                                 allocated))
@@ -276,34 +305,37 @@ def _forward_ids(config, n_tokens: int = 8) -> torch.Tensor:
 def _release(*objects) -> None:
     del objects
     gc.collect()
-    _trim_heap()
+    trim_heap()
 
 
 # --- the two paths ------------------------------------------------------------------------------
 
-def load_naive(path: str | os.PathLike, device: str = "cpu", forward: bool = True) -> tuple[Any, LoadRun]:
+def load_naive(path: str | os.PathLike, device: str = "cpu", forward: bool = True,
+               on_phase: _PhaseHook | None = None) -> tuple[Any, LoadRun]:
     """The usual load before Big Model Inference, measured: the model twice.
 
     1. build the model from its config with PyTorch's defaults: random float32 weights;
     2. read every shard into one full state dict (a second copy of the weights);
     3. ``load_state_dict`` copies it into the model; 4. move to ``device`` in the checkpoint's dtype;
-    5. a first forward pass. Returns (model, run).
+    5. a first forward pass. Returns (model, run). ``on_phase(name)`` is called as each phase begins.
     """
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    folder, dev = _folder(path), _device(device)
+    folder, dev, on_phase = _folder(path), _device(device), _hook(on_phase)
     config = AutoConfig.from_pretrained(folder)
     stored = config.dtype or torch.float32  # from_config below rewrites config.dtype
     ids = _forward_ids(config)
     shards = shard_files(folder)
     with quiet_libraries(progress_bars=False), track("naive load", device=dev.type) as report:
-        phase = _Phases(dev.type)
+        phase = _Phases(dev.type, on_phase)
         with phase("init: random float32 model"):
             model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         state: dict[str, torch.Tensor] = {}
         for i, shard in enumerate(shards, 1):
-            with phase(f"read shard {i}/{len(shards)}"):
+            # load_file only maps each file (an instant): one mark for all the reads, not one per shard
+            # (marks a few milliseconds apart would print their labels on top of each other)
+            with phase(f"read shard {i}/{len(shards)}", mark=i == 1 and f"read {len(shards)} shards (load_file)"):
                 state.update(load_file(str(shard)))
         with phase("load_state_dict"):
             missing, unexpected = model.load_state_dict(state, strict=False)
@@ -322,18 +354,20 @@ def load_naive(path: str | os.PathLike, device: str = "cpu", forward: bool = Tru
     return model.eval(), LoadRun("naive: init, then load", report, phase.items, _checkpoint_bytes(folder))
 
 
-def load_bmi(path: str | os.PathLike, device: str = "cpu", forward: bool = True) -> tuple[Any, LoadRun]:
+def load_bmi(path: str | os.PathLike, device: str = "cpu", forward: bool = True,
+             on_phase: _PhaseHook | None = None) -> tuple[Any, LoadRun]:
     """Big Model Inference, measured: ``from_pretrained(path, dtype="auto", device_map=device)``.
 
     Meta-device model (no data), a plan, then the shards one at a time; on a CPU the shards are
     memory-mapped, so the weights enter memory when the first forward pass touches them.
+    ``on_phase(name)`` is called as each phase begins.
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    folder, dev = _folder(path), _device(device)
+    folder, dev, on_phase = _folder(path), _device(device), _hook(on_phase)
     ids = _forward_ids(AutoConfig.from_pretrained(folder))
     with quiet_libraries(progress_bars=False), track("Big Model Inference", device=dev.type) as report:
-        phase = _Phases(dev.type)
+        phase = _Phases(dev.type, on_phase)
         with phase("from_pretrained: meta model, plan, shards"):
             model = AutoModelForCausalLM.from_pretrained(folder, dtype="auto", device_map=dev)
         if forward:
@@ -342,16 +376,18 @@ def load_bmi(path: str | os.PathLike, device: str = "cpu", forward: bool = True)
     return model, LoadRun("Big Model Inference: from_pretrained", report, phase.items, _checkpoint_bytes(folder))
 
 
-def compare_loads(path: str | os.PathLike, device: str = "cpu") -> LoadComparison:
+def compare_loads(path: str | os.PathLike, device: str = "cpu", on_phase: _PhaseHook | None = None) -> LoadComparison:
     """Both loads of ``path`` in this process, each model freed before the next.
 
     BMI runs first, so any one-time cost of the process (importing model code, first kernels)
-    lands on it, not on the naive load: the ratio is, if anything, understated.
+    lands on it, not on the naive load: the ratio is, if anything, understated. ``on_phase(name)``
+    is called as each phase begins, the name prefixed with the load ("BMI: first forward").
     """
-    model, bmi = load_bmi(path, device)
+    _hook(on_phase)
+    model, bmi = load_bmi(path, device, on_phase=_hook(on_phase, "BMI: "))
     del model
     _release()
-    model, naive = load_naive(path, device)
+    model, naive = load_naive(path, device, on_phase=_hook(on_phase, "naive: "))
     del model
     _release()
     return LoadComparison(naive, bmi)
@@ -360,7 +396,7 @@ def compare_loads(path: str | os.PathLike, device: str = "cpu") -> LoadCompariso
 # --- shard by shard with accelerate's utilities -------------------------------------------------
 
 def shard_by_shard(path: str | os.PathLike, device: str = "cpu", copy: bool = True,
-                   keep_model: bool = False) -> ShardSteps:
+                   keep_model: bool = False, on_phase: _PhaseHook | None = None) -> ShardSteps:
     """Load the checkpoint into an empty model one shard at a time, measuring memory after each.
 
     The calls are accelerate's: ``init_empty_weights()`` builds the model on the meta device;
@@ -373,27 +409,27 @@ def shard_by_shard(path: str | os.PathLike, device: str = "cpu", copy: bool = Tr
     costs nothing until they are read. ``copy=True`` copies each one into the process's own
     memory (what loading to a GPU, or into another dtype, must do), so the weights held grow shard
     by shard; ``copy=False`` keeps the mapped views (what ``from_pretrained`` does on a CPU).
+    ``on_phase(name)`` is called as each phase begins ("shard 2/4").
     """
     from accelerate import init_empty_weights
     from accelerate.utils import load_state_dict, set_module_tensor_to_device
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    folder, dev = _folder(path), _device(device)
+    folder, dev, on_phase = _folder(path), _device(device), _hook(on_phase)
     config = AutoConfig.from_pretrained(folder)
     shards = shard_files(folder)
     steps: list[ShardStep] = []
     loaded = 0
     with quiet_libraries(progress_bars=False), track("shard by shard", device=dev.type) as report:
-        phase = _Phases(dev.type)
+        phase = _Phases(dev.type, on_phase)
         with phase("init_empty_weights: meta model"), init_empty_weights():
             model = AutoModelForCausalLM.from_config(config, dtype=config.dtype)
-        _trim_heap()
+        trim_heap()
         start = _now(dev)  # the empty model costs (almost) nothing: steps count from here
         for i, shard in enumerate(shards, 1):
             n_bytes = shard_bytes(shard)
-            _reset_step_peak(dev)
             t = time.perf_counter()
-            with phase(f"shard {i}/{len(shards)}"):
+            with phase(f"shard {i}/{len(shards)}"), peak(dev.type) as step_peak:
                 state = load_state_dict(str(shard))
                 for name, tensor in state.items():
                     value = tensor.clone() if copy and dev.type == "cpu" else tensor
@@ -401,7 +437,7 @@ def shard_by_shard(path: str | os.PathLike, device: str = "cpu", copy: bool = Tr
                 del state, tensor, value
                 gc.collect()
             loaded += n_bytes
-            steps.append(ShardStep(shard.name, n_bytes, loaded, _step_peak(dev) - start,
+            steps.append(ShardStep(shard.name, n_bytes, loaded, step_peak.bytes - start,
                                    _now(dev) - start, time.perf_counter() - t))
         with phase("tie_weights"):
             model.tie_weights()
@@ -415,19 +451,8 @@ def _numel(shape) -> int:
     return n
 
 
-def _reset_step_peak(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
-    else:
-        _reset_cpu_peak()
-
-
-def _step_peak(dev: torch.device) -> int:
-    return torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else _read_status()["VmHWM"]
-
-
 def _now(dev: torch.device) -> int:
-    return torch.cuda.memory_allocated(dev) if dev.type == "cuda" else _read_status()["VmRSS"]
+    return torch.cuda.memory_allocated(dev) if dev.type == "cuda" else cpu_memory()["VmRSS"]
 
 
 # --- loading with a device map ------------------------------------------------------------------

@@ -45,8 +45,8 @@ import torch
 from ._errors import LabError, shown
 from ._units import MiB
 
-__all__ = ["MemoryReport", "Sample", "Sampler", "cpu_memory", "quant_state_tensors", "sample_now", "stored_weight_bytes",
-           "track", "unique_bytes"]
+__all__ = ["MemoryReport", "Peak", "Sample", "Sampler", "cpu_memory", "peak", "quant_state_tensors", "sample_now",
+           "stored_weight_bytes", "track", "trim_heap", "unique_bytes"]
 
 _STATUS = "/proc/self/status"
 _MIN_INTERVAL_S = 0.001  # below a millisecond the thread only burns a core
@@ -155,10 +155,17 @@ def _reset_cpu_peak() -> bool:
         return False
 
 
-def _trim_heap() -> None:
-    # glibc keeps freed memory in its arenas; give it back so the next measurement starts low.
+def trim_heap() -> None:
+    """Give freed memory back to the OS (glibc's ``malloc_trim``), so the next measurement starts low.
+
+    glibc keeps freed blocks in its arenas: without this, a tensor freed by an earlier cell is
+    still resident and a new one silently reuses its pages (no growth shows). No-op elsewhere.
+    """
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+_trim_heap = trim_heap
 
 
 class _NvmlUsed:
@@ -318,8 +325,12 @@ class Sampler:
     def _run(self) -> None:
         try:
             self._sample()
-            while not self._stop.wait(self.interval_s):
+            # Wait until the next deadline, not a full interval after the sample: 0.2 s gives 5 samples
+            # a second, however long reading memory (and the callback) takes.
+            deadline = time.perf_counter() + self.interval_s
+            while not self._stop.wait(max(deadline - time.perf_counter(), 0.0)):
                 self._sample()
+                deadline = max(deadline + self.interval_s, time.perf_counter())
             self._sample()  # the last point, when stop() was asked
         except BaseException as err:  # noqa: BLE001  (kept on .error: a chart's bug never kills the kernel)
             self.error = err
@@ -395,6 +406,35 @@ def _close_peak(peak: _Peak) -> int:
         with contextlib.suppress(ValueError):
             _open_peaks.remove(peak)
         return max(_high_water(peak.cuda_index), peak.folded)
+
+
+@dataclass
+class Peak:
+    """The absolute high-water mark of one block, filled at its exit (see :func:`peak`)."""
+
+    device: str
+    bytes: int = 0
+    exact: bool = False  # False where the counter could not be reset (the figure may include earlier peaks)
+
+
+@contextlib.contextmanager
+def peak(device: str | torch.device | None = None) -> Iterator[Peak]:
+    """A block's peak, cheaply and nestably, without a timeline: the CPU's VmHWM or CUDA's
+    ``max_memory_allocated``, reset at entry; an enclosing :func:`track` keeps its own peak.
+
+    >>> with peak("cpu") as p:                      # doctest: +SKIP
+    ...     x = torch.ones(2**28)                    # 1 GiB of float32
+    >>> p.bytes >= 2**30                             # doctest: +SKIP
+    True
+    """
+    cuda_index = _cuda_index(device)
+    result = Peak("cpu" if cuda_index is None else f"cuda:{cuda_index}")
+    handle = _open_peak(cuda_index)
+    result.exact = handle.exact
+    try:
+        yield result
+    finally:
+        result.bytes = _close_peak(handle)
 
 
 # ---------------------------------------------------------------------------------------------

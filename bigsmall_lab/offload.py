@@ -51,7 +51,7 @@ import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from functools import lru_cache
@@ -826,9 +826,40 @@ def _release(device: str) -> None:
         torch.cuda.empty_cache()
 
 
+def _phase_hook(on_phase: Any) -> Callable[[str], object]:
+    if on_phase is None:
+        return lambda name: None
+    if not callable(on_phase):
+        raise LabError.bad("on_phase", on_phase, "pass a function that takes the phase's name (e.g. a live "
+                           "chart's mark), or None", verb="is not callable")
+    return on_phase
+
+
+def _phase_names(settings: OffloadSettings | str, device: str = "cpu", warmup: bool = False) -> list[str]:
+    """The names :func:`run` gives ``on_phase``, in order: load, apply the strategy, (warm up), generate, free.
+
+    The first names the strategy, so one live chart can hold several runs:
+
+    >>> for name in _phase_names(OffloadSettings("block_level", num_blocks_per_group=2, offload_to_disk_path="/x")):
+    ...     print(name)
+    group offloading, block level (2 blocks per group) + disk: from_pretrained
+    apply_group_offloading(...): write the groups to disk
+    generate one image
+    free the pipeline
+    """
+    settings = settings if isinstance(settings, OffloadSettings) else OffloadSettings(settings)
+    call = settings.call(device)
+    apply = call if len(call) <= 30 else call.split("(")[0] + "(...)"  # pipe.to("cpu") whole, the long ones cut
+    if settings.disk:
+        apply += ": write the groups to disk"
+    return [f"{settings.label}: from_pretrained", apply, *(["warm-up image"] if warmup else []),
+            "generate one image", "free the pipeline"]
+
+
 def run(settings: OffloadSettings | str = Strategy.NONE, pipeline: str | os.PathLike = "small",
         dtype: torch.dtype | str | None = None, device: str | None = None, generation: Generation | None = None,
-        baseline: OffloadResult | None = None, warmup: bool = False) -> OffloadResult:
+        baseline: OffloadResult | None = None, warmup: bool = False,
+        on_phase: Callable[[str], object] | None = None) -> OffloadResult:
     """Load ``pipeline`` afresh, apply ``settings``, generate one image and measure it.
 
     ``dtype``: None picks :func:`default_dtype` (bfloat16 on CUDA, float32 on a CPU). ``baseline``:
@@ -836,15 +867,19 @@ def run(settings: OffloadSettings | str = Strategy.NONE, pipeline: str | os.Path
     before the measured image (the first image of a process pays one-time costs). Settings that
     cannot run on ``device`` raise one sentence before anything loads (see :func:`check`); settings
     known to give wrong output (:func:`known_problems`) warn with :class:`OffloadWarning`, run, and
-    the result's ``note`` says what happened.
+    the result's ``note`` says what happened. ``on_phase(name)`` is called as each phase begins:
+    loading (named after the strategy), applying it, the warm-up, generating, freeing the pipeline;
+    pass a live chart's ``mark`` to see them on it.
     """
     settings = settings if isinstance(settings, OffloadSettings) else OffloadSettings(settings)
+    mark = _phase_hook(on_phase)
     device = _device(device)
     torch_dtype = _dtype(dtype, device)
     generation = generation if generation is not None else Generation()
     if not isinstance(generation, Generation):
         raise LabError.bad("generation", generation, "pass a bsl.offload.Generation(...)", verb="is not a Generation")
     check(settings, device)
+    names = iter(_phase_names(settings, device, warmup))
     folder = pipeline_folder(pipeline)
     meta = pipeline_components(folder, torch_dtype)
     the_plan = plan(meta, settings, "cuda" if device.startswith("cuda") else "cpu")
@@ -863,16 +898,21 @@ def run(settings: OffloadSettings | str = Strategy.NONE, pipeline: str | os.Path
         with track(f"{settings.label}: load + generate", device=device) as whole:
             start = time.perf_counter()
             with track(f"{settings.label}: load", device=device) as loading:
+                mark(next(names))
                 pipe = _load(folder, torch_dtype)
+                mark(next(names))
                 _apply(pipe, settings, device, disk_dir)
             setup_s = time.perf_counter() - start
             if warmup:
+                mark(next(names))
                 _generate(pipe, generation)
             host = track(f"{settings.label}: CPU RAM", device="cpu") if device != "cpu" else contextlib.nullcontext()
+            mark(next(names))
             with host as host_report, track(settings.label, device=device) as gen:
                 start = time.perf_counter()
                 image = _generate(pipe, generation)
                 seconds = time.perf_counter() - start
+        mark(next(names))
     finally:
         del pipe
         if disk_dir is not None:
@@ -907,10 +947,12 @@ def _explain(result: OffloadResult) -> str:
 
 def compare(settings: Sequence[OffloadSettings | str], pipeline: str | os.PathLike = "small",
             dtype: torch.dtype | str | None = None, device: str | None = None,
-            generation: Generation | None = None) -> list[OffloadResult]:
+            generation: Generation | None = None,
+            on_phase: Callable[[str], object] | None = None) -> list[OffloadResult]:
     """Run no offloading (after a warm-up image) and then each of ``settings``, comparing every image
     with the baseline's. Settings that need a CUDA GPU on a CPU come back planned and not run, with
-    the reason."""
+    the reason. ``on_phase``: as in :func:`run`, for every run."""
+    _phase_hook(on_phase)
     device = _device(device)
     torch_dtype = _dtype(dtype, device)
     wanted = [s if isinstance(s, OffloadSettings) else OffloadSettings(s) for s in settings]
@@ -918,7 +960,7 @@ def compare(settings: Sequence[OffloadSettings | str], pipeline: str | os.PathLi
     for s in wanted:  # every bad path or impossible combination is reported before the first run
         if not (kind == "cpu" and s.needs_accelerator):
             check(s, device)
-    baseline = run(OffloadSettings(), pipeline, torch_dtype, device, generation, warmup=True)
+    baseline = run(OffloadSettings(), pipeline, torch_dtype, device, generation, warmup=True, on_phase=on_phase)
     results = [baseline]
     for s in wanted:
         if s.strategy is Strategy.NONE and not s.exclude:
@@ -926,7 +968,7 @@ def compare(settings: Sequence[OffloadSettings | str], pipeline: str | os.PathLi
         if kind == "cpu" and s.needs_accelerator:
             results.append(planned(s, pipeline, torch_dtype))
             continue
-        results.append(run(s, pipeline, torch_dtype, device, generation, baseline=baseline))
+        results.append(run(s, pipeline, torch_dtype, device, generation, baseline=baseline, on_phase=on_phase))
     return results
 
 

@@ -37,7 +37,8 @@ def test_shard_files_and_bytes(small_checkpoint):
 
 @pytest.mark.slow
 def test_bmi_peak_is_below_the_naive_peak_in_one_run(small_checkpoint):
-    cmp = loading.compare_loads(small_checkpoint)
+    seen = []
+    cmp = loading.compare_loads(small_checkpoint, on_phase=seen.append)
     assert cmp.bmi.peak_bytes < cmp.naive.peak_bytes
     # The naive load holds a float32 model (4 bytes per parameter) while it reads the bf16 state dict:
     # its peak is above 1.5x the checkpoint; BMI never copies the weights (on a CPU they stay mapped).
@@ -47,6 +48,12 @@ def test_bmi_peak_is_below_the_naive_peak_in_one_run(small_checkpoint):
     assert sum(n.startswith("read shard") for n in names) == len(loading.shard_files(small_checkpoint))
     assert [p.name for p in cmp.bmi.phases][-1] == "first forward"
     assert all(a.end_s <= b.start_s + 1e-6 for a, b in zip(cmp.naive.phases, cmp.naive.phases[1:]))
+    # on_phase heard each phase as it began, named after its load; the naive reads (each only maps a file,
+    # an instant) are one mark, not one per shard
+    n = len(loading.shard_files(small_checkpoint))
+    assert seen == ["BMI: from_pretrained: meta model, plan, shards", "BMI: first forward",
+                    "naive: init: random float32 model", f"naive: read {n} shards (load_file)",
+                    "naive: load_state_dict", "naive: move to cpu in bfloat16", "naive: first forward"]
     fig = views.loading_peaks(cmp)
     assert fig.data[0].y[0] == cmp.naive.peak_bytes / 2**20 and f"{cmp.ratio:.2f}x" in fig.layout.title.text
     timeline = views.loading_timeline(cmp.naive)
@@ -63,8 +70,16 @@ def test_naive_and_bmi_load_the_same_weights(small_checkpoint):
 
 @pytest.mark.slow
 def test_shard_by_shard_never_holds_the_checkpoint_twice(small_checkpoint):
-    steps = loading.shard_by_shard(small_checkpoint, copy=True, keep_model=True)
+    live = views.LiveMemory(interval=0.01, device="cpu")
+    with live:
+        steps = loading.shard_by_shard(small_checkpoint, copy=True, keep_model=True, on_phase=live.mark)
     total = sum(loading.shard_bytes(s) for s in loading.shard_files(small_checkpoint))
+    n = len(steps.steps)
+    # the live chart got a mark as each phase began, in order, and its samples show the copies arrive
+    assert [label for _, label in live.marks] == (["init_empty_weights: meta model"]
+                                                  + [f"shard {i}/{n}" for i in range(1, n + 1)] + ["tie_weights"])
+    assert [t for t, _ in live.marks] == sorted(t for t, _ in live.marks)
+    assert live.samples[-1].rss_anon - live.samples[0].rss_anon > 0.5 * total
     assert [s.loaded_bytes for s in steps.steps][-1] == total
     for step in steps.steps:
         assert step.after_bytes <= step.loaded_bytes + steps.largest_shard_bytes, step
@@ -110,9 +125,12 @@ def test_a_gpu_that_does_not_exist_is_refused(small_checkpoint):
         loading.load_bmi(small_checkpoint, device="cuda:7")
 
 
-def test_bad_paths_and_strategies(tmp_path):
+def test_bad_paths_and_strategies(tmp_path, small_checkpoint):
     with pytest.raises(LabError, match="is not a checkpoint folder"):
         loading.load_bmi(tmp_path)
+    for load in (loading.load_bmi, loading.load_naive, loading.compare_loads, loading.shard_by_shard):
+        with pytest.raises(LabError, match="on_phase 'mark' is not callable; pass a function"):
+            load(small_checkpoint, on_phase="mark")  # refused before anything loads
     with pytest.raises(LabError, match="not a device_map strategy"):
         loading.load_placed(tmp_path, "fastest", {"cpu": "1GB"})
 

@@ -290,3 +290,18 @@ def test_bad_devices_get_one_sentence(device):
         Sampler(device=device)
     with pytest.raises(LabError, match="device"):
         sample_now(device)
+
+
+def test_peak_blocks_nest_inside_track_and_keep_the_outer_peak():
+    from bigsmall_lab.measure import peak
+
+    with bsl.track("outer", device="cpu") as outer:
+        big = torch.ones(2**26)  # 256 MiB of float32, freed before the inner block
+        del big
+        with peak("cpu") as inner:
+            small = torch.ones(2**22)  # 16 MiB
+        del small
+    assert inner.device == "cpu" and inner.bytes > 0
+    if outer.peak_source == "VmHWM":  # the kernel lets us reset the high-water mark: both figures are exact
+        assert outer.peak_bytes >= 2**28 * 0.95, "the inner peak() must not erase the outer block's peak"
+        assert inner.exact

@@ -93,6 +93,7 @@ def test_an_offload_path_that_is_not_writable_is_refused_before_anything_loads(t
     (dict(pipeline="tiny", dtype="int8"), ["dtype 'int8'"]),
     (dict(pipeline="tiny", device="tpu"), ["device 'tpu'"]),
     (dict(pipeline="tiny", generation={"height": 16}), ["generation", "Generation"]),
+    (dict(pipeline="tiny", on_phase="mark"), ["on_phase 'mark' is not callable", "live chart's mark"]),
 ])
 def test_bad_run_arguments_get_one_sentence(kwargs, words, monkeypatch):
     monkeypatch.setattr(offload, "_load", lambda *a: pytest.fail("the pipeline was loaded"))
@@ -100,6 +101,16 @@ def test_bad_run_arguments_get_one_sentence(kwargs, words, monkeypatch):
         offload.run(OffloadSettings("none"), **kwargs)
     for word in words:
         assert word in one_sentence(err.value)
+
+
+def test_run_names_its_phases_for_a_live_chart():
+    # the first name says which strategy, so one chart can hold several runs; long calls are cut
+    assert offload._phase_names(OffloadSettings("none"), "cpu", warmup=True) == [
+        "no offloading: from_pretrained", 'pipe.to("cpu")', "warm-up image", "generate one image", "free the pipeline"]
+    assert offload._phase_names("model", "cuda")[:2] == ["model offload: from_pretrained",
+                                                         "pipe.enable_model_cpu_offload(...)"]
+    assert offload._phase_names(OffloadSettings("leaf_level", offload_to_disk_path="/x"))[:2] == [
+        "group offloading, leaf level + disk: from_pretrained", "apply_group_offloading(...): write the groups to disk"]
 
 
 def test_generation_sizes_fit_flux_patches():
@@ -274,11 +285,23 @@ def test_disk_offloading_lowers_the_peak_in_one_run(tmp_path, small_folder, one_
     # The small pipeline's transformer holds ~400 MiB of float32 weights; block level with one block
     # per group keeps one ~36 MiB block (and ~6 MiB of the rest) in memory.
     disk = OffloadSettings("block_level", num_blocks_per_group=1, offload_to_disk_path=tmp_path / "offload")
-    baseline, on_disk = offload.compare([disk], pipeline=small_folder, device="cpu")
+    live = views.LiveMemory(interval=0.01, device="cpu")
+    with live:
+        baseline, on_disk = offload.compare([disk], pipeline=small_folder, device="cpu", on_phase=live.mark)
     assert on_disk.equal
     assert on_disk.peak_bytes < baseline.peak_bytes
     assert on_disk.held_bytes < baseline.held_bytes
     assert on_disk.plan.device_bytes < baseline.plan.device_bytes
+    # The live chart saw the same order: every phase of both runs marked, and while the disk run generated
+    # its RssAnon line stayed below the lowest point of the baseline's while that one generated.
+    labels = [label for _, label in live.marks]
+    assert labels == offload._phase_names(OffloadSettings(), "cpu", warmup=True) + offload._phase_names(disk, "cpu")
+    times = [t for t, _ in live.marks]
+    x, anon = live.figure.data[0].x, live.figure.data[0].y
+    during = {run: [y for t, y in zip(x, anon) if times[begin] <= t <= times[begin + 1] and y is not None]
+              for run, begin in (("baseline", 3), ("disk", 7))}  # from "generate one image" to "free the pipeline"
+    assert during["baseline"] and during["disk"], during
+    assert max(during["disk"]) < min(during["baseline"]), during
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ from ._lesson05 import (check_cpu_offload_saving, check_flux_transformer_bytes, 
                         check_model_offload_bytes)
 from ._lesson06 import check_allreduces, check_rank_bytes, check_smallest_nproc
 from ._lesson07 import check_bytes_on_gpu, check_fewest_gpus, check_layers_on_gpu0
+from ._lesson08 import check_blog_kv_heads, check_kv_cache_gib, check_kv_per_gpu, check_recomputed_positions
 
 __all__ = [
     "Exercise", "Slip", "Verdict", "ask", "byte_unit_slips", "check_value",
@@ -33,4 +34,6 @@ __all__ = [
     "check_allreduces", "check_rank_bytes", "check_smallest_nproc",
     # lesson 07
     "check_bytes_on_gpu", "check_fewest_gpus", "check_layers_on_gpu0",
+    # lesson 08
+    "check_blog_kv_heads", "check_kv_cache_gib", "check_kv_per_gpu", "check_recomputed_positions",
 ]

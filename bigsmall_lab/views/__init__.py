@@ -7,6 +7,9 @@
 
 from bigsmall_lab.views._bits import DEFAULT_FORMATS, BitLayout, precision_chart
 from bigsmall_lab.views._estimates import comparison_table, estimate_stack, weights_bars, weights_table_html
+from bigsmall_lab.views._kvcache import (bytes_per_token_chart, cache_runs_chart, cache_runs_table, kv_context_chart,
+                                         kv_per_gpu_chart, offload_chart, recompute_chart, residual_chart)
+from bigsmall_lab.views._live import LiveMemory
 from bigsmall_lab.views._loading import device_map_chart, loading_peaks, loading_timeline, shard_steps_chart
 from bigsmall_lab.views._memory import memory_timeline, peaks_bar
 from bigsmall_lab.views._offload import components_table, offload_table, offload_timelines, plan_bars, tradeoff_scatter
@@ -20,6 +23,8 @@ __all__ = [
     # lessons 01 and 03: estimates, bit layouts, measured memory
     "DEFAULT_FORMATS", "BitLayout", "comparison_table", "estimate_stack", "formats_table", "memory_timeline",
     "peaks_bar", "precision_chart", "rounding_table", "weights_bars", "weights_table_html", "weights_vs_formats",
+    # the live memory chart (lessons 02, 05, 08)
+    "LiveMemory",
     # lesson 02: Big Model Inference
     "device_map_chart", "loading_peaks", "loading_timeline", "shard_steps_chart",
     # lesson 04: quantization
@@ -31,4 +36,7 @@ __all__ = [
     "tp_memory_chart", "tp_placement_table", "tp_split_figure", "tp_speed_chart",
     # lesson 07: device_map
     "PLANNER_PRESETS", "PlacementPlanner", "placement_chart",
+    # lesson 08: KV cache
+    "bytes_per_token_chart", "cache_runs_chart", "cache_runs_table", "kv_context_chart", "kv_per_gpu_chart",
+    "offload_chart", "recompute_chart", "residual_chart",
 ]

@@ -1,0 +1,193 @@
+"""Exercises of lesson 08 (KV cache): predict the cache's size, the published figure's layout, the
+per-GPU cache under tensor parallelism and the work ``use_cache=False`` does, then check.
+
+Every expected value comes from :func:`bigsmall_lab.estimates.kv_cache_bytes` or the planner side
+of :mod:`bigsmall_lab.kvcache`; each slip is the same function's answer under the learner's mistake
+(the 2 for K and V left out, the query heads used for the KV heads, GB written for GiB, ...).
+
+A "128K" context in a published table may mean 128,000 tokens (the Hugging Face Llama 3.1 blog's
+does) or 131,072 (128 x 1,024): the questions say which, and recognise the other.
+
+>>> print(check_kv_cache_gib(39.06, "llama-3.1-70b", seq_len=128000, dtype="float16"))  # doctest: +ELLIPSIS
+[correct] 39.06 GiB is right: 2 (K and V) x 80 layers x 8 KV heads x 128 dims x 128,000 tokens x 1 x 2 bytes = ...
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from .._dtypes import bytes_per_element, dtype_name
+from .._errors import LabError, whole_number
+from .._units import GB, GiB, MiB
+from ..estimates import kv_cache_bytes
+from ..kvcache import kv_bytes_per_rank, positions_processed
+from ..zoo import config_dict
+from ._core import Exercise, Slip, Verdict, ask
+
+__all__ = ["check_blog_kv_heads", "check_kv_cache_gib", "check_kv_per_gpu", "check_recomputed_positions"]
+
+_GIB = dict(fmt=",.2f", unit=" GiB", example="39.06 or 40", rel_tol=0.01, slip_tol=0.01)
+
+
+def _layout(config: Any) -> tuple[int, int, int, int]:
+    """(layers, attention heads, KV heads, head dim) as a learner reads them from config.json."""
+    cfg = config_dict(config)
+    cfg = cfg.get("text_config", cfg)
+    n_heads = cfg["num_attention_heads"]
+    n_kv = cfg.get("num_key_value_heads") or n_heads
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // n_heads
+    return cfg["num_hidden_layers"], n_heads, n_kv, head_dim
+
+
+def _distinct(expected: float, slips: list[Slip], gap: float = 0.02) -> tuple[Slip, ...]:
+    """Slips more than ``gap`` (relative) away from the answer and from each other (the first
+    explanation wins): 2 % for answers in GiB, which learners round; 0 for exact counts."""
+    kept: list[Slip] = []
+    for slip in slips:
+        values = [expected] + [k.value for k in kept]
+        if math.isfinite(slip.value) and all(abs(slip.value - v) > gap * abs(v) for v in values):
+            kept.append(slip)
+    return tuple(kept)
+
+
+def _other_k(expected: float, seq_len: int) -> list[Slip]:
+    """The slip of reading "128K" the other way: 128 x 1,024 tokens for 128,000, or the reverse."""
+    if seq_len % 1000 == 0:
+        return [Slip(expected * 1024 / 1000, f"that counts {seq_len // 1000 * 1024:,} tokens (K = 1,024); the "
+                                             f"question says {seq_len:,}")]
+    if seq_len % 1024 == 0:
+        return [Slip(expected * 1000 / 1024, f"that counts {seq_len // 1024 * 1000:,} tokens (K = 1,000); the "
+                                             f"question says {seq_len:,}")]
+    return []
+
+
+def check_kv_cache_gib(answer: Any, config: Any = "llama-3.1-70b", seq_len: int = 128000, batch_size: int = 1,
+                       dtype: str = "float16") -> Verdict:
+    """The KV cache of ``config`` after ``seq_len`` tokens x ``batch_size``, in GiB (within 1 %).
+
+    Slips: the 2 for K and V left out, the attention (query) heads used instead of the KV heads,
+    an answer in GB (10**9) instead of GiB (2**30), in bytes or MiB, 4 bytes per value instead of 2.
+    """
+    dtype = dtype_name(dtype)
+    exact = kv_cache_bytes(config, seq_len, batch_size, dtype)
+    expected = exact / GiB
+
+    def build() -> Exercise:
+        layers, n_heads, n_kv, head_dim = _layout(config)
+        nbytes = bytes_per_element(dtype)
+        slips = [
+            Slip(expected / 2, "half the answer: the 2 for K and V is missing (each layer caches a key and a value "
+                               "per token and head)"),
+            Slip(expected * n_heads / n_kv, f"you used the {n_heads} attention (query) heads; with grouped-query "
+                                            f"attention only the {n_kv} KV heads are cached"),
+            Slip(exact / GB, f"that is in GB (10**9 bytes); the question asks for GiB (2**30 bytes, {GiB / GB - 1:.1%} "
+                             "more per unit)"),
+            Slip(exact / MiB, "that is in MiB; the question asks for GiB (divide by 1,024 once more)"),
+            Slip(exact, "that is in bytes; the question asks for GiB (divide by 2**30)"),
+            Slip(expected * 4 / nbytes, f"that counts 4 bytes per value; {dtype} takes {nbytes:g}"),
+            Slip(expected / layers, f"that is one layer's cache; each of the {layers} layers keeps its own"),
+            *_other_k(expected, seq_len),
+        ]
+        return Exercise(
+            "kv_cache_gib", expected=expected, **_GIB,
+            why=(f"2 (K and V) x {layers} layers x {n_kv} KV heads x {head_dim} dims x {seq_len:,} tokens x "
+                 f"{batch_size} x {nbytes:g} bytes = {exact:,} bytes = {expected:,.2f} GiB"),
+            hint="2 (K and V) x layers x KV heads x head dim x tokens x batch x bytes per value, then / 2**30",
+            slips=_distinct(expected, slips))
+
+    return ask(("kv_cache_gib", str(config), seq_len, batch_size, dtype), build).check(answer)
+
+
+def check_blog_kv_heads(answer: Any, published_gib: float, config: Any = "llama-3.1-405b", seq_len: int = 128000,
+                        dtype: str = "float16") -> Verdict:
+    """How many KV heads a published cache size assumes (``published_gib`` is the source's number,
+    typed in by the caller as the independent figure it is). Expected: the whole number of KV heads
+    that makes :func:`kv_cache_bytes` give the published size, the rest of the config unchanged.
+    """
+    if isinstance(published_gib, bool) or not isinstance(published_gib, (int, float)) or not published_gib > 0:
+        raise LabError.bad("published_gib", published_gib, "use the published size in GiB, a number > 0",
+                           verb="is not valid")
+    dtype = dtype_name(dtype)
+    layers, n_heads, n_kv, head_dim = _layout(config)
+    lab_gib = kv_cache_bytes(config, seq_len, 1, dtype) / GiB
+    implied = n_kv * published_gib / lab_gib
+    expected = round(implied)
+    if expected < 1 or abs(implied - expected) > 0.01 * implied:
+        raise LabError(f"published_gib {published_gib:g} is not a whole number of KV heads of this config "
+                       f"({implied:.2f}); check the figure, the seq_len and the dtype")
+
+    def build() -> Exercise:
+        slips = [Slip(n_kv, f"{n_kv} is the published config's num_key_value_heads: with it the cache is "
+                            f"{lab_gib:,.2f} GiB, not {published_gib:g}"),
+                 Slip(n_heads, f"{n_heads} are the attention (query) heads; with that many KV heads the cache would "
+                               f"be {lab_gib * n_heads / n_kv:,.0f} GiB"),
+                 Slip(published_gib / lab_gib, f"that is the ratio of the two sizes; it multiplies the {n_kv} KV "
+                                               "heads of the config")]
+        return Exercise(
+            "blog_kv_heads", expected=expected, example="4", slip_tol=0.01,
+            why=(f"{published_gib:g} GiB / {lab_gib:,.2f} GiB = {published_gib / lab_gib:.2f} times the cache of "
+                 f"{n_kv} KV heads: {expected} KV heads of {head_dim} dims in each of {layers} layers"),
+            hint="divide the published size by the lab's; the cache is proportional to the KV heads",
+            slips=_distinct(expected, slips))
+
+    return ask(("blog_kv_heads", str(config), published_gib, seq_len, dtype), build).check(answer)
+
+
+def check_kv_per_gpu(answer: Any, config: Any = "llama-3.1-405b", seq_len: int = 128000, tp_size: int = 16,
+                     dtype: str = "bfloat16") -> Verdict:
+    """GiB of KV cache on each GPU when tensor parallelism splits ``config`` over ``tp_size`` GPUs (1 %).
+
+    Slips: the whole cache divided by the GPUs (a KV head cannot be split: with more GPUs than KV
+    heads each GPU still holds one), the whole cache on every GPU, GB instead of GiB.
+    """
+    dtype = dtype_name(dtype)
+    tp_size = whole_number(tp_size, "tp_size")
+    total = kv_cache_bytes(config, seq_len, 1, dtype)
+    exact = kv_bytes_per_rank(config, seq_len, tp_size, 1, dtype)
+    expected = exact / GiB
+
+    def build() -> Exercise:
+        _, _, n_kv, _ = _layout(config)
+        per_rank = math.ceil(n_kv / tp_size)
+        slips = [Slip(total / tp_size / GiB, f"dividing by {tp_size} GPUs splits KV heads into pieces; a head is "
+                                             f"computed whole, so with {n_kv} KV heads on {tp_size} GPUs each GPU "
+                                             f"still holds {per_rank} (replicated)"),
+                 Slip(total / GiB, "that is the whole cache; each GPU keeps only the K and V of the heads it computes"),
+                 Slip(exact / GB, "that is in GB (10**9 bytes); the question asks for GiB")]
+        return Exercise(
+            "kv_per_gpu", expected=expected, **_GIB,
+            why=(f"{n_kv} KV heads over {tp_size} GPUs: {per_rank} KV head(s) per GPU "
+                 + ("(more GPUs than KV heads: each head is replicated) " if tp_size > n_kv else "")
+                 + f"= {per_rank}/{n_kv} of {total / GiB:,.2f} GiB"),
+            hint="how many KV heads does each GPU compute? It cannot be less than one",
+            slips=_distinct(expected, slips))
+
+    return ask(("kv_per_gpu", str(config), seq_len, tp_size, dtype), build).check(answer)
+
+
+def check_recomputed_positions(answer: Any, prompt_tokens: int = 256, new_tokens: int = 64) -> Verdict:
+    """Token positions the model runs through to generate ``new_tokens`` with ``use_cache=False`` (exact).
+
+    Slips: the cached count (P + n - 1), n x P (the sequence does not grow), n x (P + n) or the
+    growth counted to P + n.
+    """
+    p = whole_number(prompt_tokens, "prompt_tokens")
+    n = whole_number(new_tokens, "new_tokens")
+    expected = positions_processed(p, n, use_cache=False)
+
+    def build() -> Exercise:
+        slips = [Slip(positions_processed(p, n, use_cache=True), "that is the count with the cache: the prompt once, "
+                                                                  "then one position per new token"),
+                 Slip(n * p, "every step reruns the sequence so far, and it grows by one token per step"),
+                 Slip(n * (p + n), "the last step runs P + n - 1 positions, not P + n (the n-th token is the output)"),
+                 Slip(n * p + n * (n + 1) // 2, "the first step runs the prompt alone (P positions), the n-th "
+                                                "P + n - 1")]
+        return Exercise(
+            "recomputed_positions", expected=expected, fmt=",.0f", example="20_000",
+            why=(f"step k (k = 0 .. {n - 1}) runs P + k positions: {n} x {p} + {n} x {n - 1} / 2 = {expected:,}, "
+                 f"against {positions_processed(p, n):,} with the cache"),
+            hint="without a cache, each step runs the whole sequence so far; how long is it at each step?",
+            slips=_distinct(expected, slips, gap=0.0))
+
+    return ask(("recomputed_positions", p, n), build).check(answer)
