@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from enum import Enum
 from typing import Any
 
-__all__ = ["LabError", "closest", "shown", "whole_number"]
+__all__ = ["LabError", "closest", "enum_value", "shown", "token_ids", "whole_number"]
 
 _MAX_SHOWN = 60  # characters of a bad value echoed back: a 10 MB string stays out of the message
 
@@ -77,3 +78,34 @@ def whole_number(value: Any, argument: str, minimum: int = 1) -> int:
     if as_int < minimum:
         raise LabError.bad(argument, value, f"use a whole number >= {minimum}", verb="is too small")
     return as_int
+
+
+def enum_value(enum: type[Enum], value: Any, argument: str, extra: Sequence[str] = ()) -> Enum:
+    """``value`` as a member of the (str, Enum) ``enum``: a member, or its value in any case and spacing.
+    ``extra`` are further names the caller accepts itself, listed in the message.
+
+    >>> from bigsmall_lab.quant import Scheme
+    >>> enum_value(Scheme, " Symmetric", "scheme").value
+    'symmetric'
+    """
+    if isinstance(value, enum):
+        return value
+    names = [member.value for member in enum]
+    if isinstance(value, str) and value.strip().lower() in names:
+        return enum(value.strip().lower())
+    hint = closest(value, [*names, *extra]) if isinstance(value, str) else ""
+    raise LabError(f"{argument} {shown(value)} is not known{hint}; use one of: {', '.join([*names, *extra])}")
+
+
+def token_ids(ids: Any, argument: str = "ids", minimum: int = 2):
+    """``ids`` as a LongTensor (batch, tokens) with at least ``minimum`` tokens; a 1-D tensor gets a batch of 1."""
+    import torch
+
+    if not isinstance(ids, torch.Tensor) or ids.dtype not in (torch.long, torch.int32, torch.int64):
+        raise LabError.bad(argument, ids, "pass token ids as a LongTensor of shape (batch, tokens)",
+                           verb="is not a tensor of token ids")
+    if ids.ndim == 1:
+        ids = ids.unsqueeze(0)
+    if ids.ndim != 2 or ids.shape[1] < minimum:
+        raise LabError(f"{argument} of shape {tuple(ids.shape)} must be (batch, tokens) with at least {minimum} tokens")
+    return ids.long()

@@ -62,7 +62,7 @@ import torch
 
 from . import _compat
 from ._dtypes import bytes_per_element, dtype_name
-from ._errors import LabError, closest, shown, whole_number
+from ._errors import LabError, closest, enum_value, shown, token_ids, whole_number
 from ._units import MiB
 from .estimates import kv_cache_bytes, resolve
 from .quality import Agreement, agreement
@@ -134,17 +134,6 @@ def _installed(module: str) -> bool:
         return False
 
 
-def _enum(enum: type[Enum], value: Any, argument: str, extra: Sequence[str] = ()) -> Enum:
-    if isinstance(value, enum):
-        return value
-    names = [e.value for e in enum]
-    if isinstance(value, str) and value.strip().lower() in names:
-        return enum(value.strip().lower())
-    allowed = ", ".join([*names, *extra])
-    hint = closest(value, [*names, *extra]) if isinstance(value, str) else ""
-    raise LabError(f"{argument} {shown(value)} is not known{hint}; use one of: {allowed}")
-
-
 @dataclass(frozen=True)
 class CacheSettings:
     """Which KV cache to generate with, checked when built (one sentence for a bad value).
@@ -169,7 +158,7 @@ class CacheSettings:
     max_cache_len: int | None = None
 
     def __post_init__(self) -> None:
-        kind = _enum(CacheImplementation, self.implementation, "implementation", extra=list(NAMED_CACHES)[3:])
+        kind = enum_value(CacheImplementation, self.implementation, "implementation", extra=list(NAMED_CACHES)[3:])
         object.__setattr__(self, "implementation", kind)
         if kind is not CacheImplementation.QUANTIZED:
             for name in ("backend", "nbits", "residual_length", "q_group_size"):
@@ -185,7 +174,7 @@ class CacheSettings:
             self._check_quantized()
 
     def _check_quantized(self) -> None:
-        backend = _enum(QuantBackend, self.backend if self.backend is not None else QuantBackend.QUANTO, "backend")
+        backend = enum_value(QuantBackend, self.backend if self.backend is not None else QuantBackend.QUANTO, "backend")
         object.__setattr__(self, "backend", backend)
         if backend.value not in _compat.quantized_cache_backends():
             import transformers
@@ -706,17 +695,6 @@ class Prefill:
         return int(self.ids.shape[1])
 
 
-def _check_ids(ids: Any, argument: str = "ids", minimum: int = 2) -> torch.Tensor:
-    if not isinstance(ids, torch.Tensor) or ids.dtype not in (torch.long, torch.int32, torch.int64):
-        raise LabError.bad(argument, ids, "pass token ids as a LongTensor of shape (batch, tokens)",
-                           verb="is not a tensor of token ids")
-    if ids.ndim == 1:
-        ids = ids.unsqueeze(0)
-    if ids.ndim != 2 or ids.shape[1] < minimum:
-        raise LabError(f"{argument} of shape {tuple(ids.shape)} must be (batch, tokens) with at least {minimum} tokens")
-    return ids.long()
-
-
 def _device(model: torch.nn.Module) -> torch.device:
     param = next(model.parameters())
     return param.device if param.device.type != "meta" else torch.device("cpu")
@@ -732,7 +710,7 @@ def prefill(model: torch.nn.Module, ids: torch.Tensor) -> Prefill:
     """Run the prompt ``ids`` once through a dynamic cache; keep its K/V and its last position's logits."""
     from transformers import DynamicCache
 
-    ids = _check_ids(ids, minimum=1).to(_device(model))
+    ids = token_ids(ids, minimum=1).to(_device(model))
     cache = DynamicCache(config=model.config)
     _sync(ids.device)
     start = time.perf_counter()
@@ -954,7 +932,7 @@ def generate(model: torch.nn.Module, ids: torch.Tensor, cache: str | CacheSettin
     """
     settings = _settings(cache)
     _needs_cuda(settings)
-    ids = _check_ids(ids, minimum=1).to(_device(model))
+    ids = token_ids(ids, minimum=1).to(_device(model))
     n_new = whole_number(max_new_tokens, "max_new_tokens")
     prompt = int(ids.shape[1])
     settings = _sized(settings, prompt + n_new)
@@ -1029,7 +1007,7 @@ def compare(model: torch.nn.Module, ids: torch.Tensor, caches: Sequence[str | Ca
     With a chunk of 1 this is exactly decoding; a chunk of 16 runs a sixteenth of the forward
     passes on the same positions (a chunk's tokens see each other in full precision).
     """
-    ids = _check_ids(ids)
+    ids = token_ids(ids)
     settings = [_settings(c) for c in caches]
     prompt_tokens = whole_number(prompt_tokens, "prompt_tokens")
     scored_tokens = whole_number(scored_tokens, "scored_tokens")
@@ -1121,7 +1099,7 @@ def positions_processed(prompt_tokens: int, new_tokens: int, use_cache: bool = T
 @torch.no_grad()
 def recompute_vs_cache(model: torch.nn.Module, ids: torch.Tensor, max_new_tokens: int = 64) -> RecomputeResult:
     """Generate ``max_new_tokens`` greedily twice: with the default cache and with ``use_cache=False``."""
-    ids = _check_ids(ids, minimum=1).to(_device(model))
+    ids = token_ids(ids, minimum=1).to(_device(model))
     n_new = whole_number(max_new_tokens, "max_new_tokens")
     results = []
     for use_cache in (True, False):

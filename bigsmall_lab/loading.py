@@ -41,7 +41,7 @@ import torch
 from ._compat import quiet_libraries
 from ._errors import LabError, shown
 from ._paths import cache_dir
-from .measure import MemoryReport, cpu_memory, peak, track, trim_heap
+from .measure import MemoryReport, cpu_memory, peak, phase_hook, track, trim_heap
 from .placement import Plan, Strategy, from_device_map, parse_budgets, plan
 
 __all__ = ["Generation", "LoadComparison", "LoadRun", "Phase", "PlacedLoad", "ShardStep", "ShardSteps",
@@ -178,18 +178,6 @@ class Generation:
 _PhaseHook = Callable[[str], object]
 
 
-def _hook(on_phase: _PhaseHook | None, prefix: str = "") -> _PhaseHook | None:
-    """Check ``on_phase`` at the public function; with ``prefix``, every name it gets starts with it."""
-    if on_phase is None:
-        return None
-    if not callable(on_phase):
-        raise LabError.bad("on_phase", on_phase, "pass a function that takes the phase's name (e.g. a live "
-                           "chart's mark), or None", verb="is not callable")
-    if not prefix:
-        return on_phase
-    return lambda name: on_phase(f"{prefix}{name}")
-
-
 class _Phases:
     """Record named phases inside a tracked block, with the memory at the end of each; ``on_phase(name)``
     is called as each one begins (a live chart's mark)."""
@@ -322,7 +310,7 @@ def load_naive(path: str | os.PathLike, device: str = "cpu", forward: bool = Tru
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    folder, dev, on_phase = _folder(path), _device(device), _hook(on_phase)
+    folder, dev, on_phase = _folder(path), _device(device), phase_hook(on_phase)
     config = AutoConfig.from_pretrained(folder)
     stored = config.dtype or torch.float32  # from_config below rewrites config.dtype
     ids = _forward_ids(config)
@@ -364,7 +352,7 @@ def load_bmi(path: str | os.PathLike, device: str = "cpu", forward: bool = True,
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    folder, dev, on_phase = _folder(path), _device(device), _hook(on_phase)
+    folder, dev, on_phase = _folder(path), _device(device), phase_hook(on_phase)
     ids = _forward_ids(AutoConfig.from_pretrained(folder))
     with quiet_libraries(progress_bars=False), track("Big Model Inference", device=dev.type) as report:
         phase = _Phases(dev.type, on_phase)
@@ -383,11 +371,11 @@ def compare_loads(path: str | os.PathLike, device: str = "cpu", on_phase: _Phase
     lands on it, not on the naive load: the ratio is, if anything, understated. ``on_phase(name)``
     is called as each phase begins, the name prefixed with the load ("BMI: first forward").
     """
-    _hook(on_phase)
-    model, bmi = load_bmi(path, device, on_phase=_hook(on_phase, "BMI: "))
+    phase_hook(on_phase)
+    model, bmi = load_bmi(path, device, on_phase=phase_hook(on_phase, "BMI: "))
     del model
     _release()
-    model, naive = load_naive(path, device, on_phase=_hook(on_phase, "naive: "))
+    model, naive = load_naive(path, device, on_phase=phase_hook(on_phase, "naive: "))
     del model
     _release()
     return LoadComparison(naive, bmi)
@@ -415,7 +403,7 @@ def shard_by_shard(path: str | os.PathLike, device: str = "cpu", copy: bool = Tr
     from accelerate.utils import load_state_dict, set_module_tensor_to_device
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    folder, dev, on_phase = _folder(path), _device(device), _hook(on_phase)
+    folder, dev, on_phase = _folder(path), _device(device), phase_hook(on_phase)
     config = AutoConfig.from_pretrained(folder)
     shards = shard_files(folder)
     steps: list[ShardStep] = []

@@ -45,8 +45,8 @@ import torch
 from ._errors import LabError, shown
 from ._units import MiB
 
-__all__ = ["MemoryReport", "Peak", "Sample", "Sampler", "cpu_memory", "peak", "quant_state_tensors", "sample_now",
-           "stored_weight_bytes", "track", "trim_heap", "unique_bytes"]
+__all__ = ["MemoryReport", "Peak", "Sample", "Sampler", "cpu_memory", "peak", "phase_hook", "quant_state_tensors",
+           "sample_now", "stored_weight_bytes", "track", "trim_heap", "unique_bytes"]
 
 _STATUS = "/proc/self/status"
 _MIN_INTERVAL_S = 0.001  # below a millisecond the thread only burns a core
@@ -435,6 +435,21 @@ def peak(device: str | torch.device | None = None) -> Iterator[Peak]:
         yield result
     finally:
         result.bytes = _close_peak(handle)
+
+
+def phase_hook(on_phase: Callable[[str], object] | None, prefix: str = "") -> Callable[[str], object] | None:
+    """A runner's ``on_phase(name)`` argument (called as each phase begins, e.g. a live chart's ``mark``),
+    checked at the public function; with ``prefix``, every name it gets starts with it. None stays None."""
+    if on_phase is None:
+        return None
+    if not callable(on_phase):
+        raise LabError.bad("on_phase", on_phase, "pass a function that takes the phase's name (e.g. a live "
+                           "chart's mark), or None", verb="is not callable")
+    if not prefix:
+        return on_phase
+    return lambda name: on_phase(f"{prefix}{name}")
+
+
 
 
 # ---------------------------------------------------------------------------------------------

@@ -63,7 +63,7 @@ import torch
 from ._compat import diffusers_dtype_kwarg
 from ._errors import LabError, closest, whole_number
 from ._units import MiB
-from .measure import MemoryReport, track
+from .measure import MemoryReport, phase_hook, track
 
 __all__ = [
     "FLUX_DEV_CONFIGS", "FLUX_DEV_VAE_CONFIG", "ComponentSize", "Generation", "OffloadPlan", "OffloadResult",
@@ -826,15 +826,6 @@ def _release(device: str) -> None:
         torch.cuda.empty_cache()
 
 
-def _phase_hook(on_phase: Any) -> Callable[[str], object]:
-    if on_phase is None:
-        return lambda name: None
-    if not callable(on_phase):
-        raise LabError.bad("on_phase", on_phase, "pass a function that takes the phase's name (e.g. a live "
-                           "chart's mark), or None", verb="is not callable")
-    return on_phase
-
-
 def _phase_names(settings: OffloadSettings | str, device: str = "cpu", warmup: bool = False) -> list[str]:
     """The names :func:`run` gives ``on_phase``, in order: load, apply the strategy, (warm up), generate, free.
 
@@ -872,7 +863,7 @@ def run(settings: OffloadSettings | str = Strategy.NONE, pipeline: str | os.Path
     pass a live chart's ``mark`` to see them on it.
     """
     settings = settings if isinstance(settings, OffloadSettings) else OffloadSettings(settings)
-    mark = _phase_hook(on_phase)
+    mark = phase_hook(on_phase) or (lambda name: None)
     device = _device(device)
     torch_dtype = _dtype(dtype, device)
     generation = generation if generation is not None else Generation()
@@ -952,7 +943,7 @@ def compare(settings: Sequence[OffloadSettings | str], pipeline: str | os.PathLi
     """Run no offloading (after a warm-up image) and then each of ``settings``, comparing every image
     with the baseline's. Settings that need a CUDA GPU on a CPU come back planned and not run, with
     the reason. ``on_phase``: as in :func:`run`, for every run."""
-    _phase_hook(on_phase)
+    phase_hook(on_phase)
     device = _device(device)
     torch_dtype = _dtype(dtype, device)
     wanted = [s if isinstance(s, OffloadSettings) else OffloadSettings(s) for s in settings]

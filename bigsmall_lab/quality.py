@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from ._errors import LabError, closest, whole_number
+from ._errors import LabError, closest, token_ids, whole_number
 
 __all__ = ["Agreement", "HELDOUT_MODELS", "agreement", "compare", "heldout_ids", "heldout_text", "next_token_logprobs",
            "perplexity"]
@@ -87,17 +87,6 @@ def heldout_ids(model: str = "smollm2-135m-instruct", n_tokens: int = 1024) -> t
     return torch.tensor(ids[:n_tokens], dtype=torch.long).unsqueeze(0)
 
 
-def _check_ids(ids) -> torch.Tensor:
-    if not isinstance(ids, torch.Tensor) or ids.dtype not in (torch.long, torch.int32, torch.int64):
-        raise LabError(f"ids must be a tensor of token ids (torch.long), not {type(ids).__name__}"
-                       + (f" of {ids.dtype}" if isinstance(ids, torch.Tensor) else ""))
-    if ids.ndim == 1:
-        ids = ids.unsqueeze(0)
-    if ids.ndim != 2 or ids.shape[1] < 2:
-        raise LabError(f"ids of shape {tuple(ids.shape)} must be (batch, tokens) with at least 2 tokens")
-    return ids.long()
-
-
 def _input_device(model: torch.nn.Module) -> torch.device:
     # With a device_map the embedding decides where the ids go; else the first parameter's device.
     embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
@@ -112,7 +101,7 @@ def next_token_logprobs(model: torch.nn.Module, ids: torch.Tensor, window: int =
     The text is scored in consecutive windows of ``window`` tokens that share one boundary token, so
     memory stays bounded; each window starts a fresh context (no cache across windows).
     """
-    ids = _check_ids(ids)
+    ids = token_ids(ids)
     window = whole_number(window, "window", minimum=2)
     device = _input_device(model)
     pieces = []
@@ -138,7 +127,7 @@ def perplexity(model: torch.nn.Module, ids: torch.Tensor, window: int = 512) -> 
     >>> 1 < ppl < 1000
     True
     """
-    ids = _check_ids(ids)
+    ids = token_ids(ids)
     return math.exp(_nll(next_token_logprobs(model, ids, window), ids).mean().item())
 
 
@@ -149,13 +138,13 @@ def compare(reference: torch.nn.Module, candidate: torch.nn.Module, ids: torch.T
     Comparing several candidates with one reference? Score the reference once with
     :func:`next_token_logprobs` and call :func:`agreement` for each candidate.
     """
-    ids = _check_ids(ids)
+    ids = token_ids(ids)
     return agreement(next_token_logprobs(reference, ids, window), next_token_logprobs(candidate, ids, window), ids)
 
 
 def agreement(reference_logprobs: torch.Tensor, candidate_logprobs: torch.Tensor, ids: torch.Tensor) -> Agreement:
     """:func:`compare`'s figures from log-probabilities already scored by :func:`next_token_logprobs`."""
-    ids = _check_ids(ids)
+    ids = token_ids(ids)
     ref, cand = reference_logprobs, candidate_logprobs
     if ref.shape != cand.shape:
         raise LabError(f"candidate's vocabulary ({cand.shape[-1]}) differs from reference's ({ref.shape[-1]}); "

@@ -51,7 +51,7 @@ from typing import Any
 import torch
 
 from ._dtypes import bytes_per_element
-from ._errors import LabError, closest, whole_number
+from ._errors import LabError, enum_value, whole_number
 
 __all__ = [
     "Granularity", "Group", "Histogram", "Int8Vectorwise", "MappingReport", "Q41Recovery", "QuantError", "QuantSpec",
@@ -103,18 +103,6 @@ class Granularity(str, Enum):
     GROUP = "group"  # one per group_size consecutive values of a row (bitsandbytes' 4-bit blocks: 64)
 
 
-def _enum(cls: type[Enum], value: Any, argument: str) -> Any:
-    if isinstance(value, cls):
-        return value
-    key = value.strip().lower() if isinstance(value, str) else value
-    try:
-        return cls(key)
-    except ValueError:
-        names = [m.value for m in cls]
-        raise LabError.bad(argument, value, f"use one of: {', '.join(names)}{closest(str(key), names)}",
-                           verb="is not known") from None
-
-
 @dataclass(frozen=True)
 class QuantSpec:
     """The settings of one quantization; strings are accepted and checked.
@@ -129,8 +117,8 @@ class QuantSpec:
     group_size: int = 64
 
     def __post_init__(self) -> None:
-        scheme = _enum(Scheme, self.scheme, "scheme")
-        granularity = _enum(Granularity, self.granularity, "granularity")
+        scheme = enum_value(Scheme, self.scheme, "scheme")
+        granularity = enum_value(Granularity, self.granularity, "granularity")
         bits = self.bits if isinstance(self.bits, int) and not isinstance(self.bits, bool) else whole_number(
             self.bits, "bits", minimum=MIN_BITS)
         if not MIN_BITS <= bits <= MAX_BITS:
@@ -244,7 +232,7 @@ def fp4_code() -> torch.Tensor:
 
 def codebook(scheme: Scheme | str) -> torch.Tensor:
     """The 16 levels of ``"nf4"`` or ``"fp4"`` (index = stored code)."""
-    scheme = _enum(Scheme, scheme, "scheme")
+    scheme = enum_value(Scheme, scheme, "scheme")
     if not scheme.is_codebook:
         raise LabError.bad("scheme", scheme.value, "code books exist for 'nf4' and 'fp4'; the others are uniform",
                            verb="has no code book")
@@ -673,7 +661,7 @@ def int8_matmul(x: Any, weight: Any, granularity: Granularity | str = "channel",
     columns of ``x`` holding an |x| >= threshold are multiplied in float instead, against the
     dequantized int8 weight columns (what bitsandbytes does for a loaded int8 model).
     """
-    g = _enum(Granularity, granularity, "granularity")
+    g = enum_value(Granularity, granularity, "granularity")
     xs, w = _as_values(x, "x"), _as_values(weight, "weight")
     if xs.ndim != 2 or w.ndim != 2 or xs.shape[1] != w.shape[1]:
         raise LabError(f"x {tuple(xs.shape)} and weight {tuple(w.shape)} do not multiply; use x (tokens, in) and "

@@ -92,11 +92,16 @@ def change_the_planner(page: Any) -> None:
     target = "balanced_low_0" if "balanced_low_0" not in before else "auto"
     widget.locator(".bsl-placement-strategy button", has_text=target).click()
     expect(title).to_contain_text(f'"{target}"', timeout=15_000)
+    bars_drawn_then_shot(page, widget, "the planner's chart", f"planner_{target}")
+
+
+def bars_drawn_then_shot(page: Any, widget: Any, chart: str, shot: str) -> None:
+    """After a widget redrew: its plotly bar chart has drawn bars; then a screenshot of the widget alone."""
     bars = widget.locator(".js-plotly-plot .trace.bars path").evaluate_all(
         "els => els.filter(p => (p.getAttribute('d') || '').length > 4).length")
-    assert bars > 0, "the planner's chart shows no bars after the redraw"
+    assert bars > 0, f"{chart} shows no bars after the redraw"
     jl.SCREENSHOTS.mkdir(exist_ok=True)
-    widget.screenshot(path=str(jl.SCREENSHOTS / f"{page_stem(page)}_planner_{target}.png"))
+    widget.screenshot(path=str(jl.SCREENSHOTS / f"{page_stem(page)}_{shot}.png"))
 
 
 def move_the_quant_map(page: Any) -> None:
@@ -117,11 +122,7 @@ def move_the_quant_map(page: Any) -> None:
     expect(headline).to_contain_text("per row", timeout=20_000)
     subtitles = widget.locator(".js-plotly-plot .annotation-text")
     expect(subtitles.filter(has_text="the widest row: row")).not_to_have_count(0, timeout=20_000)
-    bars = widget.locator(".js-plotly-plot .trace.bars path").evaluate_all(
-        "els => els.filter(p => (p.getAttribute('d') || '').length > 4).length")
-    assert bars > 0, "the map's histogram shows no bars after the redraw"
-    jl.SCREENSHOTS.mkdir(exist_ok=True)
-    widget.screenshot(path=str(jl.SCREENSHOTS / f"{page_stem(page)}_quantmap_nf4_per_row.png"))
+    bars_drawn_then_shot(page, widget, "the map's histogram", "quantmap_nf4_per_row")
 
 
 def watch_the_live_chart(page: Any) -> None:

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 
 from .._units import GB, GiB
 
-__all__ = ["Exercise", "Slip", "Verdict", "ask", "byte_unit_slips"]
+__all__ = ["Exercise", "Slip", "Verdict", "ask", "byte_unit_slips", "config_layout", "distinct_slips"]
 
 
 @dataclass(frozen=True)
@@ -187,3 +187,39 @@ def byte_unit_slips(expected_bytes: float, asked: str = "bytes") -> tuple[Slip, 
         return ()
     return (Slip(expected_bytes / GB, f"that number is in GB (10**9 bytes); the question asks for {asked}", 0.02),
             Slip(expected_bytes / GiB, f"that number is in GiB (2**30 bytes); the question asks for {asked}", 0.02))
+
+
+def distinct_slips(expected: float, slips, gap: float = 0.0, allow_infinite: bool = False) -> tuple[Slip, ...]:
+    """The slips worth recognising: each differs from the answer and from every earlier slip (the first
+    explanation wins) by more than ``gap`` (relative: 0.02 for answers learners round; 0: any difference).
+    nan never counts; infinity only with ``allow_infinite`` (fp16's answer to 65,520 is one).
+
+    >>> [s.why for s in distinct_slips(2.0, [Slip(2.0, "same"), Slip(4.0, "a"), Slip(4.0, "b")])]
+    ['a']
+    """
+    kept: list[Slip] = []
+    for slip in slips:
+        value = slip.value
+        if math.isnan(value) or (math.isinf(value) and not allow_infinite):
+            continue
+        others = [expected, *(k.value for k in kept)]
+        if gap == 0:
+            apart = value not in others
+        else:
+            apart = all(abs(value - other) > gap * abs(other) for other in others)
+        if apart:
+            kept.append(slip)
+    return tuple(kept)
+
+
+def config_layout(config) -> tuple[dict, int, int, int, int]:
+    """(config dict, layers, attention heads, KV heads, head dim) as a learner reads them from config.json
+    (a multimodal config's text part; KV heads default to the heads, head dim to hidden / heads)."""
+    from ..zoo import config_dict
+
+    cfg = config_dict(config)
+    cfg = cfg.get("text_config", cfg)
+    n_heads = cfg["num_attention_heads"]
+    n_kv = cfg.get("num_key_value_heads") or n_heads
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // n_heads
+    return cfg, cfg["num_hidden_layers"], n_heads, n_kv, head_dim

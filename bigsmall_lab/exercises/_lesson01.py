@@ -21,33 +21,13 @@ from .._dtypes import bytes_per_element, dtype_name
 from .._errors import LabError, shown
 from .._units import GB, GiB
 from ..estimates import GPUS, kv_cache_bytes, weights_bytes
-from ..zoo import config_dict, count_parameters
-from ._core import Exercise, Slip, Verdict, ask, byte_unit_slips
+from ..zoo import count_parameters
+from ._core import Exercise, Slip, Verdict, ask, byte_unit_slips, config_layout, distinct_slips
 
 __all__ = ["check_kv_cache_bytes", "check_kv_equals_weights", "check_largest_batch", "check_value",
            "check_weights_bytes"]
 
 _BYTES = dict(fmt=",.0f", unit=" bytes", example="2_471_628_800 or 2.47e9")
-
-
-def _layout(config: Any) -> tuple[dict, int, int, int, int]:
-    """(config dict, layers, attention heads, KV heads, head dim) as a learner reads them."""
-    cfg = config_dict(config)
-    cfg = cfg.get("text_config", cfg)
-    n_heads = cfg["num_attention_heads"]
-    n_kv = cfg.get("num_key_value_heads") or n_heads
-    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // n_heads
-    return cfg, cfg["num_hidden_layers"], n_heads, n_kv, head_dim
-
-
-def _distinct(expected: float, slips: list[Slip]) -> tuple[Slip, ...]:
-    """Slips whose value is neither the right answer nor an earlier slip's (the first explanation wins)."""
-    seen, out = {expected}, []
-    for slip in slips:
-        if slip.value not in seen and math.isfinite(slip.value):
-            seen.add(slip.value)
-            out.append(slip)
-    return tuple(out)
 
 
 def check_weights_bytes(answer: Any, config: Any, dtype: str = "bfloat16") -> Verdict:
@@ -66,7 +46,7 @@ def check_weights_bytes(answer: Any, config: Any, dtype: str = "bfloat16") -> Ve
     nbytes = bytes_per_element(dtype)
 
     def build() -> Exercise:
-        cfg, layers, n_heads, n_kv, head_dim = _layout(config)
+        cfg, layers, n_heads, n_kv, head_dim = config_layout(config)
         hidden, vocab = cfg["hidden_size"], cfg["vocab_size"]
         slips = [Slip(params, f"that is the number of parameters; multiply by {nbytes:g} bytes per {dtype} parameter")]
         if cfg.get("tie_word_embeddings"):
@@ -91,7 +71,7 @@ def check_weights_bytes(answer: Any, config: Any, dtype: str = "bfloat16") -> Ve
             why=f"{params:,} parameters x {nbytes:g} bytes ({dtype}), exactly what the meta device counts",
             hint="embeddings + per layer (q, k, v, o projections; gate, up, down; 2 norms) + the final norm "
                  "(+ lm_head unless tied), then x bytes per parameter; check tie_word_embeddings and the KV heads",
-            slips=_distinct(exact, slips + list(byte_unit_slips(exact))))
+            slips=distinct_slips(exact, slips + list(byte_unit_slips(exact))))
 
     return ask(("weights_bytes", str(config), dtype), build).check(answer)
 
@@ -107,7 +87,7 @@ def check_kv_cache_bytes(answer: Any, config: Any = "llama-3.1-8b", seq_len: int
     exact = kv_cache_bytes(config, seq_len, batch_size, dtype)
 
     def build() -> Exercise:
-        _, layers, n_heads, n_kv, head_dim = _layout(config)
+        _, layers, n_heads, n_kv, head_dim = config_layout(config)
         nbytes = bytes_per_element(dtype)
         slips = [
             Slip(exact * n_heads / n_kv, f"you counted all {n_heads} attention heads; with grouped-query attention "
@@ -123,7 +103,7 @@ def check_kv_cache_bytes(answer: Any, config: Any = "llama-3.1-8b", seq_len: int
             why=f"2 (K and V) x {layers} layers x {n_kv} KV heads x {head_dim} dims x {seq_len:,} tokens x "
                 f"{batch_size} x {nbytes:g} bytes = {exact:,} bytes",
             hint="2 (K and V) x layers x KV heads (not attention heads) x head dim x tokens x batch x bytes per value",
-            slips=_distinct(exact, slips))
+            slips=distinct_slips(exact, slips))
 
     return ask(("kv_cache_bytes", str(config), seq_len, batch_size, dtype), build).check(answer)
 
@@ -147,7 +127,7 @@ def check_kv_equals_weights(answer: Any, config: Any = "llama-3.1-8b", dtype: st
                        "all attend to the whole context")
 
     def build() -> Exercise:
-        _, layers, n_heads, n_kv, head_dim = _layout(config)
+        _, layers, n_heads, n_kv, head_dim = config_layout(config)
         slips = [
             Slip(expected * n_kv / n_heads, f"you counted all {n_heads} attention heads per token; only the {n_kv} "
                                             "KV heads are cached", 0.02),
@@ -162,7 +142,7 @@ def check_kv_equals_weights(answer: Any, config: Any = "llama-3.1-8b", dtype: st
                 f"{weights:,} / {per_token:,} = {expected:,.0f} tokens",
             hint="work out the KV cache of ONE token (2 x layers x KV heads x head dim x bytes), then divide the "
                  "weights' bytes by it",
-            slips=_distinct(expected, slips))
+            slips=distinct_slips(expected, slips))
 
     return ask(("kv_equals_weights", str(config), dtype), build).check(answer)
 
@@ -191,7 +171,7 @@ def check_largest_batch(answer: Any, config: Any = "llama-3.1-8b", gpu: str = "H
                        "pick a bigger GPU or a shorter seq_len")
 
     def build() -> Exercise:
-        _, _, n_heads, n_kv, _ = _layout(config)
+        _, _, n_heads, n_kv, _ = config_layout(config)
         gb = round(usable / GB)
         slips = [
             Slip((gb * GiB - weights) // per_seq, f"you read the {gpu}'s {gb} GB as {gb} GiB; cards are sold in GB "
@@ -209,7 +189,7 @@ def check_largest_batch(answer: Any, config: Any = "llama-3.1-8b", gpu: str = "H
                 f"sequence = {expected}",
             hint=f"what is left of the {gpu}'s {usable / GB:g} GB after the weights, divided by one sequence's KV "
                  "cache, rounded down",
-            slips=_distinct(expected, slips))
+            slips=distinct_slips(expected, slips))
 
     return ask(("largest_batch", str(config), gpu, seq_len, dtype), build).check(answer)
 

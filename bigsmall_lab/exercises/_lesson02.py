@@ -13,18 +13,9 @@ from .._units import GB, GiB
 from ..estimates import weights_bytes
 from ..placement import plan
 from ..zoo import count_parameters
-from ._core import Exercise, Slip, Verdict
+from ._core import Exercise, Slip, Verdict, ask
 
 __all__ = ["check_disk_layers", "check_largest_shard", "check_meta_bytes", "check_naive_peak"]
-
-# One Exercise per question and arguments, so the second wrong try reveals the answer.
-_ASKED: dict[tuple, Exercise] = {}
-
-
-def _ask(key: tuple, build) -> Exercise:
-    if key not in _ASKED:
-        _ASKED[key] = build()
-    return _ASKED[key]
 
 
 def _unit_slips(expected: float) -> tuple[Slip, ...]:
@@ -61,7 +52,7 @@ def check_naive_peak(answer: float | None, config: Any = "bigsmall-small", dtype
                                     "unless told otherwise"),
                    *_unit_slips(expected)))
 
-    return _ask(("naive_peak", str(config), dtype), build).check(answer)
+    return ask(("naive_peak", str(config), dtype), build).check(answer)
 
 
 def check_meta_bytes(answer: float | None, config: Any = "llama-3.1-8b") -> Verdict:
@@ -83,7 +74,7 @@ def check_meta_bytes(answer: float | None, config: Any = "llama-3.1-8b") -> Verd
                                                           "meta nothing is allocated"),
                    Slip(params, "that is the number of parameters; each takes 0 bytes on meta")))
 
-    return _ask(("meta_bytes", str(config)), build).check(answer)
+    return ask(("meta_bytes", str(config)), build).check(answer)
 
 
 def check_largest_shard(answer: float | None, path: str | os.PathLike) -> Verdict:
@@ -106,7 +97,7 @@ def check_largest_shard(answer: float | None, path: str | os.PathLike) -> Verdic
                    *_unit_slips(largest)),
             slip_tol=0.02)
 
-    return _ask(("largest_shard", str(path)), build).check(answer)
+    return ask(("largest_shard", str(path)), build).check(answer)
 
 
 def check_disk_layers(answer: float | None, config: Any = "bigsmall-small", cpu_memory: str | int = "200MiB",
@@ -135,4 +126,4 @@ def check_disk_layers(answer: float | None, config: Any = "bigsmall-small", cpu_
             hint="budget minus the largest layer (kept free), minus the embeddings, divided by one layer's bytes",
             slips=tuple(slips))
 
-    return _ask(("disk_layers", str(config), str(cpu_memory), dtype), build).check(answer)
+    return ask(("disk_layers", str(config), str(cpu_memory), dtype), build).check(answer)

@@ -22,20 +22,11 @@ from typing import Any
 from .._dtypes import bytes_per_element, dtype_name
 from .._errors import LabError
 from ..bits import FORMATS, RoundingStats, decompose, format_info, range_note, spacing, value_text
-from ._core import Exercise, Slip, Verdict, ask
+from ._core import Exercise, Slip, Verdict, ask, distinct_slips
 
 __all__ = ["check_fp8_rmse_ratio", "check_gap", "check_load_peak_ratio", "check_stored"]
 
 _FLOATS = tuple(name for name in FORMATS if format_info(name).is_float)
-
-
-def _distinct(expected: float, slips: list[Slip]) -> tuple[Slip, ...]:
-    seen, out = {expected}, []
-    for slip in slips:
-        if slip.value not in seen and not math.isnan(slip.value):
-            seen.add(slip.value)
-            out.append(slip)
-    return tuple(out)
 
 
 def _power(x: float) -> str:
@@ -79,7 +70,7 @@ def check_gap(answer: Any, dtype: str = "bfloat16", at: float = 256) -> Verdict:
                  f"power of two into 2**{info.mantissa_bits} = {steps} steps: {value_text(binade)} / {steps} = "
                  f"{value_text(expected)}"),
             hint=f"which power of two is {value_text(at)} in, and into how many steps does the mantissa split it?",
-            slips=_distinct(expected, slips))
+            slips=distinct_slips(expected, slips))
 
     return ask(("gap", name, at), build).check(answer)
 
@@ -129,7 +120,7 @@ def check_stored(answer: Any, value: float, dtype: str = "float16") -> Verdict:
             why=why, hint=(f"{name}'s largest finite value is {value_text(info.max)} and its smallest positive value "
                            f"{info.smallest_subnormal:.3g}; where does {value_text(value)} fall, and which way does "
                            "it round?"),
-            slips=_distinct(expected, slips))
+            slips=distinct_slips(expected, slips))
 
     return ask(("stored", name, value), build).check(answer)
 
@@ -152,7 +143,7 @@ def check_load_peak_ratio(answer: Any, stored: str = "bfloat16", loaded: str = "
                  f"from are mapped into memory (RssFile) while it is made: {ratio:g} + 1 = {expected:g}"),
             hint=(f"what is in memory at the moment the {stored} weights are being converted to {loaded}: the new "
                   "copy, and what is it read from?"),
-            slips=_distinct(expected, [
+            slips=distinct_slips(expected, [
                 Slip(ratio, f"that is the {loaded} copy alone; the memory-mapped {stored} shards it is read from are "
                             "resident at the same time"),
                 Slip(1, f"that is dtype='auto': the {stored} weights used as they are"),
@@ -186,7 +177,7 @@ def check_fp8_rmse_ratio(answer: Any, e4m3: RoundingStats, e5m2: RoundingStats) 
                  "large weights, where e4m3 keeps its 3 bits"),
             hint="e4m3 has 3 mantissa bits, e5m2 has 2: how much bigger is e5m2's step in the same power of two? "
                  "And which weights dominate a squared error?",
-            slips=_distinct(expected, [
+            slips=distinct_slips(expected, [
                 Slip(by_relative, "that is the ratio of mean relative errors, which the weights nearest zero dominate "
                                   "(there e5m2's extra exponent bit helps); RMSE weighs every weight by its error"),
                 Slip(1 / expected, "that is the inverse: e4m3 has the finer steps, so e5m2's error is the larger"),

@@ -10,18 +10,9 @@ from __future__ import annotations
 import torch
 
 from ..quant import QuantSpec, quantize
-from ._core import Exercise, Slip, Verdict
+from ._core import Exercise, Slip, Verdict, ask
 
 __all__ = ["check_4bit_bytes", "check_scale", "check_zero_point"]
-
-# One Exercise per question and arguments, so the second wrong try reveals the answer.
-_ASKED: dict[tuple, Exercise] = {}
-
-
-def _ask(key: tuple, build) -> Exercise:
-    if key not in _ASKED:
-        _ASKED[key] = build()
-    return _ASKED[key]
 
 
 def check_scale(answer: float | None, absmax: float, bits: int = 8) -> Verdict:
@@ -53,7 +44,7 @@ def check_scale(answer: float | None, absmax: float, bits: int = 8) -> Verdict:
                    Slip(absmax * qmax, f"you multiplied; the scale is the float size of one step: absmax / {qmax}"),
                    Slip(qmax / absmax, f"that is 1 / scale: quantizing multiplies by it, the scale is absmax / {qmax}")))
 
-    return _ask(("scale", absmax, bits), build).check(answer)
+    return ask(("scale", absmax, bits), build).check(answer)
 
 
 def check_zero_point(answer: float | None, low: float, high: float, bits: int = 8) -> Verdict:
@@ -83,7 +74,7 @@ def check_zero_point(answer: float | None, low: float, high: float, bits: int = 
                    *([Slip(-expected, "the sign is flipped: 0.0 sits above the smallest value, so count up from "
                                       f"{spec.qmin}")] if -expected != round(-float(low) / scale) else [])))
 
-    return _ask(("zero_point", float(low), float(high), bits), build).check(answer)
+    return ask(("zero_point", float(low), float(high), bits), build).check(answer)
 
 
 def check_4bit_bytes(answer: float | None, rows: int, cols: int, blocksize: int = 64) -> Verdict:
@@ -110,4 +101,4 @@ def check_4bit_bytes(answer: float | None, rows: int, cols: int, blocksize: int 
                    Slip(n * 2, "that is bf16 (2 bytes per weight), before quantization"),
                    Slip(n * 4, "that is the number of bits (4 per weight), not bytes")))
 
-    return _ask(("4bit_bytes", rows, cols, blocksize), build).check(answer)
+    return ask(("4bit_bytes", rows, cols, blocksize), build).check(answer)

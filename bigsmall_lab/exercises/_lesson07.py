@@ -13,17 +13,9 @@ from typing import Any
 
 from .._units import GB, GiB
 from ..placement import fewest_gpus, parse_budgets, plan
-from ._core import Exercise, Slip, Verdict
+from ._core import Exercise, Slip, Verdict, ask
 
 __all__ = ["check_bytes_on_gpu", "check_fewest_gpus", "check_layers_on_gpu0"]
-
-_ASKED: dict[tuple, Exercise] = {}
-
-
-def _ask(key: tuple, build) -> Exercise:
-    if key not in _ASKED:
-        _ASKED[key] = build()
-    return _ASKED[key]
 
 
 def _key(max_memory: Mapping[Any, Any]) -> tuple:
@@ -69,7 +61,7 @@ def check_layers_on_gpu0(answer: float | None, config: Any, strategy: str, max_m
                  "room for the largest layer",
             slips=tuple(slips))
 
-    return _ask(("layers_on_gpu0", str(config), strategy, _key(max_memory), dtype), build).check(answer)
+    return ask(("layers_on_gpu0", str(config), strategy, _key(max_memory), dtype), build).check(answer)
 
 
 def check_fewest_gpus(answer: float | None, config: Any, gpu_memory: str | int, dtype: str = "bfloat16",
@@ -94,7 +86,7 @@ def check_fewest_gpus(answer: float | None, config: Any, gpu_memory: str | int, 
             hint="start from total / GPU size, rounded up, then remember whole layers and GPU 0's reserved room",
             slips=tuple(slips), slip_tol=0.02)
 
-    return _ask(("fewest_gpus", str(config), str(gpu_memory), dtype, quantization), build).check(answer)
+    return ask(("fewest_gpus", str(config), str(gpu_memory), dtype, quantization), build).check(answer)
 
 
 def check_bytes_on_gpu(answer: float | None, config: Any, strategy: str, max_memory: Mapping[Any, Any],
@@ -119,4 +111,4 @@ def check_bytes_on_gpu(answer: float | None, config: Any, strategy: str, max_mem
             hint=f"first work out the budget {strategy} gives GPU {gpu}, then fit whole layers into it",
             slips=tuple(s for s in slips if s.value and abs(s.value - expected) > 0.05 * expected))
 
-    return _ask(("bytes_on_gpu", str(config), strategy, _key(max_memory), gpu, dtype), build).check(answer)
+    return ask(("bytes_on_gpu", str(config), strategy, _key(max_memory), gpu, dtype), build).check(answer)

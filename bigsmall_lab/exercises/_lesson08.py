@@ -22,33 +22,11 @@ from .._errors import LabError, whole_number
 from .._units import GB, GiB, MiB
 from ..estimates import kv_cache_bytes
 from ..kvcache import kv_bytes_per_rank, positions_processed
-from ..zoo import config_dict
-from ._core import Exercise, Slip, Verdict, ask
+from ._core import Exercise, Slip, Verdict, ask, config_layout, distinct_slips
 
 __all__ = ["check_blog_kv_heads", "check_kv_cache_gib", "check_kv_per_gpu", "check_recomputed_positions"]
 
 _GIB = dict(fmt=",.2f", unit=" GiB", example="39.06 or 40", rel_tol=0.01, slip_tol=0.01)
-
-
-def _layout(config: Any) -> tuple[int, int, int, int]:
-    """(layers, attention heads, KV heads, head dim) as a learner reads them from config.json."""
-    cfg = config_dict(config)
-    cfg = cfg.get("text_config", cfg)
-    n_heads = cfg["num_attention_heads"]
-    n_kv = cfg.get("num_key_value_heads") or n_heads
-    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // n_heads
-    return cfg["num_hidden_layers"], n_heads, n_kv, head_dim
-
-
-def _distinct(expected: float, slips: list[Slip], gap: float = 0.02) -> tuple[Slip, ...]:
-    """Slips more than ``gap`` (relative) away from the answer and from each other (the first
-    explanation wins): 2 % for answers in GiB, which learners round; 0 for exact counts."""
-    kept: list[Slip] = []
-    for slip in slips:
-        values = [expected] + [k.value for k in kept]
-        if math.isfinite(slip.value) and all(abs(slip.value - v) > gap * abs(v) for v in values):
-            kept.append(slip)
-    return tuple(kept)
 
 
 def _other_k(expected: float, seq_len: int) -> list[Slip]:
@@ -74,7 +52,7 @@ def check_kv_cache_gib(answer: Any, config: Any = "llama-3.1-70b", seq_len: int 
     expected = exact / GiB
 
     def build() -> Exercise:
-        layers, n_heads, n_kv, head_dim = _layout(config)
+        _, layers, n_heads, n_kv, head_dim = config_layout(config)
         nbytes = bytes_per_element(dtype)
         slips = [
             Slip(expected / 2, "half the answer: the 2 for K and V is missing (each layer caches a key and a value "
@@ -94,7 +72,7 @@ def check_kv_cache_gib(answer: Any, config: Any = "llama-3.1-70b", seq_len: int 
             why=(f"2 (K and V) x {layers} layers x {n_kv} KV heads x {head_dim} dims x {seq_len:,} tokens x "
                  f"{batch_size} x {nbytes:g} bytes = {exact:,} bytes = {expected:,.2f} GiB"),
             hint="2 (K and V) x layers x KV heads x head dim x tokens x batch x bytes per value, then / 2**30",
-            slips=_distinct(expected, slips))
+            slips=distinct_slips(expected, slips, gap=0.02))
 
     return ask(("kv_cache_gib", str(config), seq_len, batch_size, dtype), build).check(answer)
 
@@ -109,7 +87,7 @@ def check_blog_kv_heads(answer: Any, published_gib: float, config: Any = "llama-
         raise LabError.bad("published_gib", published_gib, "use the published size in GiB, a number > 0",
                            verb="is not valid")
     dtype = dtype_name(dtype)
-    layers, n_heads, n_kv, head_dim = _layout(config)
+    _, layers, n_heads, n_kv, head_dim = config_layout(config)
     lab_gib = kv_cache_bytes(config, seq_len, 1, dtype) / GiB
     implied = n_kv * published_gib / lab_gib
     expected = round(implied)
@@ -129,7 +107,7 @@ def check_blog_kv_heads(answer: Any, published_gib: float, config: Any = "llama-
             why=(f"{published_gib:g} GiB / {lab_gib:,.2f} GiB = {published_gib / lab_gib:.2f} times the cache of "
                  f"{n_kv} KV heads: {expected} KV heads of {head_dim} dims in each of {layers} layers"),
             hint="divide the published size by the lab's; the cache is proportional to the KV heads",
-            slips=_distinct(expected, slips))
+            slips=distinct_slips(expected, slips, gap=0.02))
 
     return ask(("blog_kv_heads", str(config), published_gib, seq_len, dtype), build).check(answer)
 
@@ -148,7 +126,7 @@ def check_kv_per_gpu(answer: Any, config: Any = "llama-3.1-405b", seq_len: int =
     expected = exact / GiB
 
     def build() -> Exercise:
-        _, _, n_kv, _ = _layout(config)
+        _, _, _, n_kv, _ = config_layout(config)
         per_rank = math.ceil(n_kv / tp_size)
         slips = [Slip(total / tp_size / GiB, f"dividing by {tp_size} GPUs splits KV heads into pieces; a head is "
                                              f"computed whole, so with {n_kv} KV heads on {tp_size} GPUs each GPU "
@@ -161,7 +139,7 @@ def check_kv_per_gpu(answer: Any, config: Any = "llama-3.1-405b", seq_len: int =
                  + ("(more GPUs than KV heads: each head is replicated) " if tp_size > n_kv else "")
                  + f"= {per_rank}/{n_kv} of {total / GiB:,.2f} GiB"),
             hint="how many KV heads does each GPU compute? It cannot be less than one",
-            slips=_distinct(expected, slips))
+            slips=distinct_slips(expected, slips, gap=0.02))
 
     return ask(("kv_per_gpu", str(config), seq_len, tp_size, dtype), build).check(answer)
 
@@ -188,6 +166,6 @@ def check_recomputed_positions(answer: Any, prompt_tokens: int = 256, new_tokens
             why=(f"step k (k = 0 .. {n - 1}) runs P + k positions: {n} x {p} + {n} x {n - 1} / 2 = {expected:,}, "
                  f"against {positions_processed(p, n):,} with the cache"),
             hint="without a cache, each step runs the whole sequence so far; how long is it at each step?",
-            slips=_distinct(expected, slips, gap=0.0))
+            slips=distinct_slips(expected, slips))
 
     return ask(("recomputed_positions", p, n), build).check(answer)
