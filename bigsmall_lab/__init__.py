@@ -30,6 +30,20 @@ A new lesson usually adds one planner (what to expect), one runner (run it, meas
 and a notebook that calls them.
 """
 
+import logging as _logging
+
+
+class _KernelsHubNotice(_logging.Filter):
+    """bitsandbytes (>= 0.50, on a CPU with AVX512-BF16) logs at import that it could not fetch a 4-bit
+    kernel from the Hugging Face hub ("... pip install kernels"): the lab never fetches code from a hub
+    (no trust_remote_code), and bitsandbytes then uses its own compiled CPU kernel. Drop that one line."""
+
+    def filter(self, record: _logging.LogRecord) -> bool:
+        return "kernels-community" not in str(record.msg)
+
+
+_logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_KernelsHubNotice())
+
 from . import (bits, exercises, hardware, kvcache, loading, offload, parallel, placement, quality, quant, quantized,
                tp_plan, zoo)
 from .estimates import Comparison, MemoryEstimate, estimate, kv_cache_bytes, weights_bytes, weights_table

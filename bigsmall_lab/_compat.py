@@ -184,3 +184,67 @@ def quiet_libraries(progress_bars: bool = True):
         transformers.logging.set_verbosity(verbosity)
         if bars and not progress_bars:
             transformers.utils.logging.enable_progress_bar()
+
+
+# --- Counting collectives (lesson 06) ------------------------------------------------------------
+# torch's ``CommDebugMode`` counts collectives and also tracks modules; under transformers 5.25 its
+# module tracker sees more module exits than entries and raises IndexError inside torch
+# (``debug/_comm_mode.py``, ``self.parent_list[-1]``). The lab counts with its own dispatch mode,
+# which tracks no modules: every op that reaches the dispatcher in a collective namespace is counted
+# once, after DTensor has turned its redistributions into such ops (DTensor goes first, as in
+# CommDebugMode).
+
+__all__ += ["count_collectives", "collective_kind"]
+
+_COLLECTIVE_NAMESPACES = ("_c10d_functional", "c10d_functional", "_c10d_functional_autograd", "c10d")
+_COLLECTIVE_WORDS = {"allreduce": "all_reduce", "all_reduce": "all_reduce", "allgather": "all_gather",
+                     "all_gather": "all_gather", "reduce_scatter": "reduce_scatter", "alltoall": "all_to_all",
+                     "all_to_all": "all_to_all", "broadcast": "broadcast"}
+
+
+def collective_kind(op_name: str) -> str | None:
+    """'all_reduce', 'all_gather', 'reduce_scatter', 'all_to_all', 'broadcast', or None for an op that is
+    no collective (a barrier, a wait, send/recv).
+
+    >>> collective_kind("c10d.allreduce_"), collective_kind("_c10d_functional.all_gather_into_tensor")
+    ('all_reduce', 'all_gather')
+    >>> collective_kind("_c10d_functional.wait_tensor") is None
+    True
+    """
+    name = op_name.lower()
+    for word, kind in _COLLECTIVE_WORDS.items():
+        if word in name:
+            return kind
+    return None
+
+
+@contextlib.contextmanager
+def count_collectives():
+    """Count the collectives run inside the block: ``with count_collectives() as counts: ...`` leaves
+    ``{'all_reduce': n, 'all_gather': n}`` in ``counts`` (kinds that did not occur are absent)."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # torch without distributed
+        DTensor = None  # noqa: N806
+
+    counts: dict[str, int] = {}
+
+    class _Counter(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if isinstance(func, torch._ops.HigherOrderOperator):
+                return func(*args, **kwargs)
+            if DTensor is not None and any(t is DTensor for t in types):
+                return NotImplemented  # let DTensor turn itself into plain ops (and collectives) first
+            out = func(*args, **kwargs)
+            if getattr(func, "namespace", "") in _COLLECTIVE_NAMESPACES:
+                kind = collective_kind(str(func.name()))
+                if kind is not None:
+                    counts[kind] = counts.get(kind, 0) + 1
+            return out
+
+    with _Counter():
+        yield counts

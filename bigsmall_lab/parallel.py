@@ -91,7 +91,7 @@ class RankRun:
     generate_s: float
     new_tokens: int
     tokens: tuple[int, ...]
-    collectives: dict[str, int]  # per forward pass of the prompt, counted by CommDebugMode
+    collectives: dict[str, int]  # per forward pass of the prompt, counted by _compat.count_collectives
     allreduce_latency_s: float  # median time of one all-reduce of one token's hidden state
 
     def placements(self) -> dict[str, str]:

@@ -30,9 +30,10 @@ from . import quant
 from .measure import quant_state_tensors, stored_weight_bytes, unique_bytes
 from ._errors import LabError, closest
 
-__all__ = ["Footprint", "GGUFBlocks", "LinearTiming", "OutlierRow", "Variant", "VariantResult", "bnb_config",
-           "capture_inputs", "check_supported", "estimator_name", "footprint", "gguf_q4_1_blocks", "linear_timings",
-           "outlier_experiment", "run_variants", "stored_bytes"]
+__all__ = ["Footprint", "FourBitPath", "GGUFBlocks", "LinearTiming", "OutlierRow", "Variant", "VariantResult",
+           "avx512_bf16", "bnb_config", "capture_inputs", "check_supported", "estimator_name", "footprint",
+           "four_bit_path", "gguf_q4_1_blocks", "linear_timings", "outlier_experiment", "run_variants", "stored_bytes",
+           "use_portable_4bit"]
 
 
 class Variant(str, Enum):
@@ -130,6 +131,65 @@ def _quiet_bnb() -> Iterator[None]:
         logger.setLevel(level)
 
 
+# --- which 4-bit kernel runs ----------------------------------------------------------------------
+# bitsandbytes >= 0.49 has two CPU paths for 4-bit layers. On a CPU with AVX512-BF16 each Linear4bit
+# repacks its weight at its first forward pass (eval mode, no gradients) for a fused kernel that
+# multiplies without writing the dequantized weight out first, storing its absmax as bfloat16
+# (estimates.cpu_packed_weights_bytes). Elsewhere (and on GPUs, with their own fused kernels for one
+# token at a time) the layout stays as loaded. Read in bitsandbytes 0.50.2, nn/modules.py: the
+# choice is the layer's ``support_avx512bf16_for_cpu`` flag, set from the CPU when it is built.
+
+
+class FourBitPath(str, Enum):
+    """How a model's 4-bit layers run on this machine."""
+
+    NONE = "none"  # no 4-bit layers
+    PORTABLE = "portable"  # the layout as loaded: dequantize a block, then multiply (or a CUDA kernel)
+    PENDING = "avx512-bf16, not yet repacked"  # will repack at the first forward pass on this CPU
+    REPACKED = "avx512-bf16, repacked"  # repacked for the fused CPU kernel: absmax in bfloat16
+
+
+def _four_bit_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    return [m for m in model.modules() if type(m).__name__ in ("Linear4bit", "LinearNF4", "LinearFP4")]
+
+
+def avx512_bf16() -> bool:
+    """Whether bitsandbytes finds AVX512-BF16 on this CPU (the condition of its repacked 4-bit path)."""
+    try:
+        from bitsandbytes.functional import has_avx512bf16
+    except ImportError:  # bitsandbytes < 0.49: one CPU path only
+        return False
+    return bool(has_avx512bf16())
+
+
+def four_bit_path(model: torch.nn.Module) -> FourBitPath:
+    """Which 4-bit path ``model`` takes (or took) on this machine; see :class:`FourBitPath`."""
+    layers = _four_bit_layers(model)
+    if not layers:
+        return FourBitPath.NONE
+    if any(getattr(getattr(m.weight, "quant_state", None), "packing_format_for_cpu", False) for m in layers):
+        return FourBitPath.REPACKED
+    on_cpu = layers[0].weight.device.type == "cpu"
+    if on_cpu and any(getattr(m, "support_avx512bf16_for_cpu", False) for m in layers):
+        return FourBitPath.PENDING
+    return FourBitPath.PORTABLE
+
+
+def use_portable_4bit(model: torch.nn.Module) -> int:
+    """Keep ``model``'s 4-bit layers in the layout they were loaded in, on any CPU: the path every
+    machine without AVX512-BF16 takes. Call it before the first forward pass; returns how many
+    layers were switched. A model already repacked is refused (its first forward pass has run)."""
+    if four_bit_path(model) is FourBitPath.REPACKED:
+        raise LabError("model's 4-bit layers were already repacked for AVX512-BF16 by a forward pass; call "
+                       "use_portable_4bit(model) right after loading, before running it")
+    switched = 0
+    for layer in _four_bit_layers(model):
+        if getattr(layer, "support_avx512bf16_for_cpu", False):
+            layer.support_avx512bf16_for_cpu = False
+            switched += 1
+    return switched
+
+
 # --- footprint ------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -178,6 +238,9 @@ class VariantResult:
     footprint: Footprint
     estimate_bytes: int | None  # bsl.weights_bytes(model, dtype, quantization): weights + quant state
     stored_bytes: int  # parameters + quant state (:func:`stored_bytes`): what the estimate predicts
+    stored_after_forward_bytes: int  # the same after the first forward passes (bitsandbytes may repack 4-bit)
+    four_bit_path: FourBitPath  # which 4-bit path ran (REPACKED: the AVX512-BF16 CPU kernel)
+    estimate_after_forward_bytes: int | None  # the estimate for that path (estimates.cpu_packed_weights_bytes)
     agreement: Any  # quality.Agreement against the reference
     perplexity: float
     load_s: float
@@ -219,7 +282,7 @@ def run_variants(model_name: str, configs: Mapping[str, Any], ids: torch.Tensor,
     text every variant continues greedily for ``new_tokens`` tokens (the time includes the prompt).
     """
     from . import quality
-    from .estimates import weights_bytes
+    from .estimates import cpu_packed_weights_bytes, weights_bytes
     from .hardware import has_cuda
     from .zoo import load_model, load_tokenizer, model_path
 
@@ -248,6 +311,7 @@ def run_variants(model_name: str, configs: Mapping[str, Any], ids: torch.Tensor,
             # footprint before any forward pass: what loading put in memory
             held, stored = footprint(model), stored_bytes(model)
             logprobs = quality.next_token_logprobs(model, ids)
+            after, path_taken = stored_bytes(model), four_bit_path(model)
             if reference_logprobs is None:  # the reference is scored once, not once per variant
                 reference_logprobs, agreement, ppl = logprobs, None, quality.agreement(logprobs, logprobs, ids).reference_ppl
             else:
@@ -256,8 +320,11 @@ def run_variants(model_name: str, configs: Mapping[str, Any], ids: torch.Tensor,
             text, gen_s = _generate(model, tokenizer, prompt, new_tokens)
             q_name = estimator_name(config)
             estimate = weights_bytes(path, dtype, q_name) if (config is None or q_name) else None
-            results.append(VariantResult(name, q_name, held, estimate, stored, agreement, ppl, load_s, gen_s,
-                                         new_tokens, text))
+            estimate_after = (cpu_packed_weights_bytes(path, dtype, q_name)
+                              if path_taken is FourBitPath.REPACKED and q_name else estimate)
+            results.append(VariantResult(name, q_name, held, estimate, stored, after, path_taken, estimate_after,
+                                         agreement, ppl,
+                                         load_s, gen_s, new_tokens, text))
             if progress:
                 print(f"{name}: loaded in {load_s:.1f} s, {ids.shape[1]} tokens scored, {new_tokens} generated in "
                       f"{gen_s:.1f} s", flush=True)

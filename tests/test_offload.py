@@ -249,6 +249,20 @@ def tiny_results(tmp_path_factory, one_thread):
     return results, [w for w in caught if issubclass(w.category, OffloadWarning)], disk
 
 
+def test_image_tolerance_separates_alignment_noise_from_the_tied_weight_bug():
+    base = torch.rand(1, 3, 8, 8)
+    # safetensors 0.8 unaligned loads moved pixels by up to 6.6e-7; the tied-T5 leaf+disk bug by 0.0759.
+    noise, bug = base.clone(), base.clone()
+    noise[0, 0, 0, 0] += 6.6e-7
+    bug[0, 0, 0, 0] += 0.0759
+    assert offload.same_image(base, base) and offload.same_image(noise, base)
+    assert not offload.same_image(bug, base)
+    assert not offload.same_image(base[..., :4], base)  # another shape is another image
+    nan = base.clone()
+    nan[0, 0, 0, 0] = float("nan")
+    assert not offload.same_image(nan, base)
+
+
 @pytest.mark.slow
 def test_every_strategy_a_cpu_runs_gives_the_baseline_image(tiny_results):
     results, warned, disk = tiny_results
@@ -259,7 +273,11 @@ def test_every_strategy_a_cpu_runs_gives_the_baseline_image(tiny_results):
     for r in results:
         if r is broken or not r.ran:
             continue
-        assert r.equal and r.max_abs_diff == 0.0, r.label
+        # Same maths: within IMAGE_ATOL everywhere; bit for bit wherever the weights never left memory
+        # (disk offloading reads them back through safetensors, which may place them unaligned).
+        assert r.equal and r.max_abs_diff <= offload.IMAGE_ATOL, (r.label, r.max_abs_diff)
+        if "disk" not in r.label:
+            assert r.bitwise, (r.label, r.max_abs_diff)
         assert r.peak_bytes > 0 and r.seconds_per_image > 0
     # The known broken combination: warned before it ran, caught by the equality check, explained.
     assert len(warned) == 1 and "text_encoder_2" in str(warned[0].message)

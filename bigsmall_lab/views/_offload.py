@@ -63,6 +63,8 @@ def offload_table(results: Sequence[OffloadResult]):
         slower = (f"{r.seconds_per_image / base.seconds_per_image:.1f}x"
                   if base is not None and base.seconds_per_image else "–")
         same = {True: "yes", False: "NO", None: "–"}[r.equal]
+        if r.equal and r.bitwise is False:  # within the offload module's tolerance, not bit for bit
+            same = f"yes (within {r.max_abs_diff:.1g})"
         rows.append([r.label, r.settings.call(r.device.split(":")[0]), r.device, _mib(r.plan.device_bytes),
                      _mib(r.peak_bytes), ratio, _mib(r.load_peak_bytes), f"{r.seconds_per_image:.2f} ({slower})",
                      same, r.note])

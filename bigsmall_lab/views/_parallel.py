@@ -1,7 +1,7 @@
 """Pictures of a tensor-parallel run: thin views over :class:`bigsmall_lab.parallel.TPResult`.
 
 Every rectangle, band and number is read from the result: the shapes and local slices come from the
-DTensors each rank reported, the counts of collectives from ``CommDebugMode``, the bytes and times from
+DTensors each rank reported, the counts of collectives from ``_compat.count_collectives``, the bytes and times from
 the ranks' own measurements. Nothing here is typed in.
 """
 

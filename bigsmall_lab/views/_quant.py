@@ -425,11 +425,13 @@ def variants_table(results: Sequence[VariantResult]):
         rows.append([
             r.name, f"{r.footprint.memory_footprint_bytes / MiB:,.1f}", f"{r.footprint.quant_state_bytes / MiB:,.2f}",
             f"{r.footprint.total_bytes / MiB:,.1f}",
-            f"{r.estimate_bytes / MiB:,.1f}" if r.estimate_bytes else "–", ratio, f"{r.perplexity:.2f}",
+            f"{r.estimate_bytes / MiB:,.1f}" if r.estimate_bytes else "–", ratio,
+            f"{r.stored_after_forward_bytes / MiB:,.2f}", r.four_bit_path.value, f"{r.perplexity:.2f}",
             "reference" if a is None else f"{a.kl_nats:.4f}", "reference" if a is None else f"{a.top1_agreement:.1%}",
             f"{r.tokens_per_s:.1f}"])
     return html_table(["variant", "get_memory_footprint() (MiB)", "+ quant state (MiB)", "= footprint (MiB)",
-                       "estimate (MiB)", "stored / estimate", "perplexity", "KL vs reference (nats/token)",
+                       "estimate (MiB)", "stored / estimate", "stored after 1st forward (MiB)", "4-bit path",
+                       "perplexity", "KL vs reference (nats/token)",
                        "top-1 agreement", "tokens/s"], rows)
 
 
