@@ -22,7 +22,7 @@ import:
 
     base:     _compat _dtypes _errors _project _units
     planners: bits estimates placement quant tp_plan zoo._configs
-    runners:  _paths _tp_worker hardware kvcache loading measure offload parallel quality quantized zoo
+    runners:  _paths _tp_worker check hardware kvcache loading measure offload parallel quality quantized zoo
     views:    views
     edges:    __init__ _estimate_cli _ipython cli exercises
 
@@ -44,7 +44,7 @@ class _KernelsHubNotice(_logging.Filter):
 
 _logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_KernelsHubNotice())
 
-from . import (bits, exercises, hardware, kvcache, loading, offload, parallel, placement, quality, quant, quantized,
+from . import (bits, check, exercises, hardware, kvcache, loading, offload, parallel, placement, quality, quant, quantized,
                tp_plan, zoo)
 from .estimates import Comparison, MemoryEstimate, estimate, kv_cache_bytes, weights_bytes, weights_table
 from .hardware import banner, describe, has_cuda, needs_cuda
@@ -54,7 +54,7 @@ from .zoo import build, checkpoint, count_parameters, load_model, load_tokenizer
 __version__ = "0.1.0"
 
 __all__ = [
-    "Comparison", "MemoryEstimate", "MemoryReport", "banner", "bits", "build", "checkpoint", "count_parameters",
+    "Comparison", "MemoryEstimate", "MemoryReport", "banner", "bits", "build", "check", "checkpoint", "count_parameters",
     "describe", "estimate", "exercises", "hardware", "has_cuda", "kv_cache_bytes", "kvcache", "load_model",
     "load_tokenizer", "loading", "needs_cuda", "offload", "parallel", "placement", "presets", "quality", "quant",
     "quantized", "stored_weight_bytes", "tiny_flux_pipeline", "tp_plan", "track", "weights_bytes", "weights_table",

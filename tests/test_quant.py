@@ -269,6 +269,7 @@ def test_footprint_is_memory_footprint_plus_the_quant_state(variant):
     assert fp.total_bytes == model.get_memory_footprint() + _BY_HAND[variant]
     # the estimator, which counts from the config alone, agrees with what is held
     assert quantized.stored_bytes(model) == bsl.weights_bytes(bsl.zoo.model_path(), "bfloat16", variant)
+    quantized.use_portable_4bit(model)  # the layout every CPU keeps (the AVX512-BF16 repack: test_quantization_paths)
     with torch.no_grad():
         model(torch.tensor([[1, 2, 3]]))  # bitsandbytes moves int8 scales to the module's state here
     assert quantized.footprint(model) == fp
