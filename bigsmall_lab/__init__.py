@@ -46,6 +46,7 @@ _logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_KernelsHubNotice(
 
 from . import (bits, check, exercises, hardware, kvcache, loading, offload, parallel, placement, quality, quant, quantized,
                tp_plan, zoo)
+from ._errors import ClaimFailed, claim
 from .estimates import Comparison, MemoryEstimate, estimate, kv_cache_bytes, weights_bytes, weights_table
 from .hardware import banner, describe, has_cuda, needs_cuda
 from .measure import MemoryReport, stored_weight_bytes, track
@@ -54,7 +55,7 @@ from .zoo import build, checkpoint, count_parameters, load_model, load_tokenizer
 __version__ = "0.1.0"
 
 __all__ = [
-    "Comparison", "MemoryEstimate", "MemoryReport", "banner", "bits", "build", "check", "checkpoint", "count_parameters",
+    "ClaimFailed", "Comparison", "MemoryEstimate", "MemoryReport", "banner", "bits", "build", "check", "claim", "checkpoint", "count_parameters",
     "describe", "estimate", "exercises", "hardware", "has_cuda", "kv_cache_bytes", "kvcache", "load_model",
     "load_tokenizer", "loading", "needs_cuda", "offload", "parallel", "placement", "presets", "quality", "quant",
     "quantized", "stored_weight_bytes", "tiny_flux_pipeline", "tp_plan", "track", "weights_bytes", "weights_table",

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from enum import Enum
 from typing import Any
 
-__all__ = ["LabError", "closest", "enum_value", "shown", "token_ids", "whole_number"]
+__all__ = ["ClaimFailed", "LabError", "claim", "closest", "enum_value", "shown", "token_ids", "whole_number"]
 
 _MAX_SHOWN = 60  # characters of a bad value echoed back: a 10 MB string stays out of the message
 
@@ -27,6 +27,33 @@ class LabError(ValueError):
     @classmethod
     def bad(cls, argument: str, value: Any, allowed: str, verb: str = "is not valid") -> LabError:
         return cls(f"{argument} {shown(value)} {verb}; {allowed}")
+
+
+class ClaimFailed(AssertionError):
+    """A lesson's claim that did not hold on this machine. In a notebook it shows as one sentence, not
+    a traceback (IPython calls ``_render_traceback_``), and the cell still fails: Run All stops there and
+    nbval reports that cell."""
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"ClaimFailed: {self}"]
+
+
+def claim(holds: Any, expected: str, measured: Any = None) -> None:
+    """A lesson's check: nothing when ``holds`` is true, else :class:`ClaimFailed` with one sentence:
+    the claim (or what went wrong) and, when given, what was measured.
+
+    >>> claim(2 + 2 == 4, "arithmetic works")
+    >>> claim(16 < 15, "Llama 3.1 8B's bf16 weights fit a T4", measured="16.06 GB against 15.84 GB")
+    Traceback (most recent call last):
+    ...
+    bigsmall_lab._errors.ClaimFailed: this did not hold here: Llama 3.1 8B's bf16 weights fit a T4; measured here: 16.06 GB against 15.84 GB
+    """
+    if holds:
+        return
+    text = f"this did not hold here: {expected}"
+    if measured is not None:
+        text += f"; measured here: {measured}"
+    raise ClaimFailed(text)
 
 
 def shown(value: Any, limit: int = _MAX_SHOWN) -> str:

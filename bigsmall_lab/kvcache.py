@@ -435,19 +435,30 @@ def attention_variants(config: Any = "llama-3.1-8b") -> dict[str, dict]:
 
 
 def kv_curve(configs: Mapping[str, Any] | Sequence[Any], seq_lens: Sequence[int], batch_sizes: Sequence[int] = (1,),
-             dtype: str | torch.dtype = "bfloat16") -> list[KVPoint]:
+             dtype: str | torch.dtype = "bfloat16", within_context: bool = True) -> list[KVPoint]:
     """:func:`kv_cache_bytes` for every config x context length x batch size (the points a chart draws).
+
+    ``within_context``: leave out the context lengths beyond what a model was trained for (its config's
+    ``max_position_embeddings``: Gemma 2 9B 8,192, Mistral 7B v0.3 32,768): a cache there is computable,
+    but the model does not work there.
 
     >>> [p.kv_bytes for p in kv_curve(["llama-3.1-8b"], [1024, 2048])]   # linear in the context
     [134217728, 268435456]
+    >>> [p.seq_len for p in kv_curve(["gemma-2-9b"], [4096, 8192, 16384])]
+    [4096, 8192]
     """
+    if not isinstance(within_context, bool):
+        raise LabError.bad("within_context", within_context, "use True or False", verb="is not a flag")
     items = configs.items() if isinstance(configs, Mapping) else [(str(c), c) for c in configs]
     points = []
     for label, config in items:
         config = resolve(config)  # once: a config dict would be rebuilt on the meta device per point
         n_kv = _layout(config)[2]
+        trained = getattr(config.text_config, "max_position_embeddings", None) if within_context else None
         for batch in batch_sizes:
             for n in seq_lens:
+                if trained and int(n) > trained:
+                    continue
                 points.append(KVPoint(label, int(n), int(batch), kv_cache_bytes(config, n, batch, dtype), n_kv))
     return points
 
@@ -459,7 +470,7 @@ def kv_bytes_per_rank(config: Any, seq_len: int, tp_size: int, batch_size: int =
     Each rank keeps the K and V of the heads it computes: KV heads / ``tp_size`` of them while there
     are at least as many KV heads as ranks. With more ranks than KV heads, a KV head cannot be split:
     each is replicated on several ranks and every rank still holds one, so the per-GPU cache stops
-    shrinking (vLLM does this; Meta's 16-way model-parallel Llama 3.1 405B stored 16 KV heads).
+    shrinking (vLLM does this; the first published Llama 3.1 405B config said 16 KV heads, later 8).
 
     >>> [kv_bytes_per_rank("llama-3.1-405b", 131072, tp) // 2**30 for tp in (1, 8, 16)]
     [63, 7, 7]

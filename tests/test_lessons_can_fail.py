@@ -1,4 +1,4 @@
-"""A lesson's exact claims are checks that fail: flip one expected number in a copy of lesson 01 and
+"""A lesson's exact claims are checks that fail (``bsl.claim``, one sentence instead of a traceback): flip one expected number in a copy of lesson 01 and
 nbval (run lax, as CI runs it) reports the failure at that cell, while the unflipped copy passes.
 
 The copies hold only the lesson's first cells (setup, imports, parameters, the parameter count by hand)
@@ -68,4 +68,30 @@ def test_flipping_an_expected_number_fails_the_lesson_under_nbval(tmp_path):
     for name, flip in names.items():
         if flip is not None:
             assert sum(f"{name}.ipynb::" in line for line in failed) == 1, out[-3000:]
-            assert "AssertionError" in out and FLIPS[flip][2] in out, out[-3000:]
+            assert "ClaimFailed" in out and FLIPS[flip][2] in out, out[-3000:]
+
+
+def test_a_failed_claim_is_one_sentence_in_a_notebook():
+    import bigsmall_lab as bsl
+
+    with pytest.raises(bsl.ClaimFailed) as err:
+        bsl.claim(1 > 2, "one is more than two", measured="1 and 2")
+    assert isinstance(err.value, AssertionError)  # still a failure: Run All stops, nbval fails the cell
+    assert err.value._render_traceback_() == ["ClaimFailed: this did not hold here: one is more than two; "
+                                              "measured here: 1 and 2"]
+
+
+def test_no_lesson_keeps_a_bare_assert():
+    import ast
+    import json
+
+    for path in sorted((ROOT / "lessons").glob("*.ipynb")):
+        for cell in json.loads(path.read_text())["cells"]:
+            if cell["cell_type"] != "code":
+                continue
+            try:
+                tree = ast.parse("".join(cell["source"]))
+            except SyntaxError:  # the setup cell's %pip lines
+                continue
+            assert not any(isinstance(n, ast.Assert) for n in ast.walk(tree)), \
+                f"{path.name}: use bsl.claim(...), which fails the cell with one sentence"
