@@ -3,7 +3,10 @@
 In the spirit of ipyexperiments' per-cell logger. Off until loaded; ``%unload_ext bigsmall_lab``
 turns it off. On CPU the peak is the process high-water mark (VmHWM) reset before the cell (where
 the kernel does not allow the reset, a sampler reads the resident size every 20 ms and the peak is
-labelled 'sampled'); on CUDA, torch's ``max_memory_allocated``. The cell's peak nests with
+labelled 'sampled'); on CUDA, torch's ``max_memory_allocated`` above the cell's start. Before torch has
+initialised CUDA nothing is reset (torch refuses to: "did you call init?") and nothing initialises it:
+a cell that initialises CUDA starts from 0 bytes, and torch's counters start with it, so that first
+cell's peak is read as it is; a cell that never touches CUDA reports no GPU figures. The cell's peak nests with
 ``track()`` the same way blocks nest: a ``track()`` inside a cell does not lose the cell's peak.
 The numbers of the last cell are kept as a :class:`CellMemory` on ``_logger.last``.
 """
@@ -16,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from ._units import MiB
-from .measure import Sampler, _close_peak, _open_peak, _read_status
+from .measure import Sampler, _close_peak, _open_peak, _open_peaks, _Peak, _peaks_lock, _read_status
 
 __all__ = ["CellMemory", "CellMemoryLogger", "load_ipython_extension", "unload_ipython_extension"]
 
@@ -65,8 +68,8 @@ class CellMemoryLogger:
         if not self._cpu_peak.exact:
             self._sampler = Sampler(_SAMPLED_INTERVAL_S, "cpu").start()
         if torch.cuda.is_available():
-            self._cuda_peak = _open_peak(0)
-            self._start_cuda = torch.cuda.memory_allocated()
+            self._cuda_peak = _open_cuda_peak()
+            self._start_cuda = torch.cuda.memory_allocated(0) if torch.cuda.is_initialized() else 0
         self._t0 = time.perf_counter()
 
     def measure(self) -> CellMemory | None:
@@ -82,8 +85,10 @@ class CellMemoryLogger:
             self._sampler.stop()
             peak_abs = max([s.rss_bytes for s in self._sampler.samples] + [status["VmRSS"]])
         gpu = {}
-        if self._cuda_peak is not None:
-            now = torch.cuda.memory_allocated()
+        if self._cuda_peak is not None and not torch.cuda.is_initialized():  # the cell never touched CUDA
+            _close_peak(self._cuda_peak)
+        elif self._cuda_peak is not None:
+            now = torch.cuda.memory_allocated(0)
             gpu = dict(gpu_used_bytes=now - self._start_cuda,
                        gpu_peak_bytes=max(_close_peak(self._cuda_peak) - self._start_cuda, 0), gpu_now_bytes=now)
         cell = CellMemory(used_bytes=status["VmRSS"] - self._start_rss,
@@ -107,6 +112,20 @@ class CellMemoryLogger:
         if cell is not None:
             self.last = cell
             self.out(cell.line())
+
+
+def _open_cuda_peak() -> _Peak:
+    """The cell's CUDA peak on GPU 0. With CUDA initialised: reset torch's counter (folding it into open
+    blocks). Before: register the block without touching torch (a reset would raise or initialise CUDA);
+    torch's counters start at 0 when CUDA starts, so its peak is the cell's, and a ``track()`` that
+    resets it inside the cell folds it into this block first."""
+    if torch.cuda.is_initialized():
+        return _open_peak(0)
+    with _peaks_lock:
+        peak = _Peak(0)
+        peak.exact = True
+        _open_peaks.append(peak)
+        return peak
 
 
 _logger: CellMemoryLogger | None = None

@@ -21,6 +21,7 @@ import psutil
 import torch
 
 from ._errors import LabError
+from ._nvml import nvml, nvml_handle
 from ._units import format_bytes
 from .estimates import GPUS, GpuModel
 
@@ -30,10 +31,18 @@ __all__ = ["GPUS", "GpuInfo", "GpuModel", "Hardware", "banner", "cuda_context_by
 
 @dataclass(frozen=True)
 class GpuInfo:
+    """One GPU as torch numbers it (``index``), its memory read without creating a CUDA context.
+
+    ``memory_source``: 'NVML' (total and free as nvidia-smi shows them, from the NVML device with the
+    same UUID) or 'torch' (``get_device_properties().total_memory``, 1-2 % below NVML's total; free
+    unknown, None: reading it through torch would create a context of hundreds of MB on that GPU).
+    """
+
     index: int
     name: str
     total_bytes: int
-    free_bytes: int
+    free_bytes: int | None
+    memory_source: str = "NVML"
 
 
 @dataclass(frozen=True)
@@ -54,7 +63,8 @@ class Hardware:
         if self.gpus:
             gpus = ", ".join(
                 f"GPU {g.index} {g.name} ({format_bytes(g.total_bytes, 'GiB', 1)}, "
-                f"{format_bytes(g.free_bytes, 'GiB', 1)} free)" for g in self.gpus)
+                + ("free unknown" if g.free_bytes is None else f"{format_bytes(g.free_bytes, 'GiB', 1)} free")
+                + ")" for g in self.gpus)
             return f"{gpus}; {self.cpu_cores} CPU cores, {format_bytes(self.ram_total_bytes, 'GiB', 1)} RAM"
         return (f"CPU only: {self.cpu_cores} cores, {format_bytes(self.ram_total_bytes, 'GiB', 1)} RAM "
                 f"({format_bytes(self.ram_available_bytes, 'GiB', 1)} available), no CUDA GPU")
@@ -84,15 +94,25 @@ def cuda_context_bytes(index: int = 0) -> int | None:
     return _context_bytes[index]
 
 
-def _measure_context(index: int) -> int | None:
-    try:
-        import pynvml
+def _context_exists(index: int) -> bool:
+    """Whether this process already holds a CUDA context on GPU ``index`` (torch's CUDA state can be
+    initialised, by reading device properties, with no context on any GPU yet)."""
+    probe = getattr(torch._C, "_cuda_hasPrimaryContext", None)
+    if probe is not None:
+        try:
+            return bool(probe(index))
+        except Exception:  # noqa: BLE001  (fall back to torch's coarser flag)
+            pass
+    return torch.cuda.is_initialized()
 
-        pynvml.nvmlInit()
-        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-    except Exception:  # no NVML library or driver: not measurable here
+
+def _measure_context(index: int) -> int | None:
+    fresh = not _context_exists(index)  # asked first: finding the NVML device reads torch's properties
+    pynvml = nvml()
+    handle = nvml_handle(index, pynvml) if pynvml is not None else None
+    if handle is None:  # no NVML library or driver, or no NVML device with this GPU's UUID: not measurable
         return None
-    if not torch.cuda.is_initialized():
+    if fresh:
         before = pynvml.nvmlDeviceGetMemoryInfo(handle).used
         torch.empty(1, device=f"cuda:{index}")
         torch.cuda.synchronize(index)
@@ -111,11 +131,24 @@ def describe() -> Hardware:
     """Read what is attached now (free memory changes as models load)."""
     gpus = []
     if has_cuda():
+        lib = nvml()
         for index in range(torch.cuda.device_count()):
-            free, total = torch.cuda.mem_get_info(index)
-            gpus.append(GpuInfo(index, torch.cuda.get_device_name(index), total, free))
+            gpus.append(_gpu_info(index, lib))
     vm = psutil.virtual_memory()
     return Hardware(tuple(gpus), _cpu_cores(), vm.total, vm.available)
+
+
+def _gpu_info(index: int, lib) -> GpuInfo:
+    # Never torch.cuda.mem_get_info here: it creates a CUDA context on every GPU it asks (hundreds of MB each).
+    props = torch.cuda.get_device_properties(index)
+    handle = nvml_handle(index, lib) if lib is not None else None
+    if handle is not None:
+        try:
+            memory = lib.nvmlDeviceGetMemoryInfo(handle)
+            return GpuInfo(index, props.name, int(memory.total), int(memory.free), "NVML")
+        except Exception:  # noqa: BLE001  (the driver refused: torch's total, free unknown)
+            pass
+    return GpuInfo(index, props.name, int(props.total_memory), None, "torch")
 
 
 def _cpu_cores() -> int:

@@ -43,6 +43,7 @@ import psutil
 import torch
 
 from ._errors import LabError, shown
+from ._nvml import nvml, nvml_handle
 from ._units import MiB
 
 __all__ = ["READER_ENV", "UNSPLIT_NOTE", "MemoryReport", "Peak", "Sample", "Sampler", "cpu_memory", "rss_split", "peak", "phase_hook", "quant_state_tensors",
@@ -188,18 +189,14 @@ _trim_heap = trim_heap
 
 
 class _NvmlUsed:
-    """Device-wide used memory from NVML; returns None without a driver or library."""
+    """Device-wide used memory from NVML of the GPU that is torch's ``cuda:index`` (matched by UUID, so
+    right under ``CUDA_VISIBLE_DEVICES``); returns None without a driver or library."""
 
     def __init__(self, index: int):
-        self.handle = None
-        try:
-            import pynvml
-
-            pynvml.nvmlInit()
-            self.handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-            self._info = pynvml.nvmlDeviceGetMemoryInfo
-        except Exception:  # no driver, no library: the torch figures still stand
-            self.handle = None
+        lib = nvml()
+        self.handle = nvml_handle(index, lib) if lib is not None else None
+        if self.handle is not None:  # no driver, no library, no match: the torch figures still stand
+            self._info = lib.nvmlDeviceGetMemoryInfo
 
     def __call__(self) -> int | None:
         if self.handle is None:
