@@ -48,6 +48,7 @@ import gc
 import math
 import os
 import shutil
+import statistics
 import tempfile
 import time
 import warnings
@@ -70,7 +71,9 @@ __all__ = [
     "OffloadSettings", "OffloadWarning", "Strategy", "check", "checkpoint_dtypes", "compare", "component_sizes",
     "default_dtype", "default_offload_dir", "flux_dev_components", "known_problems", "pipeline_components",
     "pipeline_folder", "plan", "planned", "run", "same_image", "tied_leaf_parameters", "use_fresh_pages_for_big_tensors",
-    "weights_bytes",
+    "weights_bytes", "PUBLISHED", "PinnedPlan", "PlannedGroup", "PublishedFigure", "applied_groups", "block_modules_of",
+    "groups_built_by_diffusers", "measure_pinned", "pinned_memory_plan", "plan_groups", "published", "same_groups",
+    "time_ratio",
 ]
 
 
@@ -336,40 +339,136 @@ def _prefixes(name: str) -> list[str]:
     return [".".join(parts[:k]) for k in range(len(parts))]
 
 
+@dataclass(frozen=True)
+class PlannedGroup:
+    """One group that group offloading moves as a whole: what diffusers' ``ModuleGroup`` holds.
+
+    ``name``: the module whose forward brings the group in ('' is the component itself; a group of
+    blocks is named after its first block, e.g. ``transformer_blocks.0``). ``kind``: ``"blocks"``
+    (``num_blocks_per_group`` children of a ModuleList/Sequential), ``"unmatched"`` (the rest of a
+    module at block level: its other children and its own tensors, on the device during its whole
+    forward), ``"leaf"`` (one Linear/Conv/Embedding) or ``"parameters"`` (tensors no leaf owns, at
+    leaf level). ``streamed``: with ``use_stream=True`` this group is copied on the side stream, so
+    diffusers keeps a pinned CPU copy of its tensors (block level leaves the unmatched groups on the
+    default stream). ``tensor_bytes``: each tensor's bytes, for :func:`pinned_memory_plan`.
+    """
+
+    name: str
+    kind: str
+    weights_bytes: int
+    n_tensors: int
+    streamed: bool = False
+    tensor_bytes: tuple[int, ...] = field(default=(), repr=False, compare=False)
+
+
+def _group(name: str, kind: str, tensors: Iterable[torch.Tensor], streamed: bool) -> PlannedGroup:
+    unique = list({id(t): t for t in tensors}.values())
+    sizes = tuple(t.numel() * t.element_size() for t in unique)
+    return PlannedGroup(name, kind, sum(sizes), len(unique), streamed, sizes)
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _block_level_groups(module: torch.nn.Module, n: int, block_modules: frozenset[str], stream: bool,
+                        prefix: str = "") -> list[PlannedGroup]:
+    """Diffusers 0.42's ``_apply_group_offloading_block_level``, read and repeated on sizes.
+
+    Each child of ``module`` is one of three things. A child named in ``block_modules`` (the model's
+    ``_group_offload_block_modules``: AutoencoderKL names its ``encoder`` and ``decoder``) is split
+    the same way, one level down. A ModuleList or Sequential child is cut into groups of ``n``
+    blocks. Any other child is "unmatched": it joins one group with the module's own tensors, which
+    comes to the device when the module's forward starts and leaves when it returns. That group is
+    listed first here (it is the first on the device); diffusers builds it only if it holds a
+    module or a tensor, and never gives it the side stream.
+    """
+    done: set[str] = set()  # children (and blocks) that have a group of their own, as diffusers tracks them
+    unmatched: list[torch.nn.Module] = []
+    inner: list[PlannedGroup] = []
+    for name, child in module.named_children():
+        if name in block_modules:
+            inner += _block_level_groups(child, n, block_modules, stream, _join(prefix, name))
+            done.add(name)
+        elif isinstance(child, (torch.nn.ModuleList, torch.nn.Sequential)):
+            blocks = list(child)
+            for i in range(0, len(blocks), n):
+                chunk = blocks[i:i + n]
+                inner.append(_group(_join(prefix, f"{name}.{i}"), "blocks",
+                                    (t for b in chunk for t in _tensors(b)), stream))
+                done.update(f"{name}.{j}" for j in range(i, i + len(chunk)))
+        else:
+            unmatched.append(child)
+    own = [t for key, t in (*module.named_parameters(), *module.named_buffers())
+           if not any(".".join(key.split(".")[:k]) in done for k in range(1, key.count(".") + 1))]
+    if unmatched or own:
+        rest = _group(prefix, "unmatched", (*(t for m in unmatched for t in _tensors(m)), *own), False)
+        return [rest, *inner]
+    return inner
+
+
+def _leaf_level_groups(module: torch.nn.Module, stream: bool) -> list[PlannedGroup]:
+    """Diffusers 0.42's ``_apply_group_offloading_leaf_level`` on sizes: one group per leaf layer (in
+    module order), one per module that owns tensors no leaf holds, and with a stream one empty group
+    on the component (the hook that learns the execution order) unless the component owns tensors."""
+    leaves = set(_leaf_names(module))
+    groups: list[PlannedGroup] = []
+    for name, m in module.named_modules():
+        if name in leaves:
+            groups.append(_group(name, "leaf", _tensors(m), stream))
+        elif _direct(m) and not any(prefix in leaves for prefix in _prefixes(name)):
+            groups.append(_group(name, "parameters", _direct(m), stream))
+    if stream and not any(g.name == "" for g in groups):
+        groups.insert(0, PlannedGroup("", "parameters", 0, 0, False))
+    return groups
+
+
+def block_modules_of(module: torch.nn.Module) -> tuple[str, ...]:
+    """The children a model class asks block-level offloading to split one level down
+    (``_group_offload_block_modules``; diffusers reads the same attribute). Empty for most models.
+
+    >>> from diffusers import AutoencoderKL
+    >>> block_modules_of(AutoencoderKL)
+    ('quant_conv', 'post_quant_conv', 'encoder', 'decoder')
+    """
+    return tuple(getattr(module, "_group_offload_block_modules", None) or ())
+
+
+def plan_groups(module: torch.nn.Module, settings: OffloadSettings | str) -> list[PlannedGroup]:
+    """The groups group offloading cuts ``module`` into, as diffusers 0.42 builds them (pure: meta works).
+
+    A module with two top-level block lists of 3 and 2 blocks, 2 blocks per group: ceil(3/2) +
+    ceil(2/2) = 3 groups of blocks, plus the unmatched rest (here the ``proj`` layer):
+
+    >>> lin = lambda: torch.nn.Linear(4, 4, device="meta")  # (16 + 4) x 4 bytes = 80 bytes
+    >>> m = torch.nn.Module()
+    >>> m.a, m.b = torch.nn.ModuleList([lin() for _ in range(3)]), torch.nn.ModuleList([lin(), lin()])
+    >>> m.proj = lin()
+    >>> [(g.name, g.weights_bytes) for g in plan_groups(m, OffloadSettings("block_level", num_blocks_per_group=2))]
+    [('', 80), ('a.0', 160), ('a.2', 80), ('b.0', 160)]
+    """
+    settings = settings if isinstance(settings, OffloadSettings) else OffloadSettings(settings)
+    if not settings.strategy.is_group:
+        raise LabError.bad("settings", settings.strategy.value, "groups belong to group offloading: use "
+                           "block_level or leaf_level", verb="makes no groups")
+    if not isinstance(module, torch.nn.Module):
+        raise LabError.bad("module", type(module).__name__, "pass a torch.nn.Module", verb="is not a module")
+    if settings.strategy is Strategy.LEAF_LEVEL:
+        return _leaf_level_groups(module, settings.use_stream)
+    return _block_level_groups(module, settings.num_blocks_per_group or 1, frozenset(block_modules_of(module)),
+                               settings.use_stream)
+
+
 def _component_peak(module: torch.nn.Module, settings: OffloadSettings) -> tuple[int, int]:
     """(weights on the device at this component's peak, number of groups) under ``settings``."""
-    strategy = settings.strategy
-    if strategy is Strategy.SEQUENTIAL:
+    if settings.strategy is Strategy.SEQUENTIAL:
         # accelerate's cpu_offload: each module brings its own (direct) tensors at its forward.
         groups = {name: _nbytes(_direct(m)) for name, m in module.named_modules() if _direct(m)}
         return _path_peak(module, groups, stream=False), len(groups)
-    if strategy is Strategy.LEAF_LEVEL:
-        leaves = set(_leaf_names(module))
-        groups = {}
-        for name, m in module.named_modules():
-            inside_leaf = any(prefix in leaves for prefix in _prefixes(name))
-            if name in leaves:
-                groups[name] = weights_bytes(m)
-            elif not inside_leaf and _direct(m):
-                groups[name] = _nbytes(_direct(m))  # tensors no leaf owns: onloaded with their module
-        return _path_peak(module, groups, settings.use_stream), len(groups)
-    # Block level: each ModuleList / Sequential child is cut into groups of n blocks; everything
-    # else of the component is one "unmatched" group that stays on the device during its forward.
-    n = settings.num_blocks_per_group or 1
-    chunks: list[int] = []
-    in_chunks: set[int] = set()
-    for child in module.children():
-        if isinstance(child, (torch.nn.ModuleList, torch.nn.Sequential)):
-            for i in range(0, len(child), n):
-                tensors = list({id(t): t for b in list(child)[i:i + n] for t in _tensors(b)}.values())
-                chunks.append(_nbytes(tensors))
-                in_chunks.update(id(t) for t in tensors)
-    unmatched = _nbytes(t for t in _tensors(module) if id(t) not in in_chunks)
-    if settings.use_stream:
-        largest = max((a + b for a, b in zip(chunks, chunks[1:] + [0])), default=0)
-    else:
-        largest = max(chunks, default=0)
-    return unmatched + largest, len(chunks) + (1 if unmatched else 0)
+    # Group offloading: each group comes in at its module's forward; an unmatched group stays for the
+    # whole forward of its module, so it sits under every group inside it (``_path_peak``'s ancestors).
+    planned = plan_groups(module, settings)
+    return _path_peak(module, {g.name: g.weights_bytes for g in planned}, settings.use_stream), len(planned)
 
 
 @dataclass(frozen=True)
@@ -439,6 +538,123 @@ def plan(components: Mapping[str, torch.nn.Module], settings: OffloadSettings | 
     largest = max(peaks, key=peaks.get)
     where = "disk" if settings.disk else "CPU RAM"
     return OffloadPlan(settings, device, total, kept + peaks[largest], where, n_groups, largest, peaks)
+
+
+def _pow2_ceil(n_bytes: int) -> int:
+    return 0 if n_bytes <= 0 else 1 << (n_bytes - 1).bit_length()
+
+
+@dataclass(frozen=True)
+class PinnedPlan:
+    """What ``use_stream=True`` pins in CPU RAM (diffusers 0.42, ``low_cpu_mem_usage=False``, the default).
+
+    Diffusers makes a pinned (page-locked) CPU copy of every tensor of every group the side stream
+    copies (``ModuleGroup._init_cpu_param_dict``: ``tensor.data.cpu().pin_memory()``), because only
+    pinned memory can be copied to the GPU while it computes. ``offloaded_bytes``: the weights group
+    offloading keeps in CPU RAM. ``pinned_bytes``: the copies asked for (a tensor in two streamed
+    groups is pinned twice). ``reserved_bytes``: what PyTorch's pinned-memory allocator
+    (``CachingHostAllocator``) takes for them: it rounds every block up to a power of two.
+    ``apply_peak_bytes``: while ``apply_group_offloading`` runs, the unpinned originals and the pinned
+    copies are both in RAM; afterwards the weights point at the pinned copies and the originals can go.
+    """
+
+    settings: OffloadSettings
+    offloaded_bytes: int
+    pinned_bytes: int
+    reserved_bytes: int
+    n_tensors: int
+
+    @property
+    def apply_peak_bytes(self) -> int:
+        return self.offloaded_bytes + self.reserved_bytes
+
+    @property
+    def rounding(self) -> float:
+        """reserved / pinned: 1.0 when every tensor is a power of two bytes, up to (nearly) 2.0."""
+        return self.reserved_bytes / self.pinned_bytes if self.pinned_bytes else 1.0
+
+
+def pinned_memory_plan(components: Mapping[str, torch.nn.Module],
+                       settings: OffloadSettings | str) -> PinnedPlan:
+    """The CPU RAM that ``settings`` pin, from sizes alone (meta modules work). No stream: nothing pinned.
+
+    A block list of two Linear(256, 256) at block level, one block per group: each group's weight
+    (262,144 bytes, a power of two) and bias (1,024) are pinned as they are. A Linear(3, 100) at
+    leaf level: 1,200 + 400 bytes asked, 2,048 + 512 reserved.
+
+    >>> m = torch.nn.ModuleDict({"blocks": torch.nn.Sequential(torch.nn.Linear(256, 256), torch.nn.Linear(256, 256))})
+    >>> p = pinned_memory_plan({"m": m}, OffloadSettings("block_level", use_stream=True))
+    >>> p.offloaded_bytes, p.pinned_bytes, p.reserved_bytes
+    (526336, 526336, 526336)
+    >>> one = pinned_memory_plan({"m": torch.nn.Linear(3, 100)}, OffloadSettings("leaf_level", use_stream=True))
+    >>> one.pinned_bytes, one.reserved_bytes  # 1,200 + 400 bytes, rounded up to 2,048 + 512
+    (1600, 2560)
+    """
+    settings = settings if isinstance(settings, OffloadSettings) else OffloadSettings(settings)
+    if not isinstance(components, Mapping) or not components:
+        raise LabError.bad("components", components, "pass a dict of name -> torch.nn.Module",
+                           verb="is not a dict of modules")
+    kept = {name: m for name, m in components.items() if name not in settings.exclude}
+    offloaded = sum(weights_bytes(m) for m in kept.values()) if settings.strategy is not Strategy.NONE else 0
+    sizes: list[int] = []
+    if settings.use_stream:
+        for module in kept.values():
+            sizes += [b for g in plan_groups(module, settings) if g.streamed for b in g.tensor_bytes]
+    return PinnedPlan(settings, offloaded, sum(sizes), sum(_pow2_ceil(b) for b in sizes), len(sizes))
+
+
+@dataclass(frozen=True)
+class PublishedFigure:
+    """A GPU measurement published by others, kept with its source (the lab cannot measure it on a CPU).
+
+    ``seconds``: one forward pass of the model; ``peak_gib``: ``torch.cuda.max_memory_allocated()``
+    during it, in GiB (2**30 bytes).
+    """
+
+    model: str
+    settings: OffloadSettings
+    seconds: float
+    peak_gib: float
+    gpu: str
+    what: str
+    source: str
+
+
+# The only published GPU figures lesson 05 quotes, with where they come from. diffusers' benchmarking
+# workflow times the FLUX.1-dev transformer's forward pass alone (1024x1024 image latents, 512 text
+# tokens, bf16) with torch.utils.benchmark after 5 warm-up passes, and records max_memory_allocated / 1024**3
+# (a GiB figure in a column named "GB"). Its group-offload scenario is leaf level with use_stream=True and
+# non_blocking=True.
+_DIFFUSERS_BENCHMARKS = ("huggingface.co/datasets/diffusers/benchmarks (collated_results.csv, written by diffusers' "
+                         "benchmarking workflow at github_sha 152f7ca357c066c4af3d1a58cdf17662ef5a2f87; scenarios in "
+                         "github.com/huggingface/diffusers/blob/main/benchmarks/benchmarking_flux.py)")
+_FLUX_FORWARD = "FLUX.1-dev transformer, one forward pass, bf16, 1024x1024 latents, 512 text tokens"
+PUBLISHED: tuple[PublishedFigure, ...] = (
+    PublishedFigure("FLUX.1-dev transformer", OffloadSettings("none"), 0.493, 22.64,
+                    "L40 (diffusers' benchmarks/README.md: 'an L40 GPU with 128GB RAM')", _FLUX_FORWARD,
+                    _DIFFUSERS_BENCHMARKS),
+    PublishedFigure("FLUX.1-dev transformer", OffloadSettings("leaf_level", use_stream=True), 1.859, 0.56,
+                    "L40 (diffusers' benchmarks/README.md: 'an L40 GPU with 128GB RAM')", _FLUX_FORWARD,
+                    _DIFFUSERS_BENCHMARKS),
+)
+
+
+def published(settings: OffloadSettings | str) -> PublishedFigure | None:
+    """The published GPU figure of ``settings`` in :data:`PUBLISHED`, or None when the lab keeps none.
+
+    >>> f, base = published(OffloadSettings("leaf_level", use_stream=True)), published("none")
+    >>> round(f.seconds / base.seconds, 2), round(f.peak_gib / base.peak_gib, 3)
+    (3.77, 0.025)
+    """
+    settings = settings if isinstance(settings, OffloadSettings) else OffloadSettings(settings)
+    return next((f for f in PUBLISHED if f.settings == settings), None)
+
+
+def time_ratio(result: OffloadResult, baseline: OffloadResult) -> float:
+    """How many times longer ``result`` took per image than ``baseline`` (medians; nan when either did not run)."""
+    if not (result.seconds_per_image and baseline.seconds_per_image):
+        return math.nan
+    return result.seconds_per_image / baseline.seconds_per_image
 
 
 def tied_leaf_parameters(module: torch.nn.Module) -> list[tuple[str, str]]:
@@ -543,6 +759,7 @@ class OffloadResult:
     load_peak_bytes: int | None = None
     host_peak_bytes: int | None = None
     seconds_per_image: float | None = None
+    seconds_runs: tuple[float, ...] = ()
     setup_seconds: float | None = None
     equal: bool | None = None
     max_abs_diff: float | None = None
@@ -780,6 +997,128 @@ def _apply(pipe, settings: OffloadSettings, device: str, disk_dir: Path | None) 
                                        use_stream=settings.use_stream, offload_to_disk_path=path)
 
 
+def applied_groups(module: torch.nn.Module) -> list[PlannedGroup]:
+    """The groups diffusers really built on ``module`` (after ``apply_group_offloading``), read from its hooks.
+
+    Each module with a group-offloading hook points to its ``ModuleGroup``; a group is named after
+    its onload leader, the module whose forward brings it in (the first block of a group of blocks),
+    as :func:`plan_groups` names it. Compare the two with :func:`same_groups`.
+    """
+    from diffusers.hooks.group_offloading import _GROUP_OFFLOADING
+
+    names = {id(m): name for name, m in module.named_modules()}
+    seen: dict[int, PlannedGroup] = {}
+    for _, m in module.named_modules():
+        registry = getattr(m, "_diffusers_hook", None)
+        hook = registry.get_hook(_GROUP_OFFLOADING) if registry is not None else None
+        if hook is None or id(hook.group) in seen:
+            continue
+        g = hook.group
+        leader = g.onload_leader if g.onload_leader is not None else g.offload_leader
+        tensors = [*(t for mod in g.modules for t in _tensors(mod)), *g.parameters, *g.buffers]
+        if str(hook.config.offload_type.value) == Strategy.LEAF_LEVEL.value:
+            kind = "leaf" if g.modules else "parameters"
+        else:
+            kind = "blocks" if any(mod is leader for mod in g.modules) else "unmatched"
+        seen[id(g)] = _group(names[id(leader)], kind, tensors, g.stream is not None)
+    return list(seen.values())
+
+
+def same_groups(planned: Sequence[PlannedGroup], built: Sequence[PlannedGroup]) -> bool:
+    """Whether two lists hold the same groups: same names, same bytes, same tensor counts (order aside).
+
+    >>> a = [PlannedGroup("", "unmatched", 80, 2), PlannedGroup("blocks.0", "blocks", 160, 4)]
+    >>> same_groups(a, a[::-1]), same_groups(a, a[:1])
+    (True, False)
+    """
+    def key(groups):
+        return sorted((g.name, g.weights_bytes, g.n_tensors) for g in groups)
+
+    return key(planned) == key(built)
+
+
+def groups_built_by_diffusers(pipeline: str | os.PathLike = "tiny", settings: OffloadSettings | str = "block_level",
+                              dtype: torch.dtype | str = torch.float32) -> dict[str, list[PlannedGroup]]:
+    """Load ``pipeline`` on the CPU, call ``apply_group_offloading`` on every component (onload and offload
+    device both the CPU, no stream: nothing moves) and read back the groups diffusers built."""
+    from diffusers.hooks import apply_group_offloading
+
+    settings = settings if isinstance(settings, OffloadSettings) else OffloadSettings(settings)
+    if not settings.strategy.is_group or settings.use_stream or settings.disk:
+        raise LabError.bad("settings", settings.label, "use block_level or leaf_level without a stream or a disk "
+                           "(the groups are the same; a CPU has no streams)", verb="cannot be built here")
+    pipe = _load(pipeline_folder(pipeline), _dtype(dtype, "cpu"))
+    try:
+        built = {}
+        for name, component in _modules(pipe).items():
+            apply_group_offloading(component, onload_device=torch.device("cpu"), offload_device=torch.device("cpu"),
+                                   offload_type=settings.strategy.value,
+                                   num_blocks_per_group=settings.num_blocks_per_group)
+            built[name] = applied_groups(component)
+        return built
+    finally:
+        del pipe
+        gc.collect()
+
+
+@dataclass(frozen=True)
+class PinnedMeasurement:
+    """``use_stream=True`` applied for real on a CUDA machine: the plan, and what the CPU side measured.
+
+    ``host_allocated_bytes`` / ``host_reserved_bytes``: PyTorch's pinned-memory allocator after the
+    call (``torch.cuda.host_memory_stats``; None where this torch lacks it). ``rss_*``: the process's
+    resident memory before, after and at the peak of ``apply_group_offloading`` (pinned pages count).
+    """
+
+    plan: PinnedPlan
+    host_allocated_bytes: int | None
+    host_reserved_bytes: int | None
+    rss_before_bytes: int
+    rss_after_bytes: int
+    rss_peak_bytes: int
+
+
+def _host_stat(stats: Mapping[str, Any], what: str) -> int | None:
+    for key in (f"{what}.current", f"{what}.all.current"):
+        if key in stats:
+            return int(stats[key])
+    return None
+
+
+def measure_pinned(settings: OffloadSettings | str, pipeline: str | os.PathLike = "small",
+                   dtype: torch.dtype | str | None = None) -> PinnedMeasurement:
+    """Load ``pipeline`` in CPU RAM, apply ``settings`` (which use a stream) to every component with a CUDA
+    GPU as the onload device, and measure the pinned copies next to :func:`pinned_memory_plan`.
+    Needs a CUDA GPU (pinned memory belongs to it); raises one sentence without one."""
+    from diffusers.hooks import apply_group_offloading
+
+    settings = settings if isinstance(settings, OffloadSettings) else OffloadSettings(settings)
+    if not settings.use_stream:
+        raise LabError.bad("settings", settings.label, "pass settings with use_stream=True", verb="pin nothing")
+    if not torch.cuda.is_available():
+        raise LabError("pinned memory needs a CUDA GPU and none is attached; on a CPU use "
+                       "bsl.offload.pinned_memory_plan(...) for the bytes it would pin")
+    torch_dtype = _dtype(dtype, "cuda")
+    the_plan = pinned_memory_plan(pipeline_components(pipeline, torch_dtype), settings)
+    pipe = _load(pipeline_folder(pipeline), torch_dtype)
+    try:
+        with track(f"{settings.label}: apply", device="cpu") as applying:
+            for name, component in _modules(pipe).items():
+                if name in settings.exclude:
+                    component.to("cuda")
+                    continue
+                apply_group_offloading(component, onload_device=torch.device("cuda"), offload_device=torch.device("cpu"),
+                                       offload_type=settings.strategy.value,
+                                       num_blocks_per_group=settings.num_blocks_per_group, use_stream=True)
+            gc.collect()
+        stats = torch.cuda.host_memory_stats() if hasattr(torch.cuda, "host_memory_stats") else {}
+        return PinnedMeasurement(the_plan, _host_stat(stats, "allocated_bytes"), _host_stat(stats, "reserved_bytes"),
+                                 applying.start_bytes, applying.end_bytes, applying.start_bytes + applying.peak_bytes)
+    finally:
+        del pipe
+        _release("cuda")
+
+
 def _generate(pipe, generation: Generation) -> torch.Tensor:
     # The pipeline runs under no_grad itself; inference_mode would turn weights that disk offloading
     # loads back into inference tensors.
@@ -866,7 +1205,7 @@ def _phase_names(settings: OffloadSettings | str, device: str = "cpu", warmup: b
 def run(settings: OffloadSettings | str = Strategy.NONE, pipeline: str | os.PathLike = "small",
         dtype: torch.dtype | str | None = None, device: str | None = None, generation: Generation | None = None,
         baseline: OffloadResult | None = None, warmup: bool = False,
-        on_phase: Callable[[str], object] | None = None) -> OffloadResult:
+        on_phase: Callable[[str], object] | None = None, repeats: int = 1) -> OffloadResult:
     """Load ``pipeline`` afresh, apply ``settings``, generate one image and measure it.
 
     ``dtype``: None picks :func:`default_dtype` (bfloat16 on CUDA, float32 on a CPU). ``baseline``:
@@ -876,9 +1215,12 @@ def run(settings: OffloadSettings | str = Strategy.NONE, pipeline: str | os.Path
     known to give wrong output (:func:`known_problems`) warn with :class:`OffloadWarning`, run, and
     the result's ``note`` says what happened. ``on_phase(name)`` is called as each phase begins:
     loading (named after the strategy), applying it, the warm-up, generating, freeing the pipeline;
-    pass a live chart's ``mark`` to see them on it.
+    pass a live chart's ``mark`` to see them on it. ``repeats``: how many images are generated and timed
+    one after another (``seconds_per_image`` is their median, ``seconds_runs`` each one; the peak covers
+    them all, the image kept is the last).
     """
     settings = settings if isinstance(settings, OffloadSettings) else OffloadSettings(settings)
+    repeats = whole_number(repeats, "repeats", 1)
     mark = phase_hook(on_phase) or (lambda name: None)
     device = _device(device)
     torch_dtype = _dtype(dtype, device)
@@ -916,9 +1258,14 @@ def run(settings: OffloadSettings | str = Strategy.NONE, pipeline: str | os.Path
             host = track(f"{settings.label}: CPU RAM", device="cpu") if device != "cpu" else contextlib.nullcontext()
             mark(next(names))
             with host as host_report, track(settings.label, device=device) as gen:
-                start = time.perf_counter()
-                image = _generate(pipe, generation)
-                seconds = time.perf_counter() - start
+                runs = []
+                for _ in range(repeats):
+                    start = time.perf_counter()
+                    image = _generate(pipe, generation)
+                    if device != "cpu":
+                        torch.cuda.synchronize()
+                    runs.append(time.perf_counter() - start)
+                seconds = statistics.median(runs)
         mark(next(names))
     finally:
         del pipe
@@ -932,7 +1279,7 @@ def run(settings: OffloadSettings | str = Strategy.NONE, pipeline: str | os.Path
         peak_bytes=gen.start_bytes + gen.peak_bytes - floor, held_bytes=gen.start_bytes - floor,
         load_peak_bytes=loading.start_bytes + loading.peak_bytes - floor,
         host_peak_bytes=host_report.peak_bytes if host_report is not None else None,
-        seconds_per_image=seconds, setup_seconds=setup_s, problems=problems, floor_bytes=floor,
+        seconds_per_image=seconds, seconds_runs=tuple(runs), setup_seconds=setup_s, problems=problems, floor_bytes=floor,
         image=image, report=gen)
     if baseline is not None and baseline.image is not None:
         result.equal, result.bitwise, result.max_abs_diff = _difference(image, baseline.image)
@@ -959,10 +1306,10 @@ def _explain(result: OffloadResult) -> str:
 def compare(settings: Sequence[OffloadSettings | str], pipeline: str | os.PathLike = "small",
             dtype: torch.dtype | str | None = None, device: str | None = None,
             generation: Generation | None = None,
-            on_phase: Callable[[str], object] | None = None) -> list[OffloadResult]:
+            on_phase: Callable[[str], object] | None = None, repeats: int = 1) -> list[OffloadResult]:
     """Run no offloading (after a warm-up image) and then each of ``settings``, comparing every image
     with the baseline's. Settings that need a CUDA GPU on a CPU come back planned and not run, with
-    the reason. ``on_phase``: as in :func:`run`, for every run."""
+    the reason. ``on_phase`` and ``repeats``: as in :func:`run`, for every run."""
     phase_hook(on_phase)
     device = _device(device)
     torch_dtype = _dtype(dtype, device)
@@ -971,7 +1318,8 @@ def compare(settings: Sequence[OffloadSettings | str], pipeline: str | os.PathLi
     for s in wanted:  # every bad path or impossible combination is reported before the first run
         if not (kind == "cpu" and s.needs_accelerator):
             check(s, device)
-    baseline = run(OffloadSettings(), pipeline, torch_dtype, device, generation, warmup=True, on_phase=on_phase)
+    baseline = run(OffloadSettings(), pipeline, torch_dtype, device, generation, warmup=True, on_phase=on_phase,
+                   repeats=repeats)
     results = [baseline]
     for s in wanted:
         if s.strategy is Strategy.NONE and not s.exclude:
@@ -979,7 +1327,8 @@ def compare(settings: Sequence[OffloadSettings | str], pipeline: str | os.PathLi
         if kind == "cpu" and s.needs_accelerator:
             results.append(planned(s, pipeline, torch_dtype))
             continue
-        results.append(run(s, pipeline, torch_dtype, device, generation, baseline=baseline, on_phase=on_phase))
+        results.append(run(s, pipeline, torch_dtype, device, generation, baseline=baseline, on_phase=on_phase,
+                           repeats=repeats))
     return results
 
 
