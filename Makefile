@@ -44,6 +44,7 @@ check: install
 # Re-execute the lessons on this CPU and store their outputs (no widget state) for GitHub readers.
 notebooks: install
 	$(PY) tools/run_lessons.py
+	$(PY) tools/claims.py
 
 benchmark: install
 	$(PY) tools/benchmark.py

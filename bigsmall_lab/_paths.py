@@ -21,7 +21,7 @@ import re
 import shutil
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import platformdirs
@@ -106,7 +106,7 @@ def _disk_full(err: BaseException) -> bool:
 
 
 @contextlib.contextmanager
-def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
+def atomic_dir(target: str | os.PathLike, complete: Callable[[Path], bool] | None = None) -> Iterator[Path]:
     """Yield a temporary folder that becomes ``target`` when the block ends without an exception.
 
     Only one process at a time is inside the block for a given target: a second caller waits here,
@@ -114,6 +114,10 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     is then discarded, as is any folder built while ``target`` appeared). On an exception (or
     KeyboardInterrupt) the temporary folder is removed and ``target`` is untouched; a full disk is
     said in one sentence.
+
+    ``complete(folder)`` says whether an existing ``target`` is whole and current: one that is not (a file
+    deleted by hand, a folder built for another model) is replaced by the new build, so it is rebuilt
+    once, not on every call. Without it, any existing ``target`` counts as complete.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -136,9 +140,16 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
                                             f"{target.name} could not be written (its partial folder was removed); "
                                             "free some space or set BIGSMALL_LAB_CACHE to a bigger disk") from None
             raise
-        if target.exists():
+        if target.exists() and (complete is None or complete(target)):
             # Finished by another writer while this one waited (or the caller found it and returned).
             shutil.rmtree(tmp, ignore_errors=True)
+        elif target.exists():
+            # An incomplete or stale target: set it aside (a stale partial folder if this process dies
+            # now, which the next write removes), put the new build in place, then delete the old one.
+            old = target.parent / f"{_PARTIAL}{target.name}-{uuid.uuid4().hex[:8]}"
+            os.rename(target, old)
+            os.rename(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
         else:
             os.rename(tmp, target)
     finally:

@@ -52,8 +52,27 @@ def _lab_command(args: argparse.Namespace, extra: list[str]) -> list[str]:
     return cmd + extra
 
 
+def _exposure(ip: str) -> str | None:
+    """A warning when ``ip`` lets other machines reach the lab (its token is then all that guards it)."""
+    import ipaddress
+
+    try:
+        address = ipaddress.ip_address(ip.strip("[]"))
+    except ValueError:  # a host name: it may resolve to anything
+        return (f"--ip {ip} is a host name, not this machine's loopback address; anyone who can reach it and has "
+                "the token can run code here. Use the default 127.0.0.1 unless you mean to share the lab")
+    if address.is_loopback:
+        return None
+    who = "every network interface" if address.is_unspecified else f"the address {ip}"
+    return (f"--ip {ip} binds {who}: other machines on the network can reach this JupyterLab, and its token is "
+            "all that keeps them from running code here. Use the default 127.0.0.1 unless you mean to share the lab")
+
+
 def _lab(args: argparse.Namespace, extra: list[str]) -> int:
     cmd = _lab_command(args, extra)
+    warning = _exposure(args.ip)
+    if warning:
+        print(f"bigsmall-lab: warning: {warning}.", file=sys.stderr, flush=True)
     print(f"bigsmall-lab: starting JupyterLab on {args.root or lessons_dir()} "
           f"(bound to {args.ip}; the URL with its token follows)", flush=True)
     os.execv(cmd[0], cmd)  # replaces this process: Ctrl-C and signals reach Jupyter directly

@@ -130,6 +130,19 @@ CASES = [
     ("load-remote-code", "trust_remote_code", lambda p: bsl.load_model(trust_remote_code=True)),
     ("load-corrupted", "model.safetensors", lambda p: bsl.load_model(broken_checkpoint(p))),
     ("tokenizer-preset", "name_or_path", lambda p: bsl.load_tokenizer("llama-3.1-8b")),
+    ("load-empty-path", "name_or_path", lambda p: bsl.load_model("")),  # Path("") would load the current folder
+    ("load-blank-path", "name_or_path", lambda p: bsl.load_model("   ")),
+    ("load-device-cuda", "device_map", lambda p: bsl.load_model(device_map="cuda")),
+    ("load-device-mps", "device_map", lambda p: bsl.load_model(device_map="mps")),
+    ("load-device-gpu-index", "device_map", lambda p: bsl.load_model(device_map={"": 0})),
+    ("load-device-tpu", "device_map", lambda p: bsl.load_model(device_map="tpu")),
+    ("load-device-list", "device_map", lambda p: bsl.load_model(device_map=["cpu"])),
+    ("load-dtype-float8", "dtype", lambda p: bsl.load_model(dtype="float8")),
+    ("load-dtype-fp8-storage", "dtype", lambda p: bsl.load_model(dtype="float8_e4m3fn")),
+    ("checkpoint-dtype-differs", "dtype", lambda p: zoo.checkpoint(zoo.build(SMALL, dtype="float32"), name="small32",
+                                                                   dtype="bfloat16")),
+    ("config-nested-deep", "config file",
+     lambda p: bsl.count_parameters(write(p, "deep.json", b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"))),
     # measuring
     ("interval-nan", "interval_s", lambda p: track(interval_s=float("nan"))),
     ("interval-text", "interval_s", lambda p: track(interval_s="0.01")),
@@ -247,6 +260,8 @@ CLI_CASES = [
     ("port-too-big", "port", lambda p: ["lab", "--port", "70000"]),
     ("port-negative", "port", lambda p: ["lab", "--port", "-1"]),
     ("port-text", "port", lambda p: ["lab", "--port", "http"]),
+    ("nested-deep", "config file",
+     lambda p: ["estimate", config_file(p, b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")]),
 ]
 
 
@@ -262,3 +277,48 @@ def test_cli_bad_input_exits_2_with_one_sentence(argument, argv, tmp_path, capsy
     assert "Traceback" not in err
     sentence = err.strip().splitlines()[-1]  # argparse prints its usage line first
     assert argument in sentence and len(sentence) < 300, sentence
+
+
+def test_lab_on_every_interface_warns_and_loopback_does_not(capsys, monkeypatch):
+    started = []
+    monkeypatch.setattr(cli.os, "execv", lambda *a: started.append(a))
+    cli.main(["lab", "--ip", "0.0.0.0", "--no-browser"])
+    err = capsys.readouterr().err
+    assert "every network interface" in err and "token" in err and started
+    for ip in ("127.0.0.1", "::1"):
+        cli.main(["lab", "--ip", ip, "--no-browser"])
+        assert "warning" not in capsys.readouterr().err
+    cli.main(["lab", "--ip", "192.168.1.20", "--no-browser"])
+    assert "192.168.1.20" in capsys.readouterr().err
+
+
+def test_a_named_checkpoint_of_another_module_is_rebuilt_not_returned_stale(lab_cache):
+    a = zoo.build(SMALL, dtype="float32", seed=1)
+    b = zoo.build(SMALL, dtype="float32", seed=2)
+    path_a = zoo.checkpoint(a, name="mine", progress=False)
+    assert "float32" in path_a.name  # the folder says the dtype it holds, not the default bfloat16
+    path_b = zoo.checkpoint(b, name="mine", progress=False)
+    assert path_b == path_a
+    loaded = bsl.load_model(path_b, dtype="float32")
+    assert torch.equal(loaded.lm_head.weight, b.lm_head.weight)
+    assert zoo.checkpoint(b, name="mine", progress=False) == path_b  # the same module again: no rebuild
+    assert not list(path_b.parent.glob(".partial-*"))
+
+
+def test_a_real_model_folder_missing_a_file_is_rebuilt_once(lab_cache, monkeypatch):
+    from bigsmall_lab.zoo import _smollm2
+
+    calls = []
+
+    def fake_convert(source, out, progress):
+        calls.append(out)
+        for file in ("config.json", "model.safetensors", "tokenizer.json"):
+            (out / file).write_text("{}")
+
+    monkeypatch.setattr(_smollm2, "_convert", fake_convert)
+    monkeypatch.setattr(_smollm2, "gguf_path", lambda: lab_cache / "fake.gguf")
+    folder = _smollm2.real_model_path()
+    (folder / "tokenizer.json").unlink()  # a learner's clean-up, or a disk that filled up
+    assert _smollm2.real_model_path() == folder and (folder / "tokenizer.json").is_file()
+    assert _smollm2.real_model_path() == folder
+    assert len(calls) == 2  # built, rebuilt once, then found complete

@@ -178,3 +178,27 @@ def test_its_text_output_is_a_sentence_not_a_random_widget_id():
     bundle = live._repr_mimebundle_()
     assert bundle["text/plain"].startswith("LiveMemory(cpu, every 0.05 s, 0 samples")
     assert "application/vnd.jupyter.widget-view+json" in bundle
+
+
+def test_running_the_same_cell_twenty_times_records_with_one_thread():
+    # A learner re-runs `live = LiveMemory(...).start()`: each run rebinds `live`; the chart the previous run
+    # left recording is stopped (its thread and its cell hook gone), not leaked.
+    from IPython.testing.globalipapp import get_ipython
+
+    shell = get_ipython()
+    before = sampler_threads()
+    hooks_before = len(shell.events.callbacks["post_run_cell"])
+    shell.user_ns["LiveMemory"] = LiveMemory
+    shell.run_cell("import bigsmall_lab.views._live")  # as a lesson's first cell imports the views
+    cell = "live = LiveMemory(interval=0.01, device='cpu').start()"
+    charts = []
+    for _ in range(20):
+        shell.run_cell(cell)
+        charts.append(shell.user_ns["live"])
+    assert sampler_threads() == before + 1
+    assert len(shell.events.callbacks["post_run_cell"]) == hooks_before + 1
+    assert [c.is_running for c in charts] == [False] * 19 + [True]
+    shell.run_cell("live.stop()")
+    assert sampler_threads() == before
+    with LiveMemory(interval=0.01, device="cpu") as a, LiveMemory(interval=0.01, device="cpu") as b:
+        assert a.is_running and b.is_running  # two charts of one cell still record side by side

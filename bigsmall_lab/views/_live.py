@@ -42,6 +42,7 @@ import numbers
 import sys
 import threading
 import time
+import weakref
 from typing import Any
 
 import plotly.graph_objects as go
@@ -166,9 +167,14 @@ class LiveMemory:
     # -- recording --------------------------------------------------------------------------------
 
     def start(self) -> LiveMemory:
-        """Start (or continue) recording; returns once the first sample is in. Running already: no-op."""
+        """Start (or continue) recording; returns once the first sample is in. Running already: no-op.
+
+        In a notebook, running the same cell again first stops the charts its previous run started and
+        left running (``live = LiveMemory().start()`` run twenty times records with one thread, not twenty).
+        """
         if self.is_running:
             return self
+        _remember_cell_of(self)
         now = time.perf_counter()
         if self._t0 is None:
             self._t0 = now
@@ -314,6 +320,41 @@ def _ipython():
     return get_ipython()
 
 
+# Charts started by each notebook cell's last run (the cell's id, or its text where the front end sends no id),
+# held weakly: running the cell again stops the ones still recording, whose variable the cell is about to rebind.
+_STARTED_BY_CELL: dict[str, list[weakref.ref]] = {}
+_running_cell: list[str | None] = [None]
+_watched_shells: weakref.WeakSet = weakref.WeakSet()
+
+
+def _before_cell(info: Any) -> None:
+    key = getattr(info, "cell_id", None) or getattr(info, "raw_cell", None)
+    _running_cell[0] = key
+    for ref in _STARTED_BY_CELL.pop(key, []) if key else []:
+        chart = ref()
+        if chart is not None and chart.is_running:
+            chart.stop()
+
+
+def _watch_shell(shell: Any) -> bool:
+    """Register the cell watcher once per shell; True when it was there before the cell now running."""
+    if shell is None or shell in _watched_shells:
+        return shell is not None
+    shell.events.register("pre_run_cell", _before_cell)
+    _watched_shells.add(shell)
+    return False
+
+
+def _remember_cell_of(chart: LiveMemory) -> None:
+    if not _watch_shell(_ipython()):
+        return  # registered during this cell: the cell running now was not seen, so nothing to remember
+    key = _running_cell[0]
+    if key is not None:
+        refs = _STARTED_BY_CELL.setdefault(key, [])
+        if not any(r() is chart for r in refs):
+            refs.append(weakref.ref(chart))
+
+
 def _colab_widgets() -> None:
     """Colab draws third-party widgets (plotly's FigureWidget) only with its custom widget manager."""
     if "google.colab" in sys.modules:
@@ -323,3 +364,6 @@ def _colab_widgets() -> None:
             output.enable_custom_widget_manager()
         except Exception:  # an older Colab: the static to_figure() still works
             pass
+
+
+_watch_shell(_ipython())  # imported in a notebook (the lessons' first cells): watch the cells from the next one on

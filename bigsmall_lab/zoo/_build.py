@@ -131,13 +131,17 @@ def _checkpoint_name(name: str, dtype: str, shard_bytes: int, seed: int) -> str:
     return f"{name}-{dtype}-shard{shard_bytes / MB:g}MB-seed{seed}"
 
 
-def checkpoint(model: str | torch.nn.Module = "bigsmall-small", dtype: str | torch.dtype = "bfloat16",
+def checkpoint(model: str | torch.nn.Module = "bigsmall-small", dtype: str | torch.dtype | None = None,
                shard_size: str | int = "100MB", seed: int = 0, name: str | None = None,
                progress: bool = True) -> Path:
     """Write ``model`` (a preset / lab model name, or a transformers model) as sharded safetensors.
 
     The folder goes under ``cache_dir()/checkpoints`` and is built atomically: a temporary folder
-    renamed into place when complete. A name already built is returned as is.
+    renamed into place when complete. A name already built is returned as is. ``dtype``: what a
+    preset's random weights are drawn in (None: bfloat16); a module is saved in its own dtype (None, or
+    the same dtype), and its folder records a fingerprint of the module (config, tensor names, shapes,
+    dtypes and leading values), so ``name=`` given to another module rebuilds the folder instead of
+    returning the first module's.
 
     >>> path = checkpoint("bigsmall-small", shard_size="100MB")  # doctest: +SKIP
     >>> sorted(p.name for p in path.glob("*.safetensors"))[:2]  # doctest: +SKIP
@@ -145,7 +149,13 @@ def checkpoint(model: str | torch.nn.Module = "bigsmall-small", dtype: str | tor
     """
     from tqdm.auto import tqdm
 
-    dtype = dtype_name(dtype, allowed=_BUILD_DTYPES)
+    if isinstance(model, torch.nn.Module) and isinstance(getattr(model, "dtype", None), torch.dtype):
+        own = dtype_name(model.dtype, allowed=_BUILD_DTYPES)
+        if dtype is not None and dtype_name(dtype, allowed=_BUILD_DTYPES) != own:
+            raise LabError(f"dtype {shown(dtype)} differs from the model's own {own}; the lab saves a module as it "
+                           f"is: cast it first (model.to(torch.{dtype_name(dtype)})) or leave dtype out")
+        dtype = own
+    dtype = dtype_name("bfloat16" if dtype is None else dtype, allowed=_BUILD_DTYPES)
     shard_bytes = parse_size(shard_size, argument="shard_size")
     if shard_bytes < MB:
         raise LabError.bad("shard_size", shard_size, "use e.g. '100MB' or '2GB'", verb="is below 1MB")
@@ -159,18 +169,27 @@ def checkpoint(model: str | torch.nn.Module = "bigsmall-small", dtype: str | tor
         if not name:
             raise LabError("name is required when model is a module: it names the checkpoint folder")
         label, source = name, None
+        fingerprint = _fingerprint(model)
     elif isinstance(model, str) and model.strip().lower() in (*PRESETS, *LAB_MODELS, *REAL_MODELS):
         label = source = model.strip().lower()
+        fingerprint = None
     else:
         names = (*LAB_MODELS, *REAL_MODELS, *presets())
         raise LabError(f"model {shown(model)} is not a preset or lab model{closest(str(model), names)}; use a "
                        "name from bsl.presets(), 'bigsmall-small', or pass a transformers model with name=")
     target = cache_dir() / "checkpoints" / _checkpoint_name(label, dtype, shard_bytes, seed)
-    if (target / "config.json").is_file():
+
+    def complete(folder: Path) -> bool:
+        if not (folder / "config.json").is_file():
+            return False
+        return fingerprint is None or (folder / _FINGERPRINT).is_file() and \
+            (folder / _FINGERPRINT).read_text().strip() == fingerprint
+
+    if complete(target):
         return target
     steps = tqdm(total=2, desc=f"checkpoint {label}", disable=not progress, unit="step")
-    with atomic_dir(target) as tmp:
-        if (target / "config.json").is_file():  # another process built it while this one waited
+    with atomic_dir(target, complete=complete) as tmp:
+        if complete(target):  # another process built it while this one waited
             steps.close()
             return target
         if source in REAL_MODELS:
@@ -183,6 +202,8 @@ def checkpoint(model: str | torch.nn.Module = "bigsmall-small", dtype: str | tor
         steps.update()
         steps.set_postfix_str("writing shards")
         model.save_pretrained(tmp, max_shard_size=shard_bytes, safe_serialization=True)
+        if fingerprint is not None:
+            (tmp / _FINGERPRINT).write_text(fingerprint + "\n")
         if source in LAB_MODELS:
             _copy_tokenizer(tmp)
         elif source in REAL_MODELS:
@@ -190,6 +211,25 @@ def checkpoint(model: str | torch.nn.Module = "bigsmall-small", dtype: str | tor
         steps.update()
     steps.close()
     return target
+
+
+_FINGERPRINT = "lab-fingerprint.txt"
+_LEADING_VALUES = 64  # of each tensor: enough to tell two trained or random modules apart, cheap for any size
+
+
+def _fingerprint(model: torch.nn.Module) -> str:
+    """A digest of a module: its config, and each tensor's name, shape, dtype and leading values."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    config = getattr(model, "config", None)
+    digest.update((config.to_json_string() if hasattr(config, "to_json_string") else type(model).__name__).encode())
+    for key, tensor in model.state_dict().items():
+        digest.update(f"{key}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        if tensor.device.type != "meta":
+            lead = tensor.detach().reshape(-1)[:_LEADING_VALUES].to("cpu")
+            digest.update(lead.view(torch.uint8).numpy().tobytes() if lead.numel() else b"")
+    return digest.hexdigest()
 
 
 def _copy_tokenizer(folder: Path, source: Path = TINY_DIR) -> None:
@@ -206,6 +246,9 @@ def _resolve(name_or_path: str | os.PathLike | None) -> tuple[str, bool]:
         raise LabError.bad("name_or_path", name_or_path, "use a lab model or preset name, a folder or a hub id",
                            verb="is not a name or a path")
     key = str(name_or_path)
+    if not key.strip():  # Path("") is the current folder: never load whatever happens to be there
+        raise LabError.bad("name_or_path", name_or_path, "use None for the embedded model, a lab model or preset "
+                           "name, a folder or a hub id", verb="is empty")
     if key.strip().lower() in REAL_MODELS:
         return str(real_model_path(key.strip().lower())), False
     if key.lower() in (*PRESETS, "bigsmall-small"):
@@ -306,10 +349,44 @@ def load_model(name_or_path: str | os.PathLike | None = None, **from_pretrained_
     kwargs = current_names(from_pretrained_kwargs)
     dtype = kwargs.get("dtype")
     if dtype is not None and not (isinstance(dtype, str) and dtype == "auto"):
-        # The lab's own names ("bf16", "fp32") work here as everywhere else in the lab.
-        kwargs["dtype"] = torch_dtype(dtype_name(dtype, allowed=_BUILD_DTYPES + ("float8_e4m3fn", "float8_e5m2")))
+        # The lab's own names ("bf16", "fp32") work here as everywhere else in the lab. float8 weights
+        # cannot be loaded as a dtype (torch has no float8 storage for from_pretrained to fill).
+        kwargs["dtype"] = torch_dtype(dtype_name(dtype, allowed=_BUILD_DTYPES))
+    if "device_map" in kwargs:
+        _check_device_map(kwargs["device_map"])
     kwargs.setdefault("use_safetensors", True)
     return _from_pretrained(AutoModelForCausalLM, name_or_path, kwargs)
+
+
+_DEVICE_MAP_WORDS = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def _check_device_map(device_map: Any) -> None:
+    """One sentence for a device_map naming a device this machine lacks (else transformers asserts deep inside)."""
+    allowed = f"use 'cpu', {', '.join(repr(w) for w in _DEVICE_MAP_WORDS)}, 'cuda[:N]' on a CUDA machine, or a dict"
+    if device_map is None or isinstance(device_map, (int, torch.device)) and not isinstance(device_map, bool):
+        devices = [] if device_map is None else [device_map]
+    elif isinstance(device_map, str):
+        devices = [] if device_map in _DEVICE_MAP_WORDS else [device_map]
+    elif isinstance(device_map, dict):
+        devices = list(device_map.values())
+    else:
+        raise LabError.bad("device_map", device_map, allowed, verb="is not a device map")
+    for device in devices:
+        if device in ("disk", "meta") or isinstance(device, int) and not isinstance(device, bool):
+            if isinstance(device, int) and not (torch.cuda.is_available() and 0 <= device < torch.cuda.device_count()):
+                raise LabError.bad("device_map", device_map, allowed, verb=f"names GPU {device}, which is not here")
+            continue
+        try:
+            kind = torch.device(device).type
+        except (RuntimeError, TypeError):
+            raise LabError.bad("device_map", device_map, allowed, verb="is not a device map") from None
+        if kind == "cuda" and not torch.cuda.is_available():
+            raise LabError.bad("device_map", device_map, allowed, verb="asks for a CUDA GPU and none is attached")
+        if kind == "mps" and not (torch.backends.mps.is_available()):
+            raise LabError.bad("device_map", device_map, allowed, verb="asks for Apple's mps and it is not here")
+        if kind not in ("cpu", "cuda", "mps"):
+            raise LabError.bad("device_map", device_map, allowed, verb=f"names a {kind} device the lab does not use")
 
 
 def load_tokenizer(name_or_path: str | os.PathLike | None = None, **kwargs):

@@ -113,6 +113,9 @@ def _read_json(path: Path) -> dict:
         data = json.loads(text)
     except json.JSONDecodeError as err:
         raise LabError(f"config file {shown(str(path))} is not valid JSON ({err.msg} at line {err.lineno})") from None
+    except RecursionError:  # thousands of nested brackets: no config is built like that
+        raise LabError(f"config file {shown(str(path))} nests its JSON too deeply to be a config; a config.json is "
+                       "one object of settings like {\"model_type\": \"llama\", ...}") from None
     if not isinstance(data, dict):
         kind = {list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(type(data), "a number")
         raise LabError(f"config file {shown(str(path))} holds {kind}, not a JSON object of settings like "

@@ -64,7 +64,7 @@ def real_model_path(name: str = "smollm2-135m-instruct", progress: bool = True) 
     if _complete(target):
         return target
     source = gguf_path()
-    with atomic_dir(target) as tmp:
+    with atomic_dir(target, complete=_complete) as tmp:
         if _complete(target):  # another process finished it while this one waited
             return target
         _convert(source, tmp, progress)
