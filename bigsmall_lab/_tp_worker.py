@@ -63,6 +63,22 @@ def _placement(param) -> tuple[str, bool, tuple[int, ...]]:
     return type(p).__name__, True, tuple(local.shape)
 
 
+def _timed(step, device, clock=time.perf_counter):
+    """``(step(), seconds)``. On CUDA, kernels are launched asynchronously: the device is synchronised
+    before the clock starts (work queued earlier is not this step's) and before it is read again (the
+    step's own kernels have finished), else a forward pass "takes" only its launch time."""
+    import torch
+
+    cuda = torch.device(device).type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
+    start = clock()
+    result = step()
+    if cuda:
+        torch.cuda.synchronize(device)
+    return result, clock() - start
+
+
 def _allreduce_latency_s(hidden: int, dtype, device, repeat: int = 20) -> float:
     """Median seconds of one all-reduce of one token's hidden state, the message decoding sends."""
     import torch
@@ -98,9 +114,7 @@ def _run(spec: dict, run_dir: Path, rank: int) -> None:
         time.sleep(3600)
     warm_imports(spec["path"])
     with track(f"rank {rank}", device=device_kind, interval_s=0.05) as memory:
-        start = time.perf_counter()
-        model = load(spec["path"], dtype)
-        load_s = time.perf_counter() - start
+        model, load_s = _timed(lambda: load(spec["path"], dtype), device_kind)
         if fault == f"raise:{rank}":
             raise RuntimeError(f"deliberate failure of rank {rank} ({_FAULT_ENV})")
         weights, param_bytes = {}, 0
@@ -113,19 +127,14 @@ def _run(spec: dict, run_dir: Path, rank: int) -> None:
         device = model.device
         ids = torch.tensor([spec["input_ids"]], device=device)
         with torch.no_grad(), count_collectives() as collectives:
-            start = time.perf_counter()
-            logits = model(ids).logits
-            forward_s = time.perf_counter() - start
+            logits, forward_s = _timed(lambda: model(ids).logits, device)
         generate = dict(attention_mask=torch.ones_like(ids), do_sample=False, pad_token_id=spec.get("pad_token_id"))
         with torch.no_grad():
             model.generate(ids, max_new_tokens=1, **generate)  # warm-up: the first call sets things up
         dist.barrier()  # every rank starts generating together: the time is the slowest rank's
-        start = time.perf_counter()
         with torch.no_grad():
-            out = model.generate(ids, max_new_tokens=spec["max_new_tokens"], **generate)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        generate_s = time.perf_counter() - start
+            out, generate_s = _timed(lambda: model.generate(ids, max_new_tokens=spec["max_new_tokens"], **generate),
+                                     device)
         hidden = int(model.config.get_text_config().hidden_size)
         latency_s = _allreduce_latency_s(hidden, dtype, device)
     if rank == 0:

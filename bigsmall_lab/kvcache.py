@@ -556,10 +556,18 @@ def _config_of(model_or_config: Any):
     return config
 
 
-def _needs_cuda(settings: CacheSettings) -> None:
-    if settings.implementation is CacheImplementation.OFFLOADED and not torch.cuda.is_available():
+def _needs_cuda(settings: CacheSettings, model_or_config: Any = None) -> None:
+    """The offloaded cache moves each layer's K/V between the MODEL's GPU and the CPU over CUDA streams: a GPU
+    in the machine is not enough, the model must be on it (a config alone is checked for CUDA only)."""
+    if settings.implementation is not CacheImplementation.OFFLOADED:
+        return
+    if not torch.cuda.is_available():
         raise LabError("the offloaded cache needs a CUDA GPU (it moves each layer's cache over CUDA streams); on "
                        "this CPU, kvcache.offload_plan(config, seq_len) shows where its bytes would go")
+    if isinstance(model_or_config, torch.nn.Module) and _device(model_or_config).type != "cuda":
+        raise LabError(f"the offloaded cache needs the model on a CUDA GPU (it moves each layer's cache between "
+                       f"the model's GPU and the CPU); this model is on {_device(model_or_config)}: move it with "
+                       f"model.to('cuda') or load it with device_map='cuda'")
 
 
 def make_cache(model_or_config: Any, cache: str | CacheSettings = "dynamic", max_cache_len: int | None = None):
@@ -570,7 +578,7 @@ def make_cache(model_or_config: Any, cache: str | CacheSettings = "dynamic", max
     settings = _settings(cache)
     config = _config_of(model_or_config)
     kind = settings.implementation
-    _needs_cuda(settings)
+    _needs_cuda(settings, model_or_config)
     if kind is CacheImplementation.DYNAMIC:
         return DynamicCache(config=config)
     if kind is CacheImplementation.OFFLOADED:
@@ -942,7 +950,7 @@ def generate(model: torch.nn.Module, ids: torch.Tensor, cache: str | CacheSettin
     Exactly ``max_new_tokens`` tokens are generated (end-of-text is held back) so runs compare.
     """
     settings = _settings(cache)
-    _needs_cuda(settings)
+    _needs_cuda(settings, model)
     ids = token_ids(ids, minimum=1).to(_device(model))
     n_new = whole_number(max_new_tokens, "max_new_tokens")
     prompt = int(ids.shape[1])
@@ -1030,7 +1038,7 @@ def compare(model: torch.nn.Module, ids: torch.Tensor, caches: Sequence[str | Ca
     total = prompt_tokens + scored_tokens + new_tokens
     settings = [_sized(s, total) for s in settings]
     for s in settings:
-        _needs_cuda(s)
+        _needs_cuda(s, model)
     ids = ids.to(_device(model))
     pre = shared if shared is not None else prefill(model, ids[:, :prompt_tokens])
     if pre.cached_tokens != prompt_tokens or not torch.equal(pre.ids.to(ids.device), ids[:, :prompt_tokens]):

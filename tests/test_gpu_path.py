@@ -248,3 +248,57 @@ def test_describe_without_nvml_says_free_unknown(cuda, monkeypatch):
         (137 * GiB, None, "torch"), (139 * GiB, None, "torch")]
     assert "GPU 0 Fake H200 #3 (137.0 GiB, free unknown)" in hw.summary()
     assert hardware.cuda_context_bytes(0) is None  # not measurable without NVML: None, never 0
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. The TP worker times a CUDA step after the GPU has finished it
+
+
+@pytest.mark.parametrize("device, expected", [
+    (torch.device("cuda", 0), ["sync", "clock", "step", "sync", "clock"]),
+    (torch.device("cpu"), ["clock", "step", "clock"]),
+])
+def test_tp_worker_synchronises_before_reading_the_clock(monkeypatch, device, expected):
+    from bigsmall_lab import _tp_worker
+
+    events = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: events.append("sync"))
+    ticks = iter([10.0, 12.5])
+
+    def clock():
+        events.append("clock")
+        return next(ticks)
+
+    result, seconds = _tp_worker._timed(lambda: events.append("step") or "logits", device, clock=clock)
+    assert (result, seconds, events) == ("logits", 2.5, expected)
+
+
+def test_tp_worker_times_load_forward_and_generate_through_the_synchronising_timer():
+    import inspect
+
+    from bigsmall_lab import _tp_worker
+
+    source = inspect.getsource(_tp_worker._run)
+    assert source.count("_timed(") == 3 and "time.perf_counter" not in source
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. The offloaded KV cache needs the MODEL on CUDA, not just a GPU in the machine
+
+
+def test_offloaded_cache_refuses_a_cpu_model_on_a_machine_with_a_gpu(monkeypatch):
+    import bigsmall_lab as bsl
+    from bigsmall_lab import kvcache
+    from bigsmall_lab._errors import LabError
+
+    torch.manual_seed(0)
+    model = bsl.load_model("bigsmall-tiny", dtype=torch.float32)  # on the CPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # ... while a GPU is attached
+    ids = torch.tensor([[1, 2, 3, 4]])
+    for call in (lambda: kvcache.make_cache(model, "offloaded"),
+                 lambda: kvcache.generate(model, ids, "offloaded", max_new_tokens=2),
+                 lambda: kvcache.compare(model, torch.arange(1, 12)[None], ["dynamic", "offloaded"], prompt_tokens=4,
+                                         scored_tokens=4, new_tokens=0)):
+        with pytest.raises(LabError, match=r"needs the model on a CUDA GPU.*this model is on cpu"):
+            call()
+    kvcache._needs_cuda(kvcache.CacheSettings(), model)  # other caches run wherever the model is
