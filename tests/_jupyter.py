@@ -56,18 +56,7 @@ _LAB_SETTINGS = {
 }
 
 
-def in_ci() -> bool:
-    """True under continuous integration (GitHub Actions and most CI systems set CI=true)."""
-    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
-
-
-def missing(reason: str) -> None:
-    """A browser test cannot run: skip with ``reason`` for a user, fail with it in CI."""
-    import pytest
-
-    if in_ci():
-        pytest.fail(f"{reason}; CI=true, so the browser tests must run here", pytrace=False)
-    pytest.skip(reason)
+from ._require import in_ci, missing  # noqa: E402,F401  (the browser tests' skip-or-fail rule is everyone's)
 
 
 def chromium_path() -> str | None:
