@@ -145,6 +145,32 @@ def quantized_cache_backends() -> tuple[str, ...]:
     return names + ("fp8",) if hasattr(cache_utils, "Fp8QuantizedLayer") else names
 
 
+# The offloaded cache (``DynamicCache(offloading=True)``) prefetches the next layer's K/V on a side stream.
+# Read in the wheels' ``cache_utils.py``: 5.17.0, 5.18.0 and 5.19.0 make the default stream wait for the
+# prefetch stream but not the prefetch stream wait for the default stream, so a prefetch may start before
+# the previous layer's offload copy to the CPU has finished and reuse memory still being read; 5.20.0,
+# 5.21.0 and 5.25.0 add ``self.prefetch_stream.wait_stream(torch.cuda.default_stream(...))``. (The pull
+# request was not found in the searchable issue and code corpora; the versions come from the wheels.)
+OFFLOADED_CACHE_STREAM_FIX = Version("5.20.0")
+
+__all__ += ["OFFLOADED_CACHE_STREAM_FIX", "offloaded_cache_race"]
+
+
+def offloaded_cache_race(version: str | None = None, warn: bool = True) -> bool:
+    """True (and one warning sentence) when this transformers' offloaded KV cache lacks the stream wait.
+
+    >>> offloaded_cache_race("5.17.0", warn=False), offloaded_cache_race("5.25.0", warn=False)
+    (True, False)
+    """
+    version = transformers.__version__ if version is None else version
+    racy = Version(Version(version).base_version) < OFFLOADED_CACHE_STREAM_FIX
+    if racy and warn:
+        warnings.warn(f"transformers {version}'s offloaded KV cache can prefetch a layer before the previous "
+                      f"layer's copy to the CPU has finished (fixed in {OFFLOADED_CACHE_STREAM_FIX}): compare its "
+                      f"tokens with the dynamic cache's, or upgrade transformers.", RuntimeWarning, stacklevel=3)
+    return racy
+
+
 def diffusers_dtype_kwarg() -> str:
     """The keyword diffusers' ``from_pretrained`` takes the weights' dtype under.
 

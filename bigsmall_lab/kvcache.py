@@ -568,6 +568,7 @@ def _needs_cuda(settings: CacheSettings, model_or_config: Any = None) -> None:
         raise LabError(f"the offloaded cache needs the model on a CUDA GPU (it moves each layer's cache between "
                        f"the model's GPU and the CPU); this model is on {_device(model_or_config)}: move it with "
                        f"model.to('cuda') or load it with device_map='cuda'")
+    _compat.offloaded_cache_race()  # transformers < 5.20: one warning sentence, the run goes on (its tokens are compared)
 
 
 def make_cache(model_or_config: Any, cache: str | CacheSettings = "dynamic", max_cache_len: int | None = None):

@@ -302,3 +302,36 @@ def test_offloaded_cache_refuses_a_cpu_model_on_a_machine_with_a_gpu(monkeypatch
         with pytest.raises(LabError, match=r"needs the model on a CUDA GPU.*this model is on cpu"):
             call()
     kvcache._needs_cuda(kvcache.CacheSettings(), model)  # other caches run wherever the model is
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. transformers < 5.20's offloaded cache lacks the prefetch stream's wait: one warning sentence
+
+
+@pytest.mark.parametrize("version, racy", [("5.17.0", True), ("5.19.1", True), ("5.20.0rc1", False),
+                                           ("5.20.0", False), ("5.25.0", False)])
+def test_offloaded_cache_race_is_named_by_version(version, racy):
+    from bigsmall_lab import _compat
+
+    assert _compat.offloaded_cache_race(version, warn=False) is racy
+
+
+def test_offloaded_cache_warns_on_an_affected_transformers(monkeypatch):
+    import warnings
+
+    import transformers
+
+    from bigsmall_lab import _compat, kvcache
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(transformers, "__version__", "5.17.0")  # the GPU image's version
+    cuda_model = SimpleNamespace()  # a config-only call: the model's device is not known, CUDA is
+    with pytest.warns(RuntimeWarning, match=r"^transformers 5\.17\.0's offloaded KV cache can prefetch a layer .*"
+                                            r"fixed in 5\.20\.0.*\.$") as seen:
+        kvcache._needs_cuda(kvcache.CacheSettings("offloaded"), cuda_model)
+    assert len(seen) == 1 and str(seen[0].message).count(". ") == 0  # one sentence
+    monkeypatch.setattr(transformers, "__version__", "5.25.0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kvcache._needs_cuda(kvcache.CacheSettings("offloaded"), cuda_model)
+        assert _compat.offloaded_cache_race() is False
