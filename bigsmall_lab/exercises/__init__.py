@@ -15,8 +15,9 @@ from ._lesson04 import check_4bit_bytes, check_scale, check_zero_point
 from ._lesson05 import (check_cpu_offload_saving, check_flux_transformer_bytes, check_group_count,
                         check_model_offload_bytes)
 from ._lesson06 import check_allreduces, check_rank_bytes, check_smallest_nproc
-from ._lesson07 import check_bytes_on_gpu, check_fewest_gpus, check_layers_on_gpu0
-from ._lesson08 import check_blog_kv_heads, check_kv_cache_gib, check_kv_per_gpu, check_recomputed_positions
+from ._lesson07 import check_bytes_on_gpu, check_fewest_gpus, check_layers_on_cpu, check_layers_on_gpu0
+from ._lesson08 import (check_blog_kv_heads, check_cache_bytes, check_kv_cache_gib, check_kv_per_gpu,
+                        check_recomputed_positions)
 
 __all__ = [
     "Exercise", "Slip", "Verdict", "ask", "byte_unit_slips", "check_value",
@@ -33,7 +34,7 @@ __all__ = [
     # lesson 06
     "check_allreduces", "check_rank_bytes", "check_smallest_nproc",
     # lesson 07
-    "check_bytes_on_gpu", "check_fewest_gpus", "check_layers_on_gpu0",
+    "check_bytes_on_gpu", "check_fewest_gpus", "check_layers_on_cpu", "check_layers_on_gpu0",
     # lesson 08
-    "check_blog_kv_heads", "check_kv_cache_gib", "check_kv_per_gpu", "check_recomputed_positions",
+    "check_blog_kv_heads", "check_cache_bytes", "check_kv_cache_gib", "check_kv_per_gpu", "check_recomputed_positions",
 ]

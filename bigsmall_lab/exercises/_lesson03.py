@@ -19,7 +19,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .._dtypes import bytes_per_element, dtype_name
+import torch
+
+from .._dtypes import bytes_per_element, dtype_name, torch_dtype
 from .._errors import LabError
 from ..bits import FORMATS, RoundingStats, decompose, format_info, range_note, spacing, value_text
 from ._core import Exercise, Slip, Verdict, ask, distinct_slips
@@ -75,10 +77,23 @@ def check_gap(answer: Any, dtype: str = "bfloat16", at: float = 256) -> Verdict:
     return ask(("gap", name, at), build).check(answer)
 
 
+def _other_neighbour(value: float, stored: float, name: str) -> float | None:
+    """The representable value next to ``stored`` on the other side of ``value``: what rounding the wrong
+    way gives (up instead of down, away from the even mantissa at a tie); None when ``value`` is stored
+    exactly or rounds to inf or 0."""
+    if stored == value or not math.isfinite(stored) or stored == 0:
+        return None
+    td = torch_dtype(name)
+    toward = torch.tensor(math.inf if value > stored else -math.inf, dtype=td)
+    other = torch.nextafter(torch.tensor(stored, dtype=td), toward).item()
+    return other if math.isfinite(other) else None
+
+
 def check_stored(answer: Any, value: float, dtype: str = "float16") -> Verdict:
     """The value ``dtype`` really stores for ``value`` (torch's conversion), within 0.01 %.
 
-    Slips: the value itself (not representable), the largest finite value for a value that rounds to
+    Slips: the value itself (not representable), its neighbour on the other side (rounded the wrong way,
+    or away from the even mantissa at a tie), the largest finite value for a value that rounds to
     inf, the smallest subnormal or normal for a value that rounds to 0, what bfloat16 would store.
     Write infinity as ``float("inf")`` or ``math.inf``.
     """
@@ -108,6 +123,15 @@ def check_stored(answer: Any, value: float, dtype: str = "float16") -> Verdict:
                               f"subnormals, and {value_text(value)} lies below even those", 0.01))
         slips.append(Slip(value, f"{name} cannot hold {value_text(value)} exactly"
                                  + (f" ({note})" if note else ": it rounds to the nearest value it has")))
+        other_way = _other_neighbour(value, expected, name)
+        if other_way is not None:
+            tie = abs(other_way - value) == abs(expected - value)
+            slips.append(Slip(other_way, f"{value_text(other_way)} is {name}'s neighbour on the other side of "
+                                         f"{value_text(value)}; " + (
+                                             "halfway between two values, rounding goes to the one with the even "
+                                             "mantissa (its last bit 0)" if tie else
+                                             "conversion rounds to the nearest value, not up, down or toward zero"),
+                              1e-6))
         for other in ("bfloat16", "float16", "float32"):
             if other != name:
                 slips.append(Slip(decompose(value, other).value, f"that is what {other} stores; {name} has "

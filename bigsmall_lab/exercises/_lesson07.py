@@ -11,11 +11,11 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from .._units import GB, GiB
+from .._units import GB, GiB, MiB
 from ..placement import fewest_gpus, parse_budgets, plan
-from ._core import Exercise, Slip, Verdict, ask
+from ._core import Exercise, Slip, Verdict, ask, distinct_slips
 
-__all__ = ["check_bytes_on_gpu", "check_fewest_gpus", "check_layers_on_gpu0"]
+__all__ = ["check_bytes_on_gpu", "check_fewest_gpus", "check_layers_on_cpu", "check_layers_on_gpu0"]
 
 
 def _key(max_memory: Mapping[Any, Any]) -> tuple:
@@ -112,3 +112,61 @@ def check_bytes_on_gpu(answer: float | None, config: Any, strategy: str, max_mem
             slips=tuple(s for s in slips if s.value and abs(s.value - expected) > 0.05 * expected))
 
     return ask(("bytes_on_gpu", str(config), strategy, _key(max_memory), gpu, dtype), build).check(answer)
+
+
+def _mb_for_mib(max_memory: Mapping[Any, Any]) -> dict:
+    """``max_memory`` with every "MiB"/"GiB" read as "MB"/"GB" (the slip of 2**20 for 10**6)."""
+    return {k: v.replace("MiB", "MB").replace("GiB", "GB") if isinstance(v, str) else v for k, v in max_memory.items()}
+
+
+def check_layers_on_cpu(answer: float | None, measured: int, config: Any, max_memory: Mapping[Any, Any],
+                        dtype: str = "bfloat16") -> Verdict:
+    """Decoder layers (no-split blocks) that ``device_map="auto"`` put on the CPU under ``max_memory``, as
+    ``measured`` on the loaded model (``model.hf_device_map``); a count, so exact (tolerance 0). The
+    rest of the layers goes to disk (or to the GPUs, when ``max_memory`` names some).
+
+    Slips, each the planner's own answer under the learner's mistake: the budget divided by one layer
+    (the embeddings and lm_head go first, and the CPU keeps room for the largest layer while anything
+    may spill), no room kept free, "MiB" read as "MB", every layer, the layers that went to disk.
+
+    >>> from bigsmall_lab.zoo import checkpoint
+    >>> path = checkpoint("bigsmall-small")
+    >>> print(check_layers_on_cpu(16, 12, path, {"cpu": "300MiB"}))  # doctest: +ELLIPSIS
+    [not quite] You wrote 16: that is every layer; ... Hint: ...
+    """
+    right = plan(config, "auto", max_memory, dtype=dtype)
+    expected = measured
+
+    def build() -> Exercise:
+        budgets = parse_budgets(max_memory)
+        cpu = budgets.get("cpu", 0)
+        layer = right.smallest_block_bytes
+        firsts = [r for r in right.ranges if r.n_blocks == 0 and r.device == "cpu" and r.n_bytes]
+        first = sum(r.n_bytes for r in firsts)  # placed before the layers: the embeddings (and an untied lm_head)
+        named = " and ".join(r.label for r in firsts) or "nothing"
+        roomy = dict(budgets)
+        roomy["cpu"] = cpu + right.largest_layer_bytes
+        on_disk = right.layers_on("disk")
+        slips = [Slip(cpu // layer if layer else 0, f"the budget / one layer forgets what is placed first ({named}) "
+                                                    "and the room the CPU keeps free for "
+                                                    "the largest layer"),
+                 Slip(plan(config, "auto", roomy, dtype=dtype).layers_on("cpu"),
+                      f"the CPU keeps room for the largest layer ({right.largest_layer}, "
+                      f"{right.largest_layer_bytes / MiB:,.1f} MiB) while anything may spill to disk"),
+                 Slip((cpu - first) // layer if layer else 0, f"after {named}, the CPU still keeps "
+                                                             "room for the largest layer free"),
+                 Slip(plan(config, "auto", _mb_for_mib(max_memory), dtype=dtype).layers_on("cpu"),
+                      "that reads MiB (2**20 bytes) as MB (10**6 bytes)"),
+                 Slip(right.n_blocks, f"that is every layer; the budget holds only part of the {right.n_blocks}"),
+                 Slip(on_disk, "that is the number of layers that went to disk")]
+        return Exercise(
+            "layers_on_cpu", expected=expected, example="5",
+            why=(f"measured in hf_device_map: {expected} of {right.n_blocks} layers on the CPU (the planner said "
+                 f"{right.layers_on('cpu')}); {named} ({first / MiB:,.1f} MiB) go first, each "
+                 f"layer takes {layer / MiB:,.1f} MiB, and {right.largest_layer_bytes / MiB:,.1f} MiB stay free "
+                 f"for the largest layer"),
+            hint="the budget, minus what goes first (the embeddings, and lm_head unless it is tied), minus the room kept for the largest "
+                 "layer, in whole layers",
+            slips=distinct_slips(expected, slips))
+
+    return ask(("layers_on_cpu", str(config), _key(max_memory), dtype, measured), build).check(answer)

@@ -22,11 +22,13 @@ from .._errors import LabError, whole_number
 from .._units import GB, GiB, MiB
 from ..estimates import kv_cache_bytes
 from ..kvcache import kv_bytes_per_rank, positions_processed
-from ._core import Exercise, Slip, Verdict, ask, config_layout, distinct_slips
+from ._core import Exercise, Slip, Verdict, ask, byte_unit_slips, config_layout, distinct_slips
 
-__all__ = ["check_blog_kv_heads", "check_kv_cache_gib", "check_kv_per_gpu", "check_recomputed_positions"]
+__all__ = ["check_blog_kv_heads", "check_cache_bytes", "check_kv_cache_gib", "check_kv_per_gpu",
+           "check_recomputed_positions"]
 
-_GIB = dict(fmt=",.2f", unit=" GiB", example="39.06 or 40", rel_tol=0.01, slip_tol=0.01)
+# The example of how to write a number must not be an answer (70B at 128,000 tokens is 39.06 GiB).
+_GIB = dict(fmt=",.2f", unit=" GiB", example="12.5 or 7", rel_tol=0.01, slip_tol=0.01)
 
 
 def _other_k(expected: float, seq_len: int) -> list[Slip]:
@@ -169,3 +171,54 @@ def check_recomputed_positions(answer: Any, prompt_tokens: int = 256, new_tokens
             slips=distinct_slips(expected, slips))
 
     return ask(("recomputed_positions", p, n), build).check(answer)
+
+
+def check_cache_bytes(answer: Any, measured: int, config: Any = "bigsmall-tiny", seq_len: int = 200,
+                      batch_size: int = 1, dtype: str = "float32") -> Verdict:
+    """Bytes a dynamic cache of ``config`` holds after ``seq_len`` tokens x ``batch_size``, as ``measured``
+    by weighing the cache object (:func:`bigsmall_lab.kvcache.cache_bytes`), within 1 % (an answer
+    rounded to three figures counts).
+
+    Slips, each the same count under the learner's mistake: the 2 for K and V left out, the attention
+    (query) heads for the KV heads, one layer instead of all, 2 bytes per value (the checkpoint's
+    bfloat16) for 4, bits for bytes, MiB, GB or GiB for bytes.
+
+    bigsmall-tiny in float32 (6 layers, 4 KV heads of 32 dims): 2 x 6 x 4 x 32 x 4 = 6,144 bytes a token.
+
+    >>> print(check_cache_bytes(6144 * 200, 6144 * 200))
+    [correct] 1,228,800 bytes is right: measured 1,228,800 bytes in the cache object; by the formula 2 (K and V) x 6 layers x 4 KV heads x 32 dims x 200 tokens x 1 x 4 bytes = 1,228,800 bytes.
+    """
+    dtype = dtype_name(dtype)
+    seq_len = whole_number(seq_len, "seq_len")
+    batch_size = whole_number(batch_size, "batch_size")
+    measured = whole_number(measured, "measured", minimum=1)
+    planned = kv_cache_bytes(config, seq_len, batch_size, dtype)
+    expected = measured
+
+    def build() -> Exercise:
+        _, layers, n_heads, n_kv, head_dim = config_layout(config)
+        nbytes = bytes_per_element(dtype)
+        other = "bfloat16" if nbytes == 4 else "float32"
+        slips = [
+            Slip(expected / 2, "half the answer: the 2 for K and V is missing (each layer caches a key and a value "
+                               "per token and KV head)"),
+            Slip(expected * n_heads / n_kv, f"you used the {n_heads} attention (query) heads; with grouped-query "
+                                            f"attention only the {n_kv} KV heads are cached"),
+            Slip(expected / layers, f"that is one layer's cache; each of the {layers} layers keeps its own"),
+            Slip(expected * bytes_per_element(other) / nbytes,
+                 f"that counts {bytes_per_element(other):g} bytes per value ({other}); this cache is {dtype}, "
+                 f"{nbytes:g} bytes each"),
+            Slip(expected * 8, "that is in bits (8 per byte); the question asks for bytes"),
+            Slip(expected / MiB, "that is in MiB; the question asks for bytes", 0.02),
+            *byte_unit_slips(expected),
+        ]
+        return Exercise(
+            "cache_bytes", expected=expected, rel_tol=0.01, slip_tol=0.002, fmt=",.0f", unit=" bytes",
+            example="1_000_000",
+            why=(f"measured {measured:,} bytes in the cache object; by the formula 2 (K and V) x {layers} layers x "
+                 f"{n_kv} KV heads x {head_dim} dims x {seq_len:,} tokens x {batch_size} x {nbytes:g} bytes = "
+                 f"{planned:,} bytes" + ("" if planned == measured else " (not the same: see the cell's claim)")),
+            hint="2 (K and V) x layers x KV heads x head dim x tokens x batch x bytes per value",
+            slips=distinct_slips(expected, slips, gap=0.005))
+
+    return ask(("cache_bytes", str(config), seq_len, batch_size, dtype, measured), build).check(answer)
