@@ -311,7 +311,23 @@ def _device(device: Any, nproc: int) -> str:
     if device == "cuda" and nproc > n_gpus:
         raise LabError.bad("nproc", nproc, f"this machine has {n_gpus} CUDA GPU(s), one per rank; use nproc <= "
                            f"{n_gpus}, or device='cpu'", verb="is more than the GPUs present")
+    if device == "cpu":
+        _check_cpu_ranks_fit(nproc)
     return device
+
+
+def _check_cpu_ranks_fit(nproc: int) -> None:
+    """Refuse more CPU ranks than RAM holds: each rank is a Python process that imports torch and transformers
+    as this one did, so this process's resident size now is the estimate of one rank before its model."""
+    import psutil
+
+    per_rank = psutil.Process().memory_info().rss
+    available = psutil.virtual_memory().available
+    if nproc * per_rank > available:
+        raise LabError.bad("nproc", nproc, f"{nproc:,} processes would need about {nproc * per_rank / 2**30:,.1f} GiB "
+                           f"before any weights ({per_rank / 2**20:,.0f} MiB each, this process's size) and "
+                           f"{available / 2**30:,.1f} GiB is available; use at most {max(available // per_rank, 1):,}",
+                           verb="cannot fit in RAM")
 
 
 def _check_torchrun() -> None:
@@ -399,8 +415,14 @@ def _free_port() -> int:
 # Launching and cleaning up
 
 
-def _child_env(device: str) -> dict[str, str]:
+def _child_env(device: str, run_dir: Path | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _INHERITED}
+    if run_dir is not None:
+        # torchelastic makes its own torchelastic_* folders in the temp folder and leaves them behind: put them in
+        # the run's folder, which is removed after the run however it ends.
+        tmp = run_dir / "tmp"
+        tmp.mkdir(exist_ok=True)
+        env["TMPDIR"] = env["TMP"] = env["TEMP"] = str(tmp)
     package_root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
     env.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -423,7 +445,7 @@ def _launch(command: list[str], run_dir: Path, nproc: int, device: str, timeout_
     with open(log_path, "wb") as log:
         # A session of its own: the whole run can be signalled without touching this process.
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=_child_env(device), cwd=str(run_dir), start_new_session=True)
+                                env=_child_env(device, run_dir), cwd=str(run_dir), start_new_session=True)
     family: dict[int, psutil.Process] = {}
     deadline = time.monotonic() + timeout_s
     timed_out = False

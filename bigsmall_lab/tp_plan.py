@@ -93,6 +93,15 @@ def shard_sizes(size: int, nproc: int) -> tuple[int, ...]:
     >>> shard_sizes(768, 2), shard_sizes(9, 2), shard_sizes(49152, 3)
     ((384, 384), (5, 4), (16384, 16384, 16384))
     """
+    size = whole_number(size, "size", minimum=0)
+    nproc = whole_number(nproc, "nproc", minimum=1)
+    if nproc > max(size, 1):
+        raise LabError.bad("nproc", nproc, f"use 1 to {max(size, 1):,} ranks for {size:,} rows: more ranks than rows "
+                           "leaves ranks with nothing", verb="is more than the rows")
+    return _chunk_sizes(size, nproc)
+
+
+def _chunk_sizes(size: int, nproc: int) -> tuple[int, ...]:
     chunk = -(-size // nproc)
     return tuple(max(0, min(chunk, size - rank * chunk)) for rank in range(nproc))
 
@@ -185,6 +194,7 @@ def valid_nproc(config: Any, up_to: int = 16) -> list[int]:
     [1, 2, 4, 8]
     """
     n_heads, n_kv = heads(config)
+    up_to = min(whole_number(up_to, "up_to", minimum=1), n_kv)  # a divisor of the KV heads is at most their count
     return [n for n in range(1, up_to + 1) if n_heads % n == 0 and n_kv % n == 0]
 
 
@@ -261,7 +271,7 @@ def _local_shapes(shape: tuple[int, ...], placement: Placement, nproc: int) -> t
         return (tuple(shape),) * nproc
     # Shard(0) splits the first axis; Shard(1) the last axis of a matrix (a 1-D tensor only has one).
     dim = 0 if placement is Placement.COLUMN or len(shape) == 1 else len(shape) - 1
-    return tuple(tuple(n if i == dim else s for i, s in enumerate(shape)) for n in shard_sizes(shape[dim], nproc))
+    return tuple(tuple(n if i == dim else s for i, s in enumerate(shape)) for n in _chunk_sizes(shape[dim], nproc))
 
 
 def _generic(name: str) -> str:

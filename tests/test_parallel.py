@@ -313,9 +313,38 @@ def ports(monkeypatch):
     return used
 
 
+def torchelastic_folders() -> set:
+    import tempfile
+    from pathlib import Path
+
+    return set(Path(tempfile.gettempdir()).glob("torchelastic_*"))
+
+
 @pytest.fixture(scope="module")
 def tiny_run():
-    return parallel.run_tp(nproc=2, dtype="float32", max_new_tokens=6, device="cpu")
+    before = torchelastic_folders()
+    result = parallel.run_tp(nproc=2, dtype="float32", max_new_tokens=6, device="cpu")
+    LEFT_BEHIND[:] = sorted(map(str, torchelastic_folders() - before))
+    return result
+
+
+LEFT_BEHIND: list[str] = []  # torchelastic_* folders that appeared in the temp folder during tiny_run
+
+
+@pytest.mark.slow
+def test_a_tp_run_leaves_no_torchelastic_folder_in_the_temp_folder(tiny_run):
+    assert not LEFT_BEHIND, f"torchrun left {LEFT_BEHIND} behind"
+
+
+def test_more_cpu_ranks_than_ram_holds_is_refused_with_the_estimate(no_launch):
+    with pytest.raises(LabError, match=r"nproc 1000000000 cannot fit in RAM; .* GiB before any weights"):
+        parallel.run_tp(nproc=10**9, device="cpu")
+
+
+def test_shard_sizes_refuse_what_splits_nothing():
+    for args, argument in (((-10, 2), "size"), ((2, 9), "nproc"), ((768, 0), "nproc"), ((768, 2.5), "nproc")):
+        with pytest.raises(LabError, match=argument):
+            tp_plan.shard_sizes(*args)
 
 
 @pytest.mark.slow
