@@ -761,6 +761,7 @@ class OffloadResult:
     seconds_per_image: float | None = None
     seconds_runs: tuple[float, ...] = ()
     setup_seconds: float | None = None
+    pipeline: str = ""  # the folder it ran on
     equal: bool | None = None
     max_abs_diff: float | None = None
     bitwise: bool | None = None
@@ -1065,14 +1066,17 @@ def groups_built_by_diffusers(pipeline: str | os.PathLike = "tiny", settings: Of
 class PinnedMeasurement:
     """``use_stream=True`` applied for real on a CUDA machine: the plan, and what the CPU side measured.
 
-    ``host_allocated_bytes`` / ``host_reserved_bytes``: PyTorch's pinned-memory allocator after the
-    call (``torch.cuda.host_memory_stats``; None where this torch lacks it). ``rss_*``: the process's
-    resident memory before, after and at the peak of ``apply_group_offloading`` (pinned pages count).
+    ``host_allocated_bytes``: what PyTorch's pinned-memory allocator handed out during the call
+    (``torch.cuda.host_memory_stats``' ``allocated_bytes.current``, after minus before; None where
+    this torch lacks it). ``rss_*``: the process's resident memory before, after and at the peak of
+    ``apply_group_offloading`` (pinned pages count). Measured with tools/gpu_offload_check.py on an
+    H200 (torch 2.11): the lab's tiny pipeline at block level + stream, 1,575,808 bytes planned and
+    handed out; FLUX.1-dev's transformer at leaf level + stream, 37,201,090,688 planned (1.56x its
+    23,802,816,640 bytes of weights) and 37,197,755,392 handed out.
     """
 
     plan: PinnedPlan
     host_allocated_bytes: int | None
-    host_reserved_bytes: int | None
     rss_before_bytes: int
     rss_after_bytes: int
     rss_peak_bytes: int
@@ -1083,6 +1087,11 @@ def _host_stat(stats: Mapping[str, Any], what: str) -> int | None:
         if key in stats:
             return int(stats[key])
     return None
+
+
+def _host_allocated() -> int | None:
+    stats = torch.cuda.host_memory_stats() if hasattr(torch.cuda, "host_memory_stats") else {}
+    return _host_stat(stats, "allocated_bytes")
 
 
 def measure_pinned(settings: OffloadSettings | str, pipeline: str | os.PathLike = "small",
@@ -1102,6 +1111,7 @@ def measure_pinned(settings: OffloadSettings | str, pipeline: str | os.PathLike 
     the_plan = pinned_memory_plan(pipeline_components(pipeline, torch_dtype), settings)
     pipe = _load(pipeline_folder(pipeline), torch_dtype)
     try:
+        before = _host_allocated()
         with track(f"{settings.label}: apply", device="cpu") as applying:
             for name, component in _modules(pipe).items():
                 if name in settings.exclude:
@@ -1111,9 +1121,10 @@ def measure_pinned(settings: OffloadSettings | str, pipeline: str | os.PathLike 
                                        offload_type=settings.strategy.value,
                                        num_blocks_per_group=settings.num_blocks_per_group, use_stream=True)
             gc.collect()
-        stats = torch.cuda.host_memory_stats() if hasattr(torch.cuda, "host_memory_stats") else {}
-        return PinnedMeasurement(the_plan, _host_stat(stats, "allocated_bytes"), _host_stat(stats, "reserved_bytes"),
-                                 applying.start_bytes, applying.end_bytes, applying.start_bytes + applying.peak_bytes)
+        after = _host_allocated()
+        handed_out = after - before if after is not None and before is not None else None
+        return PinnedMeasurement(the_plan, handed_out, applying.start_bytes, applying.end_bytes,
+                                 applying.start_bytes + applying.peak_bytes)
     finally:
         del pipe
         _release("cuda")
@@ -1279,7 +1290,8 @@ def run(settings: OffloadSettings | str = Strategy.NONE, pipeline: str | os.Path
         peak_bytes=gen.start_bytes + gen.peak_bytes - floor, held_bytes=gen.start_bytes - floor,
         load_peak_bytes=loading.start_bytes + loading.peak_bytes - floor,
         host_peak_bytes=host_report.peak_bytes if host_report is not None else None,
-        seconds_per_image=seconds, seconds_runs=tuple(runs), setup_seconds=setup_s, problems=problems, floor_bytes=floor,
+        seconds_per_image=seconds, seconds_runs=tuple(runs), setup_seconds=setup_s, pipeline=str(folder),
+        problems=problems, floor_bytes=floor,
         image=image, report=gen)
     if baseline is not None and baseline.image is not None:
         result.equal, result.bitwise, result.max_abs_diff = _difference(image, baseline.image)
