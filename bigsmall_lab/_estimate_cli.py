@@ -59,8 +59,9 @@ def run_estimate(args: argparse.Namespace) -> int:
     print(f"Memory to load and run `{args.config}` ({first.parameters:,} parameters), "
           f"KV cache and activations for batch {first.batch_size} x {first.seq_len} tokens")
     print(_table(results))
-    usable = ", ".join(f"{n} {g.usable_bytes / GB:g} GB" for n, g in GPUS.items())
-    print(f"GPU columns: does the total fit? Usable memory assumed: {usable}.")
+    usable = ", ".join(f"{n} {g.usable_bytes / GB:.2f} GB" for n, g in GPUS.items())
+    print(f"GPU columns: does the total fit? Memory torch sees on each card (before the CUDA context, which the "
+          f"overhead counts): {usable}.")
     print(f"Overhead {format_bytes(first.overhead_bytes, 'GB', 1)}: {first.overhead_source}.")
     for note in dict.fromkeys(note for est, _ in results for note in est.notes):
         print(f"Note: {note}.")

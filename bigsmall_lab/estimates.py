@@ -1,7 +1,8 @@
 """Memory estimates: pure functions, numbers in, numbers out.
 
 The talk's rule: memory to load a model ~ parameters x bytes per parameter. For Llama 3.1 8B in
-bfloat16 that is 8,030,261,248 x 2 = 16.06 GB, more than a free Colab T4's ~15 GB usable:
+bfloat16 that is 8,030,261,248 x 2 = 16.06 GB, more than the 15.83 GB torch sees on a free Colab T4
+(:data:`GPUS` holds each card's memory as sold, as nvidia-smi prints it and as torch sees it):
 
 >>> weights_bytes("llama-3.1-8b", dtype="bfloat16")
 16060522496
@@ -30,7 +31,8 @@ from ._units import GB, parse_size
 from .zoo._configs import ModelSpec, resolve
 
 __all__ = ["GPUS", "RUNTIME_OVERHEAD", "Comparison", "GpuModel", "MemoryEstimate", "ModelSpec", "Quantization",
-           "WeightsRow", "activation_bytes", "cpu_packed_weights_bytes", "estimate", "fits", "kv_cache_bytes", "largest_layer_bytes",
+           "WeightsRow", "activation_bytes", "attention_scores_bytes", "cpu_packed_weights_bytes", "estimate", "fits",
+           "kv_cache_bytes", "largest_layer_bytes", "longest_context",
            "module_bytes", "resolve", "weights_bytes", "weights_table"]
 
 # Float formats a model's weights (and KV cache) can be loaded in.
@@ -40,24 +42,75 @@ _F32 = int(bytes_per_element("float32"))  # bitsandbytes' scales, absmax and cod
 
 @dataclass(frozen=True)
 class GpuModel:
-    """A GPU people rent or own, with the memory a model can really use on it (bytes)."""
+    """A GPU people rent or own, and its memory three ways (see :data:`GPUS`).
+
+    ``marketed``: the size on the box ("80 GB"; for these cards the GB are in fact GiB, 2**30 bytes).
+    ``smi_mib``: the total ``nvidia-smi`` prints (MiB; ECC, where on, has already taken its share).
+    ``torch_bytes``: ``torch.cuda.get_device_properties(i).total_memory``, the memory a program can
+    allocate before its own CUDA context (which :func:`estimate` counts once, as its overhead).
+    ``source``: where the two figures come from, and how ``torch_bytes`` was derived where no program
+    printed it in bytes.
+    """
 
     name: str
-    usable_bytes: int
+    marketed: str
+    smi_mib: int
+    torch_bytes: int
+    source: str
     note: str = ""
 
+    @property
+    def usable_bytes(self) -> int:
+        """What a program can allocate before its own CUDA context: torch's ``total_memory``."""
+        return self.torch_bytes
 
-# Usable memory, decimal GB as the cards are sold. The T4 is a 16 GB card; torch sees about 14.75 GiB
-# of it (15.8 GB) and the talk rounds what a model can use on free Colab to ~15 GB.
+    @property
+    def smi_bytes(self) -> int:
+        """nvidia-smi's total in bytes."""
+        return self.smi_mib * _UNIT_BYTES["MiB"]
+
+    @property
+    def marketed_number(self) -> float:
+        """The number on the box: 80 for an "80 GB" card."""
+        return float(self.marketed.split()[0])
+
+
+_UNIT_BYTES = {"B": 1, "MiB": 2**20, "GiB": 2**30}
+
+
+def _gpu(name: str, marketed: str, smi_mib: int, torch_total: tuple[float, str], source: str, note: str = "") -> GpuModel:
+    """The one place a published figure becomes bytes: ``torch_total`` is (value, unit) as it was printed
+    (torch's ``_CudaDeviceProperties`` prints ``total_memory`` in MiB, rounded down, labelled "MB";
+    its out-of-memory message prints GiB with two decimals)."""
+    value, unit = torch_total
+    return GpuModel(name, marketed, smi_mib, int(value * _UNIT_BYTES[unit]), source, note)
+
+
+# Each GPU's memory as sold, as nvidia-smi shows it and as torch sees it, with where each figure comes from.
+# torch's total varies a little with the driver (T4 logs print 15,079 to 15,109 MiB): a figure is one reading.
 GPUS: dict[str, GpuModel] = {
     g.name: g
     for g in (
-        GpuModel("T4", 15 * GB, "free Colab: 16 GB card, ~15 GB usable"),
-        GpuModel("L4", 24 * GB),
-        GpuModel("RTX 4090", 24 * GB),
-        GpuModel("A100 40GB", 40 * GB),
-        GpuModel("A100 80GB", 80 * GB),
-        GpuModel("H100", 80 * GB),
+        _gpu("T4", "16 GB", 15_360, (15_095, "MiB"),
+             "a public Colab T4 log (driver 550.54.15, Jan 2026) printing nvidia-smi's 15360MiB (ECC on) and "
+             "torch's total_memory=15095MB", "free Colab"),
+        _gpu("L4", "24 GB", 23_034, (22.17, "GiB"),
+             "nvidia-smi 23034MiB in public L4 logs (ECC on); torch: 'total capacity of 22.17 GiB' in a PyTorch "
+             "out-of-memory message on an L4 (two decimals of GiB: +-5 MiB)"),
+        _gpu("RTX 4090", "24 GB", 24_564, (24_563, "MiB"),
+             "nvidia-smi 24564MiB and torch's total_memory=24563MB in public RTX 4090 logs (no ECC)"),
+        _gpu("A100 40GB", "40 GB", 40_960, (40_536, "MiB"),
+             "nvidia-smi 40960MiB in public A100-SXM4-40GB logs; total_memory=40536MB in Paddle's "
+             "get_device_properties docs (the same CUDA totalGlobalMem torch reads)"),
+        _gpu("A100 80GB", "80 GB", 81_920, (79.15, "GiB"),
+             "nvidia-smi 81920MiB (A100 80GB); torch: 'total capacity of 79.15 GiB', the total PyTorch's "
+             "out-of-memory message prints on 80 GB A100s in public logs (two decimals of GiB: +-5 MiB)"),
+        _gpu("H100", "80 GB", 81_559, (81_089, "MiB"),
+             "nvidia-smi 81559MiB (H100 80GB HBM3); torch's total_memory=81089MB in a public log "
+             "(torch 2.7.0, CUDA 12.8; others print 81,082-81,090 MiB)"),
+        _gpu("H200", "141 GB", 143_771, (150_109_880_320, "B"),
+             "measured by the lab on an H200 (driver 580.159.04, torch 2.11.0+cu130, 2026-12-04): nvidia-smi "
+             "143771MiB, total_memory 150,109,880,320 bytes (benchmarks/gpu_memory_h200.json)"),
     )
 }
 
@@ -295,8 +348,45 @@ def kv_cache_bytes(config: Any, seq_len: int, batch_size: int = 1, dtype: str | 
     return int(2 * n_kv_heads * head_dim * tokens * batch_size * bytes_per_element(dtype))
 
 
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager")  # fused (no seq x seq tensor), and transformers' eager_attention_forward
+
+
+def _attn_implementation(value: Any) -> str:
+    if not isinstance(value, str) or value.strip().lower() not in ATTN_IMPLEMENTATIONS:
+        raise LabError.bad("attn_implementation", value, "use 'sdpa' (fused attention: transformers' default, no "
+                           "seq x seq tensor) or 'eager' (the scores materialised)", verb="is not known")
+    return value.strip().lower()
+
+
+def attention_scores_bytes(config: Any, seq_len: int, batch_size: int = 1,
+                           dtype: str | torch.dtype = "bfloat16") -> int:
+    """What eager attention adds to one layer's peak over a fused kernel (SDPA, flash), in bytes.
+
+    transformers' ``eager_attention_forward`` (Llama's, read in 5.25) materialises the scores
+    ``q @ k^T`` of shape (batch, heads, seq, seq) in ``dtype``, adds the causal mask (batch, 1, seq,
+    seq), then calls ``softmax(scores, dtype=torch.float32)``: torch casts the scores to a float32 copy
+    and writes a float32 result, so at that moment the masked scores (``dtype``), the float32 copy and
+    the float32 softmax are alive at once (no copy when ``dtype`` is float32 already; CUDA fuses the cast
+    for float16 only, so there the estimate is 4 bytes per score high). Measured (bigsmall-small, 16
+    heads, 2,048 tokens, bf16): 9.7 bytes per score on an H200 against the 10 counted here.
+
+    >>> attention_scores_bytes("llama-3.1-8b", 4096) / 2**30    # 32 heads x 4096^2 x (2 + 4 + 4) + mask
+    5.03125
+    """
+    spec = resolve(config)
+    seq_len = whole_number(seq_len, "seq_len")
+    batch_size = whole_number(batch_size, "batch_size")
+    width = int(bytes_per_element(dtype_name(dtype, allowed=WEIGHT_DTYPES)))
+    if spec.kind != "transformers":
+        raise LabError(f"config {shown(spec.name)} is a diffusers model: its attention is not modelled here")
+    per_score = width + (0 if width == _F32 else _F32) + _F32  # masked scores + float32 copy + float32 softmax
+    scores = batch_size * spec.text_config.num_attention_heads * seq_len * seq_len
+    mask = batch_size * seq_len * seq_len * width
+    return int(scores * per_score + mask)
+
+
 def activation_bytes(config: Any, seq_len: int, batch_size: int = 1, dtype: str | torch.dtype = "bfloat16",
-                     all_logits: bool = False) -> int:
+                     all_logits: bool = False, attn_implementation: str = "sdpa") -> int:
     """A forward pass's transient memory without gradients (inference), estimated in ``dtype``.
 
     What it models, per sequence of ``seq_len`` tokens:
@@ -309,9 +399,13 @@ def activation_bytes(config: Any, seq_len: int, batch_size: int = 1, dtype: str 
       (the default), or of every position with ``all_logits`` (a plain ``model(ids)`` call).
 
     The two are added, not maxed: a caching allocator (CUDA's, glibc's) rarely hands the MLP's freed
-    blocks to the much larger logits tensor. Not counted: attention scores (SDPA and flash kernels do
-    not materialise seq x seq; an eager attention would add heads x seq^2 x bytes), kernel
-    workspaces, and everything training keeps. The lessons measure the real peak beside it.
+    blocks to the much larger logits tensor. ``attn_implementation``: "sdpa" (the default, and what
+    ``from_pretrained`` picks in transformers 5) does not materialise seq x seq; "eager" adds
+    :func:`attention_scores_bytes` (batch x heads x seq^2 scores, their float32 softmax, the mask).
+    Not counted: the float32 copies inside RMSNorm, q/k/v, kernel workspaces and allocator slack
+    (bigsmall-small at 2,048 tokens with SDPA peaked 2.0x this on an H200, 3.1x on a CPU), and
+    everything training keeps.
+    The lessons measure the real peak beside it.
 
     Llama 3.1 8B, 131,072 tokens, ``all_logits``: MLP 3 x 14,336 x 131,072 x 2 B = 11.3 GB, residual
     2.1 GB, logits 131,072 x 128,256 x 2 B = 33.6 GB:
@@ -325,6 +419,7 @@ def activation_bytes(config: Any, seq_len: int, batch_size: int = 1, dtype: str 
     dtype = dtype_name(dtype, allowed=WEIGHT_DTYPES)
     if not isinstance(all_logits, bool):
         raise LabError.bad("all_logits", all_logits, "use True or False", verb="is not a bool")
+    attn = _attn_implementation(attn_implementation)
     if spec.kind != "transformers":
         raise LabError(f"config {shown(spec.name)} is a diffusers model: its activations depend on the image "
                        "size and steps, which this estimate does not model")
@@ -333,6 +428,8 @@ def activation_bytes(config: Any, seq_len: int, batch_size: int = 1, dtype: str 
     tokens = batch_size * seq_len
     intermediate = getattr(text, "intermediate_size", None) or 4 * text.hidden_size
     layer = tokens * (3 * intermediate + 2 * text.hidden_size) * width
+    if attn == "eager":
+        layer += attention_scores_bytes(spec, seq_len, batch_size, dtype)
     head = spec.meta.get_output_embeddings() if hasattr(spec.meta, "get_output_embeddings") else None
     if head is None:  # an encoder: no logits over a vocabulary
         logits = 0
@@ -412,12 +509,14 @@ def _overhead(overhead_bytes: Any, overhead_source: str | None) -> tuple[int, st
 
 def estimate(config: Any, dtype: str | torch.dtype = "bfloat16", quantization: str | None = None,
              seq_len: int = 4096, batch_size: int = 1, overhead_bytes: int | None = None,
-             overhead_source: str | None = None) -> MemoryEstimate:
+             overhead_source: str | None = None, attn_implementation: str = "sdpa") -> MemoryEstimate:
     """Weights + KV cache (in ``dtype``) + a forward pass's activations + runtime overhead.
 
     The config is resolved once. ``overhead_bytes``: the runtime's own memory; None takes the
     labelled assumption :data:`RUNTIME_OVERHEAD` (500 MB); on a GPU pass the measured
-    ``bsl.hardware.cuda_context_bytes()``; 0 to compare with torch's own counters. A diffusers model
+    ``bsl.hardware.cuda_context_bytes()``; 0 to compare with torch's own counters. The overhead is the
+    only place the CUDA context is counted: a GPU's capacity in :data:`GPUS` is what torch sees before
+    it. ``attn_implementation`` ("sdpa" or "eager") goes to :func:`activation_bytes`. A diffusers model
     (the FLUX transformer) gets its weights and overhead, and a note: no KV cache, activations not
     modelled.
 
@@ -430,13 +529,14 @@ def estimate(config: Any, dtype: str | torch.dtype = "bfloat16", quantization: s
     kv_dtype = dtype_name(dtype, allowed=WEIGHT_DTYPES)
     seq_len = whole_number(seq_len, "seq_len")
     batch_size = whole_number(batch_size, "batch_size")
+    attn = _attn_implementation(attn_implementation)
     overhead, source = _overhead(overhead_bytes, overhead_source)
     notes: list[str] = []
     if spec.kind == "transformers":
         kv = kv_cache_bytes(spec, seq_len, batch_size, kv_dtype) if _has_kv_cache(spec) else 0
         if not kv:
             notes.append(f"{type(spec.meta).__name__} is an encoder: no KV cache")
-        activations = activation_bytes(spec, seq_len, batch_size, kv_dtype)
+        activations = activation_bytes(spec, seq_len, batch_size, kv_dtype, attn_implementation=attn)
         trained = getattr(spec.text_config, "max_position_embeddings", None)
         if isinstance(trained, int) and seq_len > trained:
             notes.append(f"seq_len {seq_len:,} is beyond max_position_embeddings {trained:,}: the model was not "
@@ -451,6 +551,38 @@ def estimate(config: Any, dtype: str | torch.dtype = "bfloat16", quantization: s
         weights_bytes=weights_bytes(spec, kv_dtype, quant), kv_cache_bytes=kv, activation_bytes=activations,
         overhead_bytes=overhead, overhead_source=source, notes=tuple(notes),
     )
+
+
+def longest_context(config: Any, gpu: str | int | float, dtype: str | torch.dtype = "bfloat16",
+                    quantization: str | None = None, batch_size: int = 1, overhead_bytes: int | None = None,
+                    attn_implementation: str = "sdpa") -> int:
+    """The longest context (tokens) at which :func:`estimate`'s total (weights + KV cache + activations +
+    the CUDA context, once) still fits ``gpu``: a name from :data:`GPUS`, a size or bytes; 0 when not
+    even one token fits. The total grows with every token, so a bisection finds the exact edge.
+
+    Mistral 7B in bf16 on a T4: 14.50 GB of weights leave ~0.83 GB beside the assumed 0.5 GB context,
+    at 131,072 B of KV cache and 102,400 B of activations per token:
+
+    >>> n = longest_context("mistral-7b-v0.3", "T4")
+    >>> n, estimate("mistral-7b-v0.3", seq_len=n).fits("T4"), estimate("mistral-7b-v0.3", seq_len=n + 1).fits("T4")
+    (3563, True, False)
+    """
+    spec = resolve(config)
+    capacity = _capacity(gpu)
+
+    def fits_at(n: int) -> bool:
+        return estimate(spec, dtype, quantization, n, batch_size, overhead_bytes,
+                        attn_implementation=attn_implementation).total_bytes <= capacity
+
+    if not fits_at(1):
+        return 0
+    low, high = 1, 2  # fits at low; high is probed next
+    while fits_at(high):
+        low, high = high, 2 * high
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if fits_at(middle) else (low, middle)
+    return low
 
 
 def _has_kv_cache(spec: ModelSpec) -> bool:
@@ -511,5 +643,8 @@ class Comparison:
         return self.measured_bytes / self.estimate_bytes if self.estimate_bytes else math.inf
 
     def matches(self, tolerance: float = 0.0) -> bool:
-        """True when the measurement is within ``tolerance`` (a fraction) of the estimate."""
+        """True when the measurement is within ``tolerance`` (a fraction >= 0) of the estimate."""
+        if isinstance(tolerance, bool) or not isinstance(tolerance, numbers.Real) or not tolerance >= 0 \
+                or not math.isfinite(tolerance):
+            raise LabError.bad("tolerance", tolerance, "use a fraction >= 0, e.g. 0.05 for 5 %", verb="is not a tolerance")
         return abs(self.measured_bytes - self.estimate_bytes) <= tolerance * abs(self.estimate_bytes)

@@ -4,11 +4,14 @@ Every lesson prints :func:`banner` first, so a reader of a notebook knows which 
 come from. Cells that truly need CUDA ask :func:`needs_cuda`, which on a CPU prints one plain
 sentence saying what the cell would do and what runs instead, and returns False.
 
-The table of GPUs people rent or own (``GPUS``, what a model can use on each) is planner data and
-lives in :mod:`bigsmall_lab.estimates`; it is re-exported here.
+The table of GPUs people rent or own (``GPUS``: each card's memory as sold, as nvidia-smi prints it
+and as torch sees it, with its source) is planner data and lives in :mod:`bigsmall_lab.estimates`;
+it is re-exported here. A "16 GB" T4 holds 16 GiB; with ECC on nvidia-smi shows 15,360 MiB and torch
+less again, before this process's own CUDA context (:func:`cuda_context_bytes`):
 
->>> GPUS["T4"].usable_bytes
-15000000000
+>>> t4 = GPUS["T4"]
+>>> t4.marketed, t4.smi_mib, t4.usable_bytes
+('16 GB', 15360, 15828254720)
 """
 
 from __future__ import annotations

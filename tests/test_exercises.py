@@ -118,16 +118,18 @@ def test_kv_equals_weights_right_and_each_slip():
 
 def test_largest_batch_right_and_each_slip():
     kv_seq = KV_TOKEN_8B * 8192  # 1 GiB per 8K-token sequence
-    assert (80 * 10**9 - W_8B) // kv_seq == 59
-    assert check_largest_batch(59).correct
-    assert "as 80 GiB" in check_largest_batch((80 * 2**30 - W_8B) // kv_seq).slip  # 65
-    assert "attention heads" in check_largest_batch((80 * 10**9 - W_8B) // (4 * kv_seq)).slip  # 14
-    assert "weights take their share" in check_largest_batch(80 * 10**9 // kv_seq).slip  # 74
-    assert "round the division down" in check_largest_batch(60).slip
-    assert "misses a factor 2" in check_largest_batch(119).slip
-    assert_not_a_number(check_largest_batch("59"))
-    with pytest.raises(ValueError, match="gpu 'H200' is not a known GPU"):
-        check_largest_batch(1, gpu="H200")
+    h100 = 81_089 * 2**20  # torch's total_memory on an H100 80GB HBM3 (GPUS' source): 85,027,979,264 bytes
+    assert (h100 - W_8B) // kv_seq == 64  # 68,967,456,768 / 1,073,741,824 = 64.2
+    assert check_largest_batch(64).correct
+    assert "as 80 x 10**9 bytes" in check_largest_batch((80 * 10**9 - W_8B) // kv_seq).slip  # 59
+    assert "nominal 80 GiB" in check_largest_batch((80 * 2**30 - W_8B) // kv_seq).slip  # 65
+    assert "attention heads" in check_largest_batch((h100 - W_8B) // (4 * kv_seq)).slip  # 16
+    assert "weights take their share" in check_largest_batch(h100 // kv_seq).slip  # 79
+    assert "misses a factor 2" in check_largest_batch(128).slip
+    assert "CUDA context" in check_largest_batch((h100 - W_8B - 500 * 10**6) // kv_seq).slip  # 63
+    assert_not_a_number(check_largest_batch("64"))
+    with pytest.raises(ValueError, match="gpu 'B300' is not a known GPU"):
+        check_largest_batch(1, gpu="B300")
 
 
 def test_check_value_keeps_its_signature_hints_then_reveals():

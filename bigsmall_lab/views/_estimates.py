@@ -16,9 +16,11 @@ __all__ = ["comparison_table", "estimate_stack", "weights_bars", "weights_table_
 
 _LAYOUT = dict(template="plotly_white", margin=dict(l=70, r=150, t=70, b=90),
                legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0))
-# GPU sizes drawn as reference lines; cards of the same size share a line.
-_GPU_LINES = {"T4 (15 GB usable)": GPUS["T4"].usable_bytes, "L4 / RTX 4090 (24 GB)": GPUS["L4"].usable_bytes,
-              "A100 40GB": GPUS["A100 40GB"].usable_bytes, "A100 80GB / H100": GPUS["H100"].usable_bytes}
+# GPU sizes drawn as reference lines (what torch sees on each card, from the one table); cards within a
+# few hundred MB of each other share a line at the smaller one.
+_LINE_GROUPS = (("T4",), ("L4",), ("A100 40GB",), ("A100 80GB", "H100"))
+_GPU_LINES = {" / ".join(group) + f" ({min(GPUS[n].usable_bytes for n in group) / _GB:.1f} GB)":
+              min(GPUS[n].usable_bytes for n in group) for group in _LINE_GROUPS}
 
 
 def _gpu_lines(fig: go.Figure, log_y: bool = False) -> None:
@@ -88,7 +90,7 @@ def html_table(head: Sequence[str], rows: Sequence[Sequence[str]]):
 def weights_table_html(rows: Sequence[WeightsRow]):
     """The rows of ``estimates.weights_table`` as an HTML table (GB, and whether the weights alone fit a
     T4: running the model needs more, which ``estimate(...).fits("T4")`` counts)."""
-    t4 = f"{GPUS['T4'].usable_bytes / _GB:g} GB"
+    t4 = f"{GPUS['T4'].usable_bytes / _GB:.2f} GB"
     return html_table(
         ["model", "parameters", "format", "weights (GB)", f"fits a T4 ({t4})? weights alone"],
         [[r.config, f"{r.parameters:,}", r.dtype + (f" + {r.quantization}" if r.quantization else ""),

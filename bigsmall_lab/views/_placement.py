@@ -40,7 +40,7 @@ PLANNER_PRESETS: dict[str, str] = {
     "Llama 3.2 1B": "llama-3.2-1b",
     "bigsmall-small (the lab's 190M)": "bigsmall-small",
 }
-_GPU_CHOICES = {f"{g.name} · {g.usable_bytes / 1e9:g} GB": g.usable_bytes for g in GPUS.values()}
+_GPU_CHOICES = {f"{g.name} · {g.usable_bytes / 1e9:.1f} GB": g.usable_bytes for g in GPUS.values()}
 _CPU_CHOICES = {"none": 0, **{f"{n} GB": n * 10**9 for n in (16, 32, 64, 128, 256, 512, 1024)}}
 
 
