@@ -38,6 +38,7 @@ __all__ = ["GPUS", "RUNTIME_OVERHEAD", "Comparison", "GpuModel", "MemoryEstimate
 # Float formats a model's weights (and KV cache) can be loaded in.
 WEIGHT_DTYPES = ("float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2")
 _F32 = int(bytes_per_element("float32"))  # bitsandbytes' scales, absmax and code books are float32
+KV_TENSORS = 2  # a layer caches two tensors per token: its keys and its values
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,7 @@ class _Assumption:
 # (bsl.hardware.cuda_context_bytes(), NVML before and after the first CUDA call).
 RUNTIME_OVERHEAD = _Assumption(
     500 * 1000**2,
-    "assumed: a CUDA context + cuBLAS workspace is ~0.3-0.6 GB per process depending on GPU and driver "
+    "assumed 500 MB: a CUDA context + cuBLAS workspace is ~0.3-0.6 GB per process depending on GPU and driver "
     "(PyTorch CUDA semantics notes; tools/gpu_check.py measures it); on a GPU pass "
     "overhead_bytes=bsl.hardware.cuda_context_bytes()")
 
@@ -345,7 +346,7 @@ def kv_cache_bytes(config: Any, seq_len: int, batch_size: int = 1, dtype: str | 
     dtype = dtype_name(dtype, allowed=WEIGHT_DTYPES + ("int8", "int4"))
     n_kv_heads, head_dim, windows = _kv_layout(resolve(config))
     tokens = sum(seq_len if w is None else min(seq_len, w - 1) for w in windows)
-    return int(2 * n_kv_heads * head_dim * tokens * batch_size * bytes_per_element(dtype))
+    return int(KV_TENSORS * n_kv_heads * head_dim * tokens * batch_size * bytes_per_element(dtype))
 
 
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")  # fused (no seq x seq tensor), and transformers' eager_attention_forward

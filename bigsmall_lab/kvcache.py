@@ -937,6 +937,28 @@ def _continue(model: torch.nn.Module, settings: CacheSettings, prompt_ids: torch
                 first_token_s=first_token_s, new=new, shared=True)
 
 
+def _new_tokens(model: torch.nn.Module, ids: torch.Tensor, max_new_tokens: Any) -> int:
+    """``max_new_tokens`` as an int, refused in one sentence (with what it would need) when it is more than the
+    model's whole trained context, or when the KV cache it grows would not fit the memory free now."""
+    import psutil
+
+    n_new = whole_number(max_new_tokens, "max_new_tokens")
+    config = model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") else model.config
+    trained = getattr(config, "max_position_embeddings", None)
+    if isinstance(trained, int) and n_new > trained:
+        raise LabError.bad("max_new_tokens", n_new, f"use at most {trained:,}, the model's max_position_embeddings "
+                           "(its whole trained context)", verb="is more new tokens than the model has positions")
+    total = int(ids.shape[1]) + n_new
+    need = kv_cache_bytes(model.config, total, batch_size=int(ids.shape[0]), dtype=model.dtype)
+    device = _device(model)
+    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else psutil.virtual_memory().available
+    if need > free:
+        raise LabError.bad("max_new_tokens", n_new, f"{total:,} tokens need a KV cache of about {need / MiB:,.1f} MiB "
+                           f"and {free / MiB:,.1f} MiB is free on {device.type}; ask for fewer tokens",
+                           verb="cannot fit")
+    return n_new
+
+
 @torch.no_grad()
 def generate(model: torch.nn.Module, ids: torch.Tensor, cache: str | CacheSettings = "dynamic",
              max_new_tokens: int = 32, tokenizer: Any = None, shared: Prefill | None = None,
@@ -953,7 +975,7 @@ def generate(model: torch.nn.Module, ids: torch.Tensor, cache: str | CacheSettin
     settings = _settings(cache)
     _needs_cuda(settings, model)
     ids = token_ids(ids, minimum=1).to(_device(model))
-    n_new = whole_number(max_new_tokens, "max_new_tokens")
+    n_new = _new_tokens(model, ids, max_new_tokens)
     prompt = int(ids.shape[1])
     settings = _sized(settings, prompt + n_new)
     if mark_every is not None:
@@ -1120,7 +1142,7 @@ def positions_processed(prompt_tokens: int, new_tokens: int, use_cache: bool = T
 def recompute_vs_cache(model: torch.nn.Module, ids: torch.Tensor, max_new_tokens: int = 64) -> RecomputeResult:
     """Generate ``max_new_tokens`` greedily twice: with the default cache and with ``use_cache=False``."""
     ids = token_ids(ids, minimum=1).to(_device(model))
-    n_new = whole_number(max_new_tokens, "max_new_tokens")
+    n_new = _new_tokens(model, ids, max_new_tokens)
     results = []
     for use_cache in (True, False):
         clock = _StepClock()

@@ -557,7 +557,13 @@ def histogram(x: Any, bins: int = 120, low: float | None = None, high: float | N
     >>> histogram(torch.tensor([0.0, 0.5, 1.0, 1.0]), bins=2).counts
     (1, 3)
     """
-    return _histogram(_as_values(x), whole_number(bins, "bins", minimum=1), low, high)
+    bins = whole_number(bins, "bins", minimum=1)
+    if bins > _MAX_BINS:  # torch.histc would allocate them all: 1e9 bins are 8 GB for a chart no screen shows
+        raise LabError.bad("bins", bins, f"use 1 to {_MAX_BINS:,} (a chart shows a few hundred bars)", verb="is too many")
+    return _histogram(_as_values(x), bins, low, high)
+
+
+_MAX_BINS = 10_000
 
 
 def _histogram(values: torch.Tensor, bins: int, low: float | None = None, high: float | None = None) -> Histogram:

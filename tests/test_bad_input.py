@@ -16,10 +16,10 @@ import pytest
 import torch
 
 import bigsmall_lab as bsl
-from bigsmall_lab import bits, cli, zoo
+from bigsmall_lab import bits, cli, kvcache, quant, tp_plan, zoo
 from bigsmall_lab._errors import LabError
 from bigsmall_lab._units import format_bytes, parse_size
-from bigsmall_lab.estimates import activation_bytes, estimate, kv_cache_bytes, weights_bytes, weights_table
+from bigsmall_lab.estimates import Comparison, activation_bytes, estimate, kv_cache_bytes, weights_bytes, weights_table
 from bigsmall_lab.hardware import needs_cuda
 from bigsmall_lab.measure import Sampler, sample_now, stored_weight_bytes
 from bigsmall_lab.views import BitLayout, precision_chart
@@ -178,6 +178,16 @@ CASES = [
     ("chart-range-reversed", "x_range", lambda p: precision_chart(x_range=(10, 1))),
     ("chart-range-number", "x_range", lambda p: precision_chart(x_range=5)),
     ("chart-dtypes-text", "dtypes", lambda p: precision_chart(dtypes="float16")),
+    # unbounded requests: refused with what they would need, before anything is allocated
+    ("histogram-bins-billion", "bins", lambda p: quant.histogram(torch.zeros(4), bins=10**9)),
+    ("generate-million-tokens", "max_new_tokens",
+     lambda p: kvcache.generate(bsl.load_model(), torch.tensor([[1, 2, 3]]), max_new_tokens=10**6)),
+    ("recompute-million-tokens", "max_new_tokens",
+     lambda p: kvcache.recompute_vs_cache(bsl.load_model(), torch.tensor([[1, 2, 3]]), max_new_tokens=10**6)),
+    ("shard-sizes-negative", "size", lambda p: tp_plan.shard_sizes(-10, 2)),
+    ("shard-sizes-more-ranks-than-rows", "nproc", lambda p: tp_plan.shard_sizes(2, 9)),
+    ("comparison-tolerance-negative", "tolerance", lambda p: Comparison("x", 100, 100).matches(-1)),
+    ("comparison-tolerance-nan", "tolerance", lambda p: Comparison("x", 100, 100).matches(float("nan"))),
 ]
 
 
@@ -322,3 +332,13 @@ def test_a_real_model_folder_missing_a_file_is_rebuilt_once(lab_cache, monkeypat
     assert _smollm2.real_model_path() == folder and (folder / "tokenizer.json").is_file()
     assert _smollm2.real_model_path() == folder
     assert len(calls) == 2  # built, rebuilt once, then found complete
+
+
+def test_a_cache_that_cannot_fit_the_memory_free_now_is_refused_with_its_size(monkeypatch):
+    import psutil
+
+    tiny = bsl.load_model(dtype=torch.float32)  # 6,144 bytes of cache per token
+    real = psutil.virtual_memory()
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: real._replace(available=1_000_000))
+    with pytest.raises(LabError, match=r"max_new_tokens 500 cannot fit; 503 tokens need a KV cache of about 2.9 MiB and 1.0 MiB is free"):
+        kvcache.generate(tiny, torch.tensor([[1, 2, 3]]), max_new_tokens=500)
