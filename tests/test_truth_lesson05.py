@@ -148,7 +148,7 @@ def test_pinned_memory_plan_worked_out_by_hand():
     # Leaf level + stream on a Linear(3, 100): weight 1,200 bytes -> 2,048 reserved, bias 400 -> 512.
     one = offload.pinned_memory_plan({"m": torch.nn.Linear(3, 100)}, OffloadSettings("leaf_level", use_stream=True))
     assert (one.offloaded_bytes, one.pinned_bytes, one.reserved_bytes, one.n_tensors) == (1600, 1600, 2560, 2)
-    assert one.apply_peak_bytes == 1600 + 2560 and one.rounding == 2560 / 1600
+    assert one.released_bytes == 1600 and one.ram_after_bytes == 2560 and one.rounding == 2560 / 1600
     # No stream: nothing pinned.
     none = offload.pinned_memory_plan({"m": torch.nn.Linear(3, 100)}, OffloadSettings("leaf_level"))
     assert (none.pinned_bytes, none.reserved_bytes) == (0, 0)
@@ -158,7 +158,8 @@ def test_pinned_memory_block_level_leaves_the_unmatched_group_unpinned():
     m = torch.nn.Module()
     m.blocks, m.proj = torch.nn.ModuleList([lin(), lin()]), lin(3, 100)  # blocks 80 each; proj 1,600
     p = offload.pinned_memory_plan({"m": m}, OffloadSettings("block_level", use_stream=True))
-    assert (p.offloaded_bytes, p.pinned_bytes) == (1760, 160)
+    assert (p.offloaded_bytes, p.pinned_bytes, p.released_bytes) == (1760, 160, 160)
+    assert p.ram_after_bytes == 1600 + p.reserved_bytes  # proj stays as it is, the blocks become pinned copies
     assert p.reserved_bytes == 2 * (64 + 16)  # two blocks: weight 64 and bias 16, powers of two already
 
 
@@ -176,6 +177,9 @@ def test_pinned_memory_of_flux_dev_is_rounded_up_by_about_half():
     p = offload.pinned_memory_plan({"transformer": flux["transformer"]}, OffloadSettings("leaf_level", use_stream=True))
     assert p.pinned_bytes == p.offloaded_bytes == 2 * 11_901_408_320
     assert 1.5 < p.rounding < 1.6  # measured on an H200: the allocator handed out 37,197,755,392 bytes
+    assert p.released_bytes == p.offloaded_bytes  # leaf level streams every tensor: all originals go
+    # measured there: resident memory grew by 13,407,248,384 bytes while applying
+    assert p.ram_after_bytes - p.offloaded_bytes == pytest.approx(39_314_677_760 - 25_907_429_376, rel=0.01)
 
 
 def test_pinned_memory_plan_refuses_bad_input():

@@ -10,9 +10,11 @@ from bigsmall_lab.views._estimates import comparison_table, estimate_stack, weig
 from bigsmall_lab.views._kvcache import (bytes_per_token_chart, cache_runs_chart, cache_runs_table, kv_context_chart,
                                          kv_per_gpu_chart, offload_chart, recompute_chart, residual_chart)
 from bigsmall_lab.views._live import LiveMemory
-from bigsmall_lab.views._loading import device_map_chart, loading_peaks, loading_timeline, shard_steps_chart
+from bigsmall_lab.views._loading import (device_map_chart, loaders_chart, loading_peaks, loading_timeline,
+                                         shard_steps_chart)
 from bigsmall_lab.views._memory import memory_timeline, peaks_bar
-from bigsmall_lab.views._offload import components_table, offload_table, offload_timelines, plan_bars, tradeoff_scatter
+from bigsmall_lab.views._offload import (components_table, groups_table, offload_table, offload_timelines, pinned_table,
+                                         plan_bars, speed_table, tradeoff_scatter)
 from bigsmall_lab.views._parallel import tp_memory_chart, tp_placement_table, tp_split_figure, tp_speed_chart
 from bigsmall_lab.views._placement import PLANNER_PRESETS, PlacementPlanner, placement_chart
 from bigsmall_lab.views._quant import (QuantMap, codebook_chart, mapping_figure, outlier_table, scheme_table,
@@ -26,12 +28,13 @@ __all__ = [
     # the live memory chart (lessons 02, 05, 08)
     "LiveMemory",
     # lesson 02: Big Model Inference
-    "device_map_chart", "loading_peaks", "loading_timeline", "shard_steps_chart",
+    "device_map_chart", "loaders_chart", "loading_peaks", "loading_timeline", "shard_steps_chart",
     # lesson 04: quantization
     "QuantMap", "codebook_chart", "mapping_figure", "outlier_table", "scheme_table", "texts_table", "timings_chart",
     "variants_chart", "variants_table",
     # lesson 05: offloading
-    "components_table", "offload_table", "offload_timelines", "plan_bars", "tradeoff_scatter",
+    "components_table", "groups_table", "offload_table", "offload_timelines", "pinned_table", "plan_bars",
+    "speed_table", "tradeoff_scatter",
     # lesson 06: tensor parallelism
     "tp_memory_chart", "tp_placement_table", "tp_split_figure", "tp_speed_chart",
     # lesson 07: device_map

@@ -6,11 +6,14 @@ from collections.abc import Sequence
 
 import plotly.graph_objects as go
 
+import math
+
 from .._units import GB, GiB, MiB
-from ..offload import ComponentSize, OffloadPlan, OffloadResult
+from ..offload import ComponentSize, OffloadPlan, OffloadResult, PinnedPlan, PlannedGroup, PublishedFigure, time_ratio
 from ._estimates import _gpu_lines, html_table
 
-__all__ = ["components_table", "offload_table", "offload_timelines", "plan_bars", "tradeoff_scatter"]
+__all__ = ["components_table", "groups_table", "offload_table", "offload_timelines", "pinned_table", "plan_bars",
+           "speed_table", "tradeoff_scatter"]
 
 _LAYOUT = dict(template="plotly_white", margin=dict(l=80, r=40, t=70, b=70),
                legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0))
@@ -70,7 +73,7 @@ def offload_table(results: Sequence[OffloadResult]):
                      same, r.note])
     return html_table(["strategy", "the call", "ran on", "plan: weights on the device (MiB)",
                        "measured peak while generating (MiB)", "peak / plan", "peak while loading (MiB)",
-                       "seconds per image (vs none)", "same image as no offloading?", "note"], rows)
+                       "seconds per image, median (vs none)", "same image as no offloading?", "note"], rows)
 
 
 def tradeoff_scatter(results: Sequence[OffloadResult], title: str | None = None) -> go.Figure:
@@ -116,3 +119,52 @@ def offload_timelines(results: Sequence[OffloadResult], title: str | None = None
                       **{**_LAYOUT, "legend": dict(orientation="v", x=1.02, y=1.0)})
     fig.update_layout(margin=dict(l=80, r=320, t=70, b=70))
     return fig
+
+
+def groups_table(planned: Sequence[PlannedGroup], built: Sequence[PlannedGroup] | None = None):
+    """The groups the lab plans for one component, next to those diffusers built (when given): name, kind, MiB."""
+    real = {g.name: g for g in built or ()}
+    rows = []
+    for g in planned:
+        other = real.get(g.name)
+        seen = "–" if built is None else ("not built" if other is None else
+                                         "same" if (other.weights_bytes, other.n_tensors) == (g.weights_bytes,
+                                                                                              g.n_tensors) else
+                                         f"{other.weights_bytes / MiB:,.3f} MiB")
+        rows.append([g.name or "(the component itself)", g.kind, f"{g.n_tensors:,}", f"{g.weights_bytes / MiB:,.3f}",
+                     seen])
+    for name in real.keys() - {g.name for g in planned}:
+        rows.append([name, real[name].kind, f"{real[name].n_tensors:,}", "–", "built, not planned"])
+    return html_table(["group (the module whose forward brings it in)", "kind", "tensors", "planned (MiB)",
+                       "diffusers built"], rows)
+
+
+def pinned_table(plans: dict[str, PinnedPlan]):
+    """What ``use_stream=True`` pins, per model: the weights, the pinned copies asked, what the allocator takes."""
+    rows = []
+    for name, p in plans.items():
+        rows.append([name, p.settings.label, f"{p.offloaded_bytes / GiB:,.3f}", f"{p.pinned_bytes / GiB:,.3f}",
+                     f"{p.reserved_bytes / GiB:,.3f}", f"{p.rounding:.2f}",
+                     f"{p.ram_after_bytes / GiB:,.3f}", f"{p.ram_after_bytes / max(p.offloaded_bytes, 1):.2f}"])
+    return html_table(["model", "settings", "weights in CPU RAM (GiB)", "pinned copies asked (GiB)",
+                       "pinned, rounded up to powers of two (GiB)", "rounded / asked",
+                       "weights' RAM after the call (GiB)", "after / before"], rows)
+
+
+def speed_table(results: Sequence[OffloadResult], published: Sequence[PublishedFigure] = ()):
+    """Time per image measured here (median, ratio to no offloading) beside the published GPU figures and their source."""
+    base = next((r for r in results if r.ran and r.settings.strategy.value == "none" and not r.settings.exclude), None)
+    rows = []
+    for r in results:
+        if not r.ran:
+            rows.append([r.label, "this machine", "not run here", "–", "–", r.reason])
+            continue
+        ratio = time_ratio(r, base) if base is not None else math.nan
+        rows.append([r.label, f"this machine ({r.device})", f"{r.seconds_per_image:.3f} (median of {len(r.seconds_runs)})",
+                     "–" if math.isnan(ratio) else f"{ratio:.2f}x", f"{r.peak_bytes / MiB:,.1f} MiB", "measured here"])
+    pub_base = next((f for f in published if f.settings.strategy.value == "none"), None)
+    for f in published:
+        ratio = f.seconds / pub_base.seconds if pub_base is not None else math.nan
+        rows.append([f.settings.label, f"{f.gpu}: {f.what}", f"{f.seconds:.3f}",
+                     "–" if math.isnan(ratio) else f"{ratio:.2f}x", f"{f.peak_gib:,.2f} GiB", f.source])
+    return html_table(["strategy", "where", "seconds", "vs no offloading", "peak", "source"], rows)
