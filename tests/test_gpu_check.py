@@ -1,0 +1,104 @@
+"""tools/gpu_check.py works the first time it meets a GPU: its dry run (the same script on the CPU with tiny
+models) runs here and in CI, its wheel installer is exercised with a wheel made here, and one failing
+check never hides the others (issue 17)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "tools" / "gpu_check.py"
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location("gpu_check_tool", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_dry_run_runs_every_check_and_writes_the_results(tmp_path):
+    out = subprocess.run([sys.executable, str(SCRIPT), "--dry-run", "--out", str(tmp_path), "--wheels",
+                          str(tmp_path / "no-wheels")], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    data = json.loads((tmp_path / "gpu-results.json").read_text())
+    checks = data["checks"]
+    assert list(checks) == list(_tool().CHECKS)
+    assert {name: r["status"] for name, r in checks.items() if r["status"] != "passed"} == {"tp": "skipped"}
+    assert "nccl needs CUDA" in checks["tp"]["reason"]
+    assert all(a["ok"] for r in checks.values() for a in r["asserts"])
+    assert sum(len(r["asserts"]) for r in checks.values()) >= 15  # every check asserts, none only records
+    assert checks["context"]["measured"]["cuda_context_bytes"] is None
+    assert checks["load_ext"]["measured"]["first"]["gpu_peak_bytes"] is None
+    assert checks["weights"]["measured"]["stored_bytes"] == checks["weights"]["measured"]["estimate_bytes"]
+    assert checks["kv_offloaded"]["measured"]["refusal"].startswith("the offloaded cache needs a CUDA GPU")
+    assert checks["gpu_tests"]["measured"]["returncode"] in (0, 5)  # -o addopts="": not exit 4 without nbval
+    text = (tmp_path / "gpu-results.md").read_text()
+    assert text.startswith("# GPU check results") and "dry run on a CPU" in text and "| tp | skipped" in text
+    assert not (ROOT / "docs" / "gpu-results.md").exists() or "dry run" not in (ROOT / "docs" / "gpu-results.md").read_text()
+
+
+def _wheel(folder: Path, dist: str, module: str) -> Path:
+    path = folder / f"{dist}-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as whl:
+        whl.writestr(f"{module}/__init__.py", "ANSWER = 42\n")
+        whl.writestr(f"{dist}-1.0.dist-info/METADATA", f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
+    return path
+
+
+def test_missing_modules_are_unpacked_from_carried_wheels(tmp_path, monkeypatch):
+    tool = _tool()
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setenv("PYTHONPATH", "")
+    monkeypatch.setitem(tool.WHEEL_OF, "bsl_fake_mod", "bsl-fake-dist")
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    _wheel(wheels, "bsl_fake_dist", "bsl_fake_mod")
+    done = tool.install_missing(wheels, tmp_path / "site", modules=("bsl_fake_mod", "bsl_not_carried", "json"))
+    assert done == {"bsl_fake_mod": "installed from bsl_fake_dist-1.0-py3-none-any.whl",
+                    "bsl_not_carried": "missing (no wheel carried)", "json": "present"}
+    assert __import__("bsl_fake_mod").ANSWER == 42
+    assert str(tmp_path / "site") in __import__("os").environ["PYTHONPATH"]  # subprocesses (torchrun) see it too
+    sys.modules.pop("bsl_fake_mod", None)
+
+
+def test_a_failing_check_is_recorded_and_the_others_still_run(monkeypatch):
+    tool = _tool()
+
+    def fails(c, ctx):
+        c.expect(False, "A false claim fails the check.")
+
+    def raises(c, ctx):
+        raise RuntimeError("boom")
+
+    def skips(c, ctx):
+        raise tool.Skip("needs bitsandbytes")
+
+    def passes(c, ctx):
+        c.expect(True, "A true claim passes.")
+
+    monkeypatch.setattr(tool, "RUNNERS", {"a": fails, "b": raises, "c": skips, "d": passes})
+    results = tool.run_checks(["a", "b", "c", "d"], ctx=None)
+    assert {k: r["status"] for k, r in results.items()} == {"a": "failed", "b": "error", "c": "skipped", "d": "passed"}
+    assert results["b"]["reason"] == "RuntimeError: boom" and "Traceback" in results["b"]["measured"]["traceback"]
+    md = tool.render({"runs": {}, "checks": results})
+    assert "- FAIL: A false claim fails the check." in md and "| c | skipped: needs bitsandbytes |" in md
+
+
+def test_a_check_whose_package_is_missing_is_skipped_with_its_reason():
+    tool = _tool()
+    with pytest.raises(tool.Skip, match="needs bsl_no_such_package, not installed here"):
+        tool._needs("json", "bsl_no_such_package")
+
+
+def test_unknown_check_names_are_refused():
+    out = subprocess.run([sys.executable, str(SCRIPT), "--dry-run", "--only", "weights,nope"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "--only names ['nope']" in out.stderr
