@@ -20,6 +20,7 @@ quantized KV cache          ``QuantizedCache(backend="quanto")``        ``Quanto
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import warnings
 
 import transformers
@@ -274,3 +275,94 @@ def count_collectives():
 
     with _Counter():
         yield counts
+
+
+# --- How from_pretrained loads (lesson 02) -------------------------------------------------------
+# transformers 5 (read in 5.25's ``modeling_utils.py`` and ``core_model_loading.py``) does not load
+# "one shard at a time" as accelerate's ``load_checkpoint_and_dispatch`` and the talk do. It opens EVERY
+# safetensors shard at once (``safe_open(..., backend="mmap")``; ``pread`` on Windows and MPS), keeps a
+# lazy slice per tensor, sorts the tensors by name across all shards, and materialises them (read,
+# cast, copy to the target device) with a ``ThreadPoolExecutor`` of ``GLOBAL_WORKERS = min(4, cpu_count)``
+# threads, a module constant (no argument, no environment variable sets it). It loads sequentially
+# instead when ``HF_DEACTIVATE_ASYNC_LOAD`` is true, when the device map holds "disk", or when it
+# quantizes on the fly. Inside ``from_pretrained`` the steps are: the model built on the meta device,
+# ``_get_device_map`` (the placement plan), ``_load_pretrained_model`` (the weights) and
+# ``_finalize_model_loading`` (tied weights, missing keys), then dispatch hooks where needed.
+# transformers 4.x named the switches differently (``HF_ENABLE_PARALLEL_LOADING``, off by default);
+# the lab reports those as unknown rather than guess.
+
+__all__ += ["LoaderFacts", "from_pretrained_phases"]
+
+ASYNC_LOAD_OFF_ENV = "HF_DEACTIVATE_ASYNC_LOAD"
+
+
+@dataclasses.dataclass(frozen=True)
+class LoaderFacts:
+    """What the installed transformers' loader does, read from its code. ``threads``: the loader's pool
+    (None where the installed version has no such pool); ``parallel``: whether a plain load (no disk, no
+    on-the-fly quantization) uses it now; ``all_shards_at_once``: every shard mapped before any tensor is
+    read; ``hooked``: the phases of ``from_pretrained`` could be marked (its internals were found)."""
+
+    version: str
+    threads: int | None
+    parallel: bool | None
+    all_shards_at_once: bool
+    hooked: bool
+    switch: str | None  # the environment variable that turns the pool off
+
+
+def _wrap_before(owner, name: str, before) -> tuple | None:
+    """Replace ``owner.name`` by a function that calls ``before()`` first; (owner, name, original) to undo."""
+    raw = owner.__dict__.get(name) if isinstance(owner, type) else getattr(owner, name, None)
+    if raw is None:
+        return None
+    kind = type(raw) if isinstance(raw, (staticmethod, classmethod)) else None
+    func = raw.__func__ if kind is not None else raw
+
+    def wrapped(*args, **kwargs):
+        before()
+        return func(*args, **kwargs)
+
+    setattr(owner, name, kind(wrapped) if kind is not None else wrapped)
+    return owner, name, raw
+
+
+@contextlib.contextmanager
+def from_pretrained_phases(on_phase=None):
+    """Mark the phases of every ``from_pretrained`` call inside the block, and say how the loader works.
+
+    ``on_phase(name)`` is called as each phase begins: ``"placement plan"`` (``_get_device_map``, only when
+    a ``device_map`` is given) and ``"weights materialised"`` (``_load_pretrained_model``: the shards are
+    read into the model, then tied weights and missing keys are settled). What runs before them (config,
+    the model built on the meta device) is the caller's first phase. Yields :class:`LoaderFacts`; where
+    the installed transformers lacks these internals nothing is marked and ``hooked`` is False.
+
+    >>> with from_pretrained_phases() as facts:
+    ...     facts.all_shards_at_once, facts.switch
+    (True, 'HF_DEACTIVATE_ASYNC_LOAD')
+    """
+    import os
+
+    from transformers import modeling_utils
+
+    try:
+        from transformers import core_model_loading
+    except ImportError:  # transformers 4.x: no thread pool of this kind
+        core_model_loading = None
+    threads = getattr(core_model_loading, "GLOBAL_WORKERS", None)
+    switch = ASYNC_LOAD_OFF_ENV if threads is not None else None
+    parallel = None if threads is None else os.getenv(switch, "false").lower() not in ("true", "1", "y", "yes", "on")
+    undo = []
+    if on_phase is not None:
+        for owner, name, phase in ((modeling_utils, "_get_device_map", "placement plan"),
+                                   (modeling_utils.PreTrainedModel, "_load_pretrained_model", "weights materialised")):
+            done = _wrap_before(owner, name, lambda phase=phase: on_phase(phase))
+            if done is not None:
+                undo.append(done)
+    facts = LoaderFacts(transformers.__version__, threads, parallel, all_shards_at_once=threads is not None,
+                        hooked=len(undo) == 2, switch=switch)
+    try:
+        yield facts
+    finally:
+        for owner, name, raw in reversed(undo):
+            setattr(owner, name, raw)

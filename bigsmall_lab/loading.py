@@ -38,15 +38,16 @@ from typing import Any
 
 import torch
 
-from ._compat import quiet_libraries
+from ._compat import LoaderFacts, quiet_libraries
 from ._errors import LabError, shown
 from ._paths import cache_dir
 from .measure import MemoryReport, cpu_memory, peak, phase_hook, track, trim_heap
 from .placement import Plan, Strategy, from_device_map, parse_budgets, plan
 
-__all__ = ["Generation", "LoadComparison", "LoadRun", "Phase", "PlacedLoad", "ShardStep", "ShardSteps",
-           "compare_loads", "generate_timed", "load_bmi", "load_naive", "load_placed", "offload_dir",
-           "placed_bytes", "shard_by_shard", "shard_bytes", "shard_files"]
+__all__ = ["BMI_PHASES", "Generation", "LoadComparison", "LoadRun", "LoaderComparison", "Phase", "PlacedLoad",
+           "ShardStep", "ShardSteps", "compare_loaders", "compare_loads", "generate_timed", "load_bmi",
+           "load_bmi_phases", "load_naive", "load_placed", "offload_dir",
+           "placed_bytes", "shard_by_shard", "shard_bytes", "shard_files", "within"]
 
 
 # --- results ------------------------------------------------------------------------------------
@@ -62,6 +63,7 @@ class Phase:
     rss_anon_bytes: int
     rss_file_bytes: int
     cuda_allocated_bytes: int = 0
+    peak_bytes: int | None = None  # the exact peak during the phase, above the load's start (None: not measured)
 
 
 @dataclass
@@ -72,6 +74,7 @@ class LoadRun:
     report: MemoryReport
     phases: list[Phase]
     checkpoint_bytes: int
+    loader: LoaderFacts | None = None  # how the installed transformers loads (set by load_bmi_phases)
 
     @property
     def peak_bytes(self) -> int:
@@ -89,6 +92,31 @@ class LoadRun:
         samples = self.report.samples
         return max(s.rss_anon + s.rss_file for s in samples) - (samples[0].rss_anon + samples[0].rss_file)
 
+    @property
+    def mapped_bytes(self) -> int:
+        """The highest rise of file pages mapped into the process (``RssFile``, sampled) during the load: the
+        safetensors shards' pages it held at once. Unlike the total, it cannot be hidden by freed heap memory
+        that a later load reuses (which a second threaded load in one process does)."""
+        return _mapped_rise(self.report)
+
+    def agrees_with(self, estimate_bytes: float, rel_tol: float, host: bool = True) -> bool:
+        """True when the measured peak (the host's with ``host``, else the load device's) is within ``rel_tol``
+        of ``estimate_bytes``: a check that fails on either side, unlike "peak >= 0".
+
+        >>> run = LoadRun("demo", MemoryReport("cpu", peak_bytes=1_080), [], 360)
+        >>> run.agrees_with(1_080, 0.1), run.agrees_with(360, 0.1)   # two copies measured, not one
+        (True, False)
+        """
+        return _agrees(self.host_peak_bytes if host else self.peak_bytes, estimate_bytes, rel_tol)
+
+    def phase(self, name: str) -> Phase:
+        """The phase called ``name`` (a LabError naming the phases there are, if none is)."""
+        for phase in self.phases:
+            if phase.name == name:
+                return phase
+        raise LabError.bad("name", name, "use one of: " + ", ".join(p.name for p in self.phases),
+                           verb="is not a phase of this load")
+
 
 @dataclass(frozen=True)
 class LoadComparison:
@@ -105,6 +133,20 @@ class LoadComparison:
 
 
 @dataclass(frozen=True)
+class LoaderComparison:
+    """The talk's loader (accelerate: one shard at a time) and the installed transformers' ``from_pretrained``
+    on one checkpoint, into the same dtype on the same device, measured one after the other in this process."""
+
+    accelerate: ShardSteps
+    transformers: LoadRun
+
+    @property
+    def ratio(self) -> float:
+        """transformers' peak / accelerate's shard loop's peak (each above its own start, first forward included)."""
+        return self.transformers.peak_bytes / max(self.accelerate.peak_bytes, 1)
+
+
+@dataclass(frozen=True)
 class ShardStep:
     """Memory around loading one shard into the empty model (bytes above the memory in use once the
     empty model was built)."""
@@ -115,6 +157,12 @@ class ShardStep:
     peak_bytes: int  # highest memory while this shard was read and placed
     after_bytes: int  # memory once the shard's state dict was dropped
     seconds: float
+
+    @property
+    def in_flight_bytes(self) -> int:
+        """The peak while this shard loaded above the weights held once it was placed: what the loader had in
+        flight beyond the model (on a CPU the shard's mapped pages; on a GPU almost nothing, they stay on the host)."""
+        return self.peak_bytes - self.loaded_bytes
 
 
 @dataclass
@@ -130,6 +178,48 @@ class ShardSteps:
     @property
     def largest_shard_bytes(self) -> int:
         return max(s.shard_bytes for s in self.steps)
+
+    @property
+    def peak_bytes(self) -> int:
+        """The whole run's exact peak above its start (VmHWM on a CPU, max_memory_allocated on a GPU)."""
+        return self.report.peak_bytes
+
+    @property
+    def estimate_peak_bytes(self) -> int:
+        """The loop's expected peak: the largest "weights placed once shard i is in + shard i's pages", over
+        the shards (the last shard's moment unless an earlier shard is much bigger). Exact sums, no measurement.
+
+        >>> a = ShardStep("s1", shard_bytes=90, loaded_bytes=180, peak_bytes=0, after_bytes=0, seconds=0)
+        >>> b = ShardStep("s2", shard_bytes=20, loaded_bytes=220, peak_bytes=0, after_bytes=0, seconds=0)
+        >>> ShardSteps([a, b], None, [], "cpu").estimate_peak_bytes   # 180 + 90 (first shard) > 220 + 20 (last)
+        270
+        """
+        return max(s.loaded_bytes + s.shard_bytes for s in self.steps)
+
+    @property
+    def mapped_bytes(self) -> int:
+        """The highest rise of file pages mapped in (``RssFile``, sampled) during the loop: one shard's pages."""
+        return _mapped_rise(self.report)
+
+    def agrees_with(self, estimate_bytes: float, rel_tol: float) -> bool:
+        """True when the run's measured peak is within ``rel_tol`` of ``estimate_bytes`` (either side)."""
+        return _agrees(self.peak_bytes, estimate_bytes, rel_tol)
+
+    def one_shard_in_flight(self, rel_tol: float = 0.1) -> list[bool]:
+        """Per shard: was at most that one shard in flight (``in_flight_bytes <= (1 + rel_tol) x shard_bytes``)?
+        False where the loader held more: two shards, or the whole checkpoint mapped at once.
+
+        >>> step = ShardStep("s1", shard_bytes=100, loaded_bytes=100, peak_bytes=200, after_bytes=100, seconds=0)
+        >>> both = ShardStep("s1", shard_bytes=100, loaded_bytes=100, peak_bytes=300, after_bytes=100, seconds=0)
+        >>> ShardSteps([step], None, [], "cpu").one_shard_in_flight(), ShardSteps([both], None, [], "cpu").one_shard_in_flight()
+        ([True], [False])
+        """
+        return [s.in_flight_bytes <= (1 + rel_tol) * s.shard_bytes for s in self.steps]
+
+    def holds_what_was_loaded(self, rel_tol: float = 0.05) -> list[bool]:
+        """Per shard: does the memory after it match the weights placed so far, within ``rel_tol``? (True when
+        the loader keeps its copies and drops each shard; False if it kept a shard or copied nothing.)"""
+        return [abs(s.after_bytes - s.loaded_bytes) <= rel_tol * s.loaded_bytes for s in self.steps]
 
 
 @dataclass
@@ -173,6 +263,28 @@ class Generation:
         return steps[mid] if len(steps) % 2 else (steps[mid - 1] + steps[mid]) / 2
 
 
+def _mapped_rise(report: MemoryReport) -> int:
+    if not report.samples:
+        return 0
+    return max(s.rss_file for s in report.samples) - report.samples[0].rss_file
+
+
+def within(measured: float, estimate_bytes: float, rel_tol: float) -> bool:
+    """``measured`` within ``rel_tol`` of ``estimate_bytes``, on either side (a claim that can fail both ways).
+
+    >>> within(1_081, 1_080, 0.05), within(804, 1_080, 0.05)
+    (True, False)
+    """
+    return _agrees(measured, estimate_bytes, rel_tol)
+
+
+def _agrees(measured: float, estimate_bytes: float, rel_tol: float) -> bool:
+    if not estimate_bytes > 0 or not 0 <= rel_tol < 1:
+        raise LabError.bad("estimate_bytes / rel_tol", (estimate_bytes, rel_tol),
+                           "give a positive estimate and a tolerance in [0, 1)", verb="cannot be compared")
+    return abs(measured / estimate_bytes - 1) <= rel_tol
+
+
 # --- helpers ------------------------------------------------------------------------------------
 
 _PhaseHook = Callable[[str], object]
@@ -180,27 +292,54 @@ _PhaseHook = Callable[[str], object]
 
 class _Phases:
     """Record named phases inside a tracked block, with the memory at the end of each; ``on_phase(name)``
-    is called as each one begins (a live chart's mark)."""
+    is called as each one begins (a live chart's mark). With the block's ``report``, each phase also gets
+    its exact peak above the block's start.
 
-    def __init__(self, device: str, on_phase: _PhaseHook | None = None):
+    Phases are blocks (``with phase("name"):``) or, inside a library call that offers no block, marks:
+    ``begin(name)`` ends the phase before and starts this one; ``end()`` ends the last."""
+
+    def __init__(self, device: str, on_phase: _PhaseHook | None = None, report: MemoryReport | None = None):
         self.t0 = time.perf_counter()
         self.device = device
         self.on_phase = on_phase
+        self.report = report
         self.items: list[Phase] = []
+        self._open: tuple[str, float, contextlib.ExitStack, Any] | None = None
+
+    def _start(self, name: str, mark: str | bool) -> tuple[float, contextlib.ExitStack, Any]:
+        if self.on_phase is not None and mark:
+            self.on_phase(name if mark is True else mark)
+        stack = contextlib.ExitStack()
+        high = stack.enter_context(peak(self.device)) if self.report is not None else None
+        return time.perf_counter() - self.t0, stack, high
+
+    def _finish(self, name: str, start: float, stack: contextlib.ExitStack, high) -> None:
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+        stack.close()
+        status = cpu_memory()
+        allocated = torch.cuda.memory_allocated() if self.device == "cuda" else 0
+        top = max(high.bytes - self.report.start_bytes, 0) if high is not None else None
+        self.items.append(Phase(name, start, time.perf_counter() - self.t0, status["RssAnon"], status["RssFile"],
+                                allocated, top))
 
     @contextlib.contextmanager
     def __call__(self, name: str, mark: str | bool = True) -> Iterator[None]:
         """``mark``: what ``on_phase`` gets: the phase's name (True), another text, or nothing (False)."""
-        if self.on_phase is not None and mark:
-            self.on_phase(name if mark is True else mark)
-        start = time.perf_counter() - self.t0
-        yield
-        if self.device == "cuda":
-            torch.cuda.synchronize()
-        status = cpu_memory()
-        allocated = torch.cuda.memory_allocated() if self.device == "cuda" else 0
-        self.items.append(Phase(name, start, time.perf_counter() - self.t0, status["RssAnon"], status["RssFile"],
-                                allocated))
+        opened = self._start(name, mark)
+        try:
+            yield
+        finally:
+            self._finish(name, *opened)
+
+    def begin(self, name: str) -> None:
+        self.end()
+        self._open = (name, *self._start(name, True))
+
+    def end(self) -> None:
+        if self._open is not None:
+            opened, self._open = self._open, None
+            self._finish(*opened)
 
 
 def _device(device: str | int | torch.device) -> torch.device:
@@ -364,6 +503,48 @@ def load_bmi(path: str | os.PathLike, device: str = "cpu", forward: bool = True,
     return model, LoadRun("Big Model Inference: from_pretrained", report, phase.items, _checkpoint_bytes(folder))
 
 
+# The phases of from_pretrained, in order (the first begins with the call; the others are marked from inside it).
+BMI_PHASES = ("empty model on meta", "placement plan", "weights materialised", "first forward")
+
+
+def load_bmi_phases(path: str | os.PathLike, device: str = "cpu", dtype: str = "auto", forward: bool = True,
+                    on_phase: _PhaseHook | None = None) -> tuple[Any, LoadRun]:
+    """``from_pretrained(path, dtype=dtype, device_map=device)`` with its phases measured one by one.
+
+    The phases (:data:`BMI_PHASES`) are marked from inside the real call (``_compat.from_pretrained_phases``):
+    the config read and the **empty model on meta**, the **placement plan** (``_get_device_map``), the
+    **weights materialised** (transformers 5 maps every shard at once and a pool of threads reads, casts and
+    places the tensors; tied weights settled), then the **first forward**. Each :class:`Phase` carries its
+    exact peak above the start. ``dtype`` other than the checkpoint's (e.g. "float32" for a bf16 checkpoint)
+    makes every weight a new tensor even on a CPU, as a load to a GPU does. The run's ``loader`` says how
+    the installed transformers loads (its threads, whether they are on).
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from ._compat import from_pretrained_phases
+
+    folder, dev, on_phase = _folder(path), _device(device), phase_hook(on_phase)
+    wanted = dtype if dtype == "auto" else getattr(torch, _dtype_name(dtype))
+    ids = _forward_ids(AutoConfig.from_pretrained(folder))
+    with quiet_libraries(progress_bars=False), track("from_pretrained, phase by phase", device=dev.type) as report:
+        phase = _Phases(dev.type, on_phase, report)
+        phase.begin(BMI_PHASES[0])
+        with from_pretrained_phases(phase.begin) as facts:
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=wanted, device_map=dev)
+        phase.end()
+        if forward:
+            with phase(BMI_PHASES[3]), torch.no_grad():
+                model(ids.to(dev), logits_to_keep=1)
+    label = f"transformers {facts.version}: from_pretrained"
+    return model, LoadRun(label, report, phase.items, _checkpoint_bytes(folder), facts)
+
+
+def _dtype_name(dtype: str) -> str:
+    from ._dtypes import dtype_name
+
+    return dtype_name(dtype, allowed=("float32", "float16", "bfloat16"))
+
+
 def compare_loads(path: str | os.PathLike, device: str = "cpu", on_phase: _PhaseHook | None = None) -> LoadComparison:
     """Both loads of ``path`` in this process, each model freed before the next.
 
@@ -381,10 +562,33 @@ def compare_loads(path: str | os.PathLike, device: str = "cpu", on_phase: _Phase
     return LoadComparison(naive, bmi)
 
 
+def compare_loaders(path: str | os.PathLike, device: str = "cpu", dtype: str = "float32",
+                    on_phase: _PhaseHook | None = None) -> LoaderComparison:
+    """accelerate's shard loop (:func:`shard_by_shard`, what the talk shows) and transformers'
+    ``from_pretrained`` (:func:`load_bmi_phases`), both into ``dtype`` on ``device`` with a first forward
+    pass, each model freed before the next. A ``dtype`` other than the checkpoint's makes both copy every
+    weight, on a CPU too, so what differs is how much of the checkpoint each holds in flight.
+    ``on_phase(name)`` gets each phase prefixed with the loader ("accelerate: shard 2/4").
+
+    >>> cmp = compare_loaders(bsl.checkpoint("bigsmall-small"))   # doctest: +SKIP
+    >>> cmp.accelerate.peak_bytes < cmp.transformers.peak_bytes   # doctest: +SKIP
+    True
+    """
+    phase_hook(on_phase)
+    _dtype_name(dtype)
+    steps = shard_by_shard(path, device, dtype=dtype, forward=True, on_phase=phase_hook(on_phase, "accelerate: "))
+    _release(steps)
+    model, run = load_bmi_phases(path, device, dtype=dtype, on_phase=phase_hook(on_phase, "transformers: "))
+    del model
+    _release()
+    return LoaderComparison(steps, run)
+
+
 # --- shard by shard with accelerate's utilities -------------------------------------------------
 
 def shard_by_shard(path: str | os.PathLike, device: str = "cpu", copy: bool = True,
-                   keep_model: bool = False, on_phase: _PhaseHook | None = None) -> ShardSteps:
+                   keep_model: bool = False, on_phase: _PhaseHook | None = None, dtype: str | None = None,
+                   forward: bool = False) -> ShardSteps:
     """Load the checkpoint into an empty model one shard at a time, measuring memory after each.
 
     The calls are accelerate's: ``init_empty_weights()`` builds the model on the meta device;
@@ -397,7 +601,9 @@ def shard_by_shard(path: str | os.PathLike, device: str = "cpu", copy: bool = Tr
     costs nothing until they are read. ``copy=True`` copies each one into the process's own
     memory (what loading to a GPU, or into another dtype, must do), so the weights held grow shard
     by shard; ``copy=False`` keeps the mapped views (what ``from_pretrained`` does on a CPU).
-    ``on_phase(name)`` is called as each phase begins ("shard 2/4").
+    ``on_phase(name)`` is called as each phase begins ("shard 2/4"). ``dtype`` (default: the checkpoint's)
+    builds the model in another dtype: each tensor is then cast as it is placed (a copy either way).
+    ``forward=True`` adds a first forward pass, as a phase.
     """
     from accelerate import init_empty_weights
     from accelerate.utils import load_state_dict, set_module_tensor_to_device
@@ -405,30 +611,38 @@ def shard_by_shard(path: str | os.PathLike, device: str = "cpu", copy: bool = Tr
 
     folder, dev, on_phase = _folder(path), _device(device), phase_hook(on_phase)
     config = AutoConfig.from_pretrained(folder)
+    stored = config.dtype or torch.float32
+    target = getattr(torch, _dtype_name(dtype)) if dtype is not None else stored
+    cast = target != stored  # casting copies anyway: no clone before it
+    ids = _forward_ids(config)
     shards = shard_files(folder)
     steps: list[ShardStep] = []
     loaded = 0
     with quiet_libraries(progress_bars=False), track("shard by shard", device=dev.type) as report:
-        phase = _Phases(dev.type, on_phase)
+        phase = _Phases(dev.type, on_phase, report)
         with phase("init_empty_weights: meta model"), init_empty_weights():
-            model = AutoModelForCausalLM.from_config(config, dtype=config.dtype)
+            model = AutoModelForCausalLM.from_config(config, dtype=target)
         trim_heap()
         start = _now(dev)  # the empty model costs (almost) nothing: steps count from here
         for i, shard in enumerate(shards, 1):
             n_bytes = shard_bytes(shard)
+            placed = n_bytes * target.itemsize // stored.itemsize  # its bytes once placed (cast) in the model
             t = time.perf_counter()
             with phase(f"shard {i}/{len(shards)}"), peak(dev.type) as step_peak:
                 state = load_state_dict(str(shard))
                 for name, tensor in state.items():
-                    value = tensor.clone() if copy and dev.type == "cpu" else tensor
+                    value = tensor.clone() if copy and not cast and dev.type == "cpu" else tensor
                     set_module_tensor_to_device(model, name, dev, value=value)
                 del state, tensor, value
                 gc.collect()
-            loaded += n_bytes
+            loaded += placed
             steps.append(ShardStep(shard.name, n_bytes, loaded, step_peak.bytes - start,
                                    _now(dev) - start, time.perf_counter() - t))
         with phase("tie_weights"):
             model.tie_weights()
+        if forward:
+            with phase("first forward"), torch.no_grad():
+                model(ids.to(dev), logits_to_keep=1)
     return ShardSteps(steps, report, phase.items, dev.type, model if keep_model else None)
 
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
-from ..loading import LoadComparison, LoadRun, PlacedLoad, ShardSteps
+from ..loading import LoadComparison, LoaderComparison, LoadRun, PlacedLoad, ShardSteps
 from ._placement import placement_chart
 
-__all__ = ["device_map_chart", "loading_peaks", "loading_timeline", "shard_steps_chart"]
+__all__ = ["device_map_chart", "loaders_chart", "loading_peaks", "loading_timeline", "shard_steps_chart"]
 
 _MiB = 2**20
 _LAYOUT = dict(template="plotly_white", legend=dict(orientation="h", yanchor="top", y=-0.18, x=0))
@@ -134,3 +134,19 @@ def shard_steps_chart(steps: ShardSteps, title: str | None = None) -> go.Figure:
 def device_map_chart(placed: PlacedLoad, title: str | None = None) -> go.Figure:
     """The device map ``from_pretrained`` really used (``model.hf_device_map``), drawn like a plan."""
     return placement_chart(placed.loaded, title=title or f"{placed.loaded.model}: model.hf_device_map after loading")
+
+
+def loaders_chart(comparison: LoaderComparison, title: str | None = None) -> go.Figure:
+    """The exact peak of every phase of both loaders (MiB above each load's start), one bar group per loader:
+    accelerate's shard loop (what the talk shows) beside transformers' ``from_pretrained``."""
+    fig = go.Figure()
+    for run, colour in ((comparison.accelerate, _FILE), (comparison.transformers, _ANON)):
+        label = getattr(run, "label", "accelerate: one shard at a time")
+        phases = [p for p in run.phases if p.peak_bytes is not None]
+        fig.add_trace(go.Bar(x=[p.name for p in phases], y=[p.peak_bytes / _MiB for p in phases], name=label,
+                             marker_color=colour, text=[f"{p.peak_bytes / _MiB:,.0f}" for p in phases],
+                             textposition="outside"))
+    fig.update_layout(title=title or f"Peak per phase: from_pretrained / shard loop = {comparison.ratio:.2f}x",
+                      yaxis_title="peak above the load's start (MiB)", height=440,
+                      margin=dict(l=70, r=30, t=60, b=150), **_LAYOUT)
+    return fig
