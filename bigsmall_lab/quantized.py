@@ -1,4 +1,4 @@
-"""Runner of lesson 04: load a model in bitsandbytes' formats and measure each one for real.
+"""Runner of lesson 04b: load a model in bitsandbytes' formats and measure each one for real.
 
 For every ``BitsAndBytesConfig`` given (None = the unquantized reference), :func:`run_variants`
 loads the model once and measures what it holds (``get_memory_footprint()`` plus the quantization
@@ -28,16 +28,17 @@ import torch
 
 from . import quant
 from .measure import quant_state_tensors, stored_weight_bytes, unique_bytes
-from ._errors import LabError, closest
+from ._errors import LabError, closest, whole_number
 
-__all__ = ["Footprint", "FourBitPath", "GGUFBlocks", "LinearTiming", "OutlierRow", "Variant", "VariantResult",
-           "avx512_bf16", "bnb_config", "capture_inputs", "check_supported", "estimator_name", "footprint",
-           "four_bit_path", "gguf_q4_1_blocks", "linear_timings", "outlier_experiment", "run_variants", "stored_bytes",
-           "use_portable_4bit"]
+__all__ = ["Footprint", "FourBitPath", "GGUFBlocks", "LinearTiming", "MatmulPath", "OutlierRow", "Variant",
+           "VariantResult", "avx512_bf16", "bnb_4bit_bytes", "bnb_config", "capture_inputs", "check_supported", "estimator_name",
+           "footprint", "forward_seconds", "four_bit_path", "gguf_q4_1_blocks", "int8_integer_kernel",
+           "linear_timings", "matmul_path", "model_matmul_path", "outlier_experiment", "rejected_keyword",
+           "run_variants", "stored_bytes", "use_portable_4bit"]
 
 
 class Variant(str, Enum):
-    """The formats lesson 04 loads, named as the estimator names them."""
+    """The formats lesson 04b loads, named as the estimator names them."""
 
     BF16 = "bf16"
     INT8 = "int8"  # BitsAndBytesConfig(load_in_8bit=True): LLM.int8(), outlier threshold 6.0
@@ -82,6 +83,20 @@ def estimator_name(config) -> str | None:
             return "nf4-double" if double else "nf4"
         return None if double else "fp4"
     return None
+
+
+def bnb_4bit_bytes(packed: torch.Tensor, state: Any) -> int:
+    """Bytes of what ``bitsandbytes.functional.quantize_4bit`` returned: the packed codes, the absmax of every
+    block and the 16-entry code book (with double quantization, the nested absmax, code book and offset too).
+
+    >>> import bitsandbytes.functional as F
+    >>> bnb_4bit_bytes(*F.quantize_4bit(torch.zeros(64, 64), blocksize=64))  # 2,048 + 64 x 4 + 16 x 4
+    2368
+    """
+    tensors = [packed, state.absmax, state.code]
+    if getattr(state, "nested", False):
+        tensors += [state.state2.absmax, state.state2.code, state.offset]
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
 
 
 def check_supported(config, device: str | None = None) -> None:
@@ -190,6 +205,116 @@ def use_portable_4bit(model: torch.nn.Module) -> int:
     return switched
 
 
+# --- what a quantized layer's matmul does on this machine -----------------------------------------
+# Read in bitsandbytes 0.50.2 (autograd/_functions.py, backends/{default,cpu,cuda}/ops.py):
+# - 4-bit, portable layout (matmul_4bit -> gemm_4bit): no CPU kernel is registered for gemm_4bit, so the
+#   default one runs: dequantize_4bit (bitsandbytes' C kernel) writes the whole weight out in the compute
+#   dtype, then torch's F.linear multiplies. "Dequantize, then multiply" is literally true here.
+# - 4-bit, repacked on an AVX512-BF16 CPU (quant_state.packing_format_for_cpu): matmul_4bit calls
+#   gemv_4bit, whose CPU kernel multiplies bf16 activations straight from the 4-bit codes (a fused kernel:
+#   kernels-community's gemm_4bit_forward when the `kernels` package loads it, else bitsandbytes' own
+#   gemv_4bit_inference_cpu_{nf4,fp4}_bf16); no dequantized weight is ever written out.
+# - 4-bit on CUDA: gemm_4bit picks a fused kernel for few tokens (a per-GPU heuristic) and dequantize +
+#   F.linear for many.
+# - int8 (MatMul8bitLt, eval mode): the activations are quantized row by row to int8 (int8_vectorwise_quant,
+#   columns at or above the threshold kept aside), then int8_linear_matmul multiplies the integer codes:
+#   on a CPU whose torch runs AVX512 code bitsandbytes registers torch._int_mm (int8 x int8 -> int32);
+#   elsewhere the default kernel multiplies the codes as float32 and rounds back to int32. The int32 result
+#   is rescaled by both sets of absmax; outlier columns are added back in 16 bits (dequantized weight columns).
+
+
+@dataclass(frozen=True)
+class MatmulPath:
+    """How one quantized layer computes ``x @ W.T`` on this machine, as bitsandbytes dispatches it."""
+
+    fmt: str  # "bf16", "int8" or "4-bit"
+    fused: bool  # True: the weight is never dequantized to a whole 16-bit matrix first
+    kernel: str  # which code runs
+    steps: str  # what happens, in order
+
+
+def matmul_path(fmt: str, device: str = "cpu", four_bit: FourBitPath | str = FourBitPath.PORTABLE,
+                int8_integer: bool = False, cpu_hub_kernel: bool = False, quant_type: str = "nf4") -> MatmulPath:
+    """The path of a ``fmt`` layer ("bf16", "int8", "4-bit") on ``device``, given what bitsandbytes found:
+    ``four_bit`` (:func:`four_bit_path`), ``int8_integer`` (:func:`int8_integer_kernel`) and whether the
+    `kernels` package loaded the hub's fused CPU kernel; ``quant_type`` ("nf4" or "fp4") names the kernel.
+    Pure: :func:`model_matmul_path` reads the inputs from a loaded model and the installed bitsandbytes.
+
+    >>> matmul_path("4-bit", "cpu", FourBitPath.PORTABLE).fused
+    False
+    >>> matmul_path("4-bit", "cpu", FourBitPath.REPACKED).kernel
+    "bitsandbytes' gemv_4bit_inference_cpu_nf4_bf16 (C, AVX512-BF16)"
+    """
+    fmt = str(fmt).strip().lower()
+    allowed = ("bf16", "int8", "4-bit")
+    if fmt not in allowed:
+        raise LabError.bad("fmt", fmt, f"use one of: {', '.join(allowed)}")
+    device = str(device).split(":")[0]
+    if device not in ("cpu", "cuda"):
+        raise LabError.bad("device", device, "use 'cpu' or 'cuda'")
+    path = FourBitPath(four_bit)
+    if quant_type not in ("nf4", "fp4"):
+        raise LabError.bad("quant_type", quant_type, "use 'nf4' or 'fp4'")
+    if fmt == "bf16":
+        return MatmulPath(fmt, True, "torch F.linear", "multiply the 16-bit weight directly")
+    if fmt == "int8":
+        if device == "cuda":
+            kernel = "bitsandbytes' CUDA int8 matmul (int8 x int8 -> int32)"
+        elif int8_integer:
+            kernel = "torch._int_mm (int8 x int8 -> int32, AVX512)"
+        else:
+            kernel = "bitsandbytes' default int8_linear_matmul (the int8 codes multiplied as float32)"
+        return MatmulPath(fmt, True, kernel,
+                          "quantize the activations to int8 row by row (outlier columns set aside), multiply the "
+                          "int8 codes, rescale the int32 result by both absmax; add the outlier columns in 16 bits")
+    if device == "cuda":
+        return MatmulPath(fmt, False, "bitsandbytes' CUDA gemm_4bit",
+                          "a fused 4-bit kernel for a few tokens (a per-GPU heuristic decides), else dequantize the "
+                          "whole weight, then F.linear")
+    if path is FourBitPath.REPACKED or path is FourBitPath.PENDING:
+        kernel = ("kernels-community's gemm_4bit_forward (AVX512-BF16)" if cpu_hub_kernel else
+                  f"bitsandbytes' gemv_4bit_inference_cpu_{quant_type}_bf16 (C, AVX512-BF16)")
+        return MatmulPath(fmt, True, kernel,
+                          "multiply bf16 activations straight from the repacked 4-bit codes; no dequantized weight "
+                          "is written out")
+    return MatmulPath(fmt, False, "bitsandbytes' dequantize_4bit (C), then torch F.linear",
+                      "dequantize the whole weight to the compute dtype, then multiply")
+
+
+def int8_integer_kernel(device: str = "cpu") -> bool:
+    """Whether bitsandbytes multiplies int8 codes with an integer kernel on ``device``: a CUDA kernel, or
+    on a CPU the ``torch._int_mm`` kernel it registers only where torch runs AVX512 code (read from
+    torch's dispatcher: is a CPU kernel registered for ``bitsandbytes::int8_linear_matmul``?)."""
+    if str(device).startswith("cuda"):
+        return True
+    import bitsandbytes  # noqa: F401  (registers its kernels)
+
+    return bool(torch._C._dispatch_has_kernel_for_dispatch_key("bitsandbytes::int8_linear_matmul", "CPU"))
+
+
+def _cpu_hub_kernel() -> bool:
+    try:
+        from bitsandbytes.backends.cpu import ops
+    except ImportError:
+        return False
+    return getattr(ops, "gemm_4bit_forward_kernel", None) is not None
+
+
+def model_matmul_path(model: torch.nn.Module) -> MatmulPath:
+    """The path ``model``'s quantized layers take here (call it after a forward pass: a 4-bit model on an
+    AVX512-BF16 CPU repacks at its first one). A model without bitsandbytes layers gets the bf16 path."""
+    kinds = {type(m).__name__ for m in model.modules()}
+    param = next(model.parameters())
+    device = param.device.type
+    if "Linear8bitLt" in kinds:
+        return matmul_path("int8", device, int8_integer=int8_integer_kernel(device))
+    if kinds & {"Linear4bit", "LinearNF4", "LinearFP4"}:
+        state = getattr(_four_bit_layers(model)[0].weight, "quant_state", None)
+        return matmul_path("4-bit", device, four_bit_path(model), cpu_hub_kernel=_cpu_hub_kernel(),
+                           quant_type=getattr(state, "quant_type", "nf4"))
+    return matmul_path("bf16", device)
+
+
 # --- footprint ------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -247,6 +372,8 @@ class VariantResult:
     generate_s: float
     new_tokens: int
     text: str
+    forward_s: Mapping[int, float] | None = None  # tokens -> median seconds per forward (:func:`forward_seconds`)
+    matmul: MatmulPath | None = None  # how its quantized layers multiply here (:func:`model_matmul_path`)
 
     @property
     def tokens_per_s(self) -> float:
@@ -270,9 +397,56 @@ def _generate(model, tokenizer, prompt: str, new_tokens: int) -> tuple[str, floa
     return tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True), elapsed
 
 
+@torch.no_grad()
+def forward_seconds(model: torch.nn.Module, ids: torch.Tensor, tokens: tuple[int, ...] = (1, 128),
+                    repeat: int = 5) -> dict[int, float]:
+    """Median seconds of one forward pass of ``model`` over the first ``n`` tokens of ``ids``, for each
+    ``n`` in ``tokens`` (1: what a generation step multiplies, without its cache; 128: a prompt). One
+    warm-up call first; no KV cache. A median of a few calls, on a shared machine: expect noise."""
+    from ._errors import token_ids
+
+    ids = token_ids(ids)
+    repeat = whole_number(repeat, "repeat", minimum=1)
+    sizes = [whole_number(n, "tokens", minimum=1) for n in tokens]
+    if max(sizes) > ids.shape[1]:
+        raise LabError(f"tokens asks for {max(sizes)} tokens and ids holds {ids.shape[1]}; give more ids")
+    device = next(model.parameters()).device
+    out = {}
+    with _quiet_bnb():
+        for n in sizes:
+            x = ids[:, :n].to(device)
+            out[n] = _median_seconds(lambda: model(x, use_cache=False), repeat, device)
+    return out
+
+
+def rejected_keyword(model_name: str, **kwargs: Any) -> str | None:
+    """The one-line error ``AutoModelForCausalLM.from_pretrained(path, **kwargs)`` raises for a lab model,
+    or None when it accepts ``kwargs`` (the model it loaded is dropped). transformers 5 rejects
+    ``load_in_8bit=True``, which older posts pass straight to ``from_pretrained``:
+
+    >>> "load_in_8bit" in rejected_keyword("bigsmall-tiny", load_in_8bit=True)
+    True
+    >>> rejected_keyword("bigsmall-tiny", dtype=torch.float32) is None
+    True
+    """
+    from transformers import AutoModelForCausalLM
+
+    from .zoo import model_path
+
+    if not kwargs:
+        raise LabError("kwargs is empty; give the keyword to try, e.g. load_in_8bit=True")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_path(model_name), **kwargs)
+    except (TypeError, ValueError) as err:
+        return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    del model
+    return None
+
+
 def run_variants(model_name: str, configs: Mapping[str, Any], ids: torch.Tensor, prompt: str,
                  new_tokens: int = 12, dtype: torch.dtype = torch.bfloat16, device: str | None = None,
-                 reference: torch.nn.Module | None = None, progress: bool = True) -> list[VariantResult]:
+                 reference: torch.nn.Module | None = None, progress: bool = True,
+                 time_tokens: tuple[int, ...] = (1, 128), repeat: int = 5) -> list[VariantResult]:
     """Load ``model_name`` once per entry of ``configs`` (name -> ``BitsAndBytesConfig`` or None)
     and measure each against the reference: the one entry whose config is None (``reference``, when
     given, is that model already loaded in ``dtype``: it is not loaded twice).
@@ -280,6 +454,8 @@ def run_variants(model_name: str, configs: Mapping[str, Any], ids: torch.Tensor,
     Each quantized model is freed before the next one loads, so at most the reference and one
     variant are in memory. ``ids``: evaluation tokens (``quality.heldout_ids``); ``prompt``: the
     text every variant continues greedily for ``new_tokens`` tokens (the time includes the prompt).
+    Each variant's forward pass is timed over ``time_tokens`` tokens (median of ``repeat``,
+    :func:`forward_seconds`; empty: not timed) after scoring, so 4-bit layers have taken their path.
     """
     from . import quality
     from .estimates import cpu_packed_weights_bytes, weights_bytes
@@ -317,6 +493,8 @@ def run_variants(model_name: str, configs: Mapping[str, Any], ids: torch.Tensor,
             else:
                 agreement = quality.agreement(reference_logprobs, logprobs, ids)
                 ppl = agreement.candidate_ppl
+            matmul = model_matmul_path(model)
+            forward_s = forward_seconds(model, ids, time_tokens, repeat) if time_tokens else None
             text, gen_s = _generate(model, tokenizer, prompt, new_tokens)
             q_name = estimator_name(config)
             estimate = weights_bytes(path, dtype, q_name) if (config is None or q_name) else None
@@ -324,7 +502,7 @@ def run_variants(model_name: str, configs: Mapping[str, Any], ids: torch.Tensor,
                               if path_taken is FourBitPath.REPACKED and q_name else estimate)
             results.append(VariantResult(name, q_name, held, estimate, stored, after, path_taken, estimate_after,
                                          agreement, ppl,
-                                         load_s, gen_s, new_tokens, text))
+                                         load_s, gen_s, new_tokens, text, forward_s, matmul))
             if progress:
                 print(f"{name}: loaded in {load_s:.1f} s, {ids.shape[1]} tokens scored, {new_tokens} generated in "
                       f"{gen_s:.1f} s", flush=True)
@@ -374,7 +552,10 @@ def _bnb_layers(weight: torch.Tensor, dtype: torch.dtype):
     nf4.weight = bnb.nn.Params4bit(weight.detach().to(dtype).clone(), requires_grad=False, quant_type="nf4")
     device = weight.device if weight.device.type != "meta" else torch.device("cpu")
     # moving Int8Params / Params4bit to a device is what quantizes them
-    return dense.to(device).eval(), int8.to(device).eval(), nf4.to(device).eval()
+    portable = bnb.nn.Linear4bit(in_f, out_f, bias=False, compute_dtype=dtype, quant_type="nf4")
+    portable.weight = bnb.nn.Params4bit(weight.detach().to(dtype).clone(), requires_grad=False, quant_type="nf4")
+    portable.support_avx512bf16_for_cpu = False  # the path of every CPU without AVX512-BF16: never repacked
+    return dense.to(device).eval(), int8.to(device).eval(), nf4.to(device).eval(), portable.to(device).eval()
 
 
 @torch.no_grad()
@@ -382,13 +563,19 @@ def linear_timings(weight: torch.Tensor, tokens: tuple[int, ...] = (1, 128), dty
                    repeat: int = 15) -> list[LinearTiming]:
     """Time one layer's matmul as a dense float32 and ``dtype`` layer, as bitsandbytes int8 and as nf4,
     and the extra steps inside the quantized ones: dequantizing the 4-bit weight, quantizing the
-    activations to int8. ``tokens``: rows of the input (1: one generated token; 128: a prompt)."""
+    activations to int8. ``tokens``: rows of the input (1: one generated token; 128: a prompt).
+
+    On a CPU where bitsandbytes repacks 4-bit layers for its fused AVX512-BF16 kernel, "nf4" is that fused
+    layer and "nf4, dequantize + matmul" the portable path of every other CPU, timed beside it; the
+    "dequantize nf4 weight" step belongs to the portable path (the fused kernel never writes the weight out)."""
     import bitsandbytes.functional as F
 
     if not isinstance(weight, torch.Tensor) or weight.ndim != 2:
         raise LabError(f"weight must be a 2-D weight matrix (out, in), not {type(weight).__name__}")
-    dense, int8, nf4 = _bnb_layers(weight, dtype)
+    dense, int8, nf4, portable = _bnb_layers(weight, dtype)
     device = dense.weight.device
+    two_paths = device.type == "cpu" and bool(getattr(nf4, "support_avx512bf16_for_cpu", False))
+    unfused = "nf4, dequantize + matmul" if two_paths else "nf4"
     dense32 = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False, device=device)
     dense32.weight.data = weight.detach().to(device=device, dtype=torch.float32)
     rows = []
@@ -404,10 +591,12 @@ def linear_timings(weight: torch.Tensor, tokens: tuple[int, ...] = (1, 128), dty
                                      _median_seconds(lambda: F.int8_vectorwise_quant(x.half(), 6.0), repeat, device),
                                      part_of="int8 (LLM.int8())"))
             rows.append(LinearTiming("nf4", n, _median_seconds(lambda: nf4(x), repeat, device)))
-            state = nf4.weight.quant_state
+            if two_paths:
+                rows.append(LinearTiming(unfused, n, _median_seconds(lambda: portable(x), repeat, device)))
+            state = portable.weight.quant_state
             rows.append(LinearTiming("dequantize nf4 weight", n,
-                                     _median_seconds(lambda: F.dequantize_4bit(nf4.weight.data, state), repeat, device),
-                                     part_of="nf4"))
+                                     _median_seconds(lambda: F.dequantize_4bit(portable.weight.data, state), repeat,
+                                                     device), part_of=unfused))
     return rows
 
 

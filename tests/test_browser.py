@@ -175,7 +175,8 @@ PAGES = [
     Page("01_memory_maths", min_plots=3),  # weights by dtype, estimate stack, memory timeline
     Page("03_dtypes", checks=(click_a_bit,), min_plots=3),  # precision, weights vs fp8, peaks
     Page("07_device_map", checks=(change_the_planner,), min_plots=8),  # 7 plans + the planner widget's chart
-    Page("04_quantization", checks=(move_the_quant_map,), min_plots=4),  # map, code books, variants, timings
+    Page("04a_quantization_maps", checks=(move_the_quant_map,), min_plots=2),  # map, code books
+    Page("04b_bitsandbytes", min_plots=2),  # variants, timings
     Page("08_kv_cache", checks=(watch_the_live_chart,), min_plots=10),  # 9 charts + the live FigureWidget
     Page("02_big_model_inference", checks=(watch_the_live_chart,), min_plots=9),  # 7 charts + 2 live charts
     Page("05_offloading", checks=(watch_the_live_chart,), min_plots=5),  # 4 charts + the live chart

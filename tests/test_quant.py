@@ -292,12 +292,25 @@ def test_agreement_from_logprobs_equals_quality_compare():
 
 
 @pytest.mark.slow
-def test_linear_timings_time_each_step():
+def test_linear_timings_time_each_step(monkeypatch):
+    import bitsandbytes.nn.modules as bnb_modules
+
+    # the portable path, on any CPU: bitsandbytes' layers read this flag when they are built
+    monkeypatch.setattr(bnb_modules, "has_avx512bf16", lambda: False)
     rows = quantized.linear_timings(torch.randn(64, 128) * 0.05, tokens=(1,), repeat=2)
     assert [r.operation for r in rows] == ["fp32 matmul", "bf16 matmul", "int8 (LLM.int8())",
                                            "quantize activations to int8", "nf4", "dequantize nf4 weight"]
     assert all(r.seconds > 0 for r in rows) and rows[5].part_of == "nf4"
     assert isinstance(views.timings_chart(rows), type(views.codebook_chart(torch.randn(4, 64))))
+
+
+@pytest.mark.slow
+def test_linear_timings_time_both_4bit_paths_where_the_cpu_repacks():
+    if not quantized.avx512_bf16():
+        pytest.skip("this CPU has no AVX512-BF16: bitsandbytes has only the portable 4-bit path here")
+    rows = quantized.linear_timings(torch.randn(64, 128) * 0.05, tokens=(1,), repeat=2)
+    assert [r.operation for r in rows][4:] == ["nf4", "nf4, dequantize + matmul", "dequantize nf4 weight"]
+    assert rows[6].part_of == "nf4, dequantize + matmul"
 
 
 # --- one sentence for bad input ---------------------------------------------------------------------

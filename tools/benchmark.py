@@ -145,7 +145,7 @@ def _offloading() -> dict:
 
 
 def _quantization(new_tokens: int = 32) -> dict:
-    """Lesson 04: SmolLM2 in bf16, int8 and nf4 (bitsandbytes), as the lesson runs them (one CPU thread):
+    """Lessons 04a/04b: SmolLM2 in bf16, int8 and nf4 (bitsandbytes), as lesson 04b runs them (one CPU thread):
     load seconds, greedy tokens per second over ``new_tokens`` tokens, and one layer's matmul taken apart;
     plus the quantization map's redraw time on one real weight matrix."""
     import torch
@@ -336,7 +336,7 @@ def main() -> int:
                                                                           device="cuda").summary()
     results.update(_loading_and_placement())  # lessons 02 and 07
     results.update(_offloading())  # lesson 05
-    results.update(_quantization())  # lesson 04
+    results.update(_quantization())  # lessons 04a, 04b
     results.update(_kv_cache())  # lesson 08
     kind = "gpu" if bsl.has_cuda() else "cpu"
     out = ROOT / "benchmarks" / f"{kind}.json"

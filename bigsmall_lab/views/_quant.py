@@ -1,4 +1,4 @@
-"""Views of lesson 04: the quantization map widget, and charts and tables of what quantization does.
+"""Views of lessons 04a and 04b: the quantization map widget, and charts and tables of what quantization does.
 
 Every number drawn here comes from :mod:`bigsmall_lab.quant` (the maths) or from the results of
 :mod:`bigsmall_lab.quantized` (the measurements); these functions only lay them out.
