@@ -204,6 +204,42 @@ def test_overhead_is_labelled():
     assert assumed.overhead_source.startswith("assumed") and given.overhead_source == "measured on GPU 0"
 
 
+def test_the_assumed_cuda_context_is_the_figure_its_source_states():
+    # The assumption and the sentence that labels it in every estimate must say the same number.
+    from bigsmall_lab.estimates import RUNTIME_OVERHEAD
+
+    assert RUNTIME_OVERHEAD.source.startswith(f"assumed {RUNTIME_OVERHEAD.bytes / 1e6:g} MB:")
+
+
+def _printed_torch_total(source: str) -> tuple[int, int]:
+    """(bytes, how far off they may be) of the torch total a GPU's source quotes, in the unit it was printed."""
+    import re
+
+    if m := re.search(r"total_memory[= ]([\d,]+) bytes", source):
+        return int(m.group(1).replace(",", "")), 0
+    if m := re.search(r"total_memory=(\d+)MB", source):  # torch prints MiB, rounded down, labelled MB
+        return int(m.group(1)) * 2**20, 0
+    m = re.search(r"total capacity of ([\d.]+) GiB", source)  # an out-of-memory message: two decimals of GiB
+    assert m, f"the source names no torch total: {source}"
+    return round(float(m.group(1)) * 2**30), int(0.005 * 2**30)
+
+
+def test_gpu_sizes_are_the_figures_their_sources_report():
+    # Each GPU's two figures must be the ones its source quotes (nvidia-smi's MiB, torch's total in the unit
+    # printed), and an "80 GB" card must hold about 80 GiB, not 80 x 10**9 bytes.
+    import re
+
+    from bigsmall_lab.estimates import GPUS
+
+    for gpu in GPUS.values():
+        assert f"{gpu.smi_mib}MiB" in gpu.source.replace(",", ""), gpu.name
+        printed, slack = _printed_torch_total(gpu.source)
+        assert abs(gpu.torch_bytes - printed) <= slack, (gpu.name, gpu.torch_bytes, printed)
+        assert gpu.torch_bytes <= gpu.smi_bytes  # torch sees what nvidia-smi reports, less the driver's share
+        assert gpu.smi_bytes > 0.9 * gpu.marketed_number * 2**30 > gpu.marketed_number * 10**9 * 0.9
+    assert re.fullmatch(r"\d+ GB", GPUS["H100"].marketed) and GPUS["H100"].usable_bytes > 80 * 10**9
+
+
 def test_module_bytes_sum_to_the_weights_and_nest():
     from bigsmall_lab.estimates import module_bytes
 
