@@ -334,3 +334,20 @@ def test_disk_peak_refuses_a_run_that_is_not_block_level_to_disk():
                                                     peak_bytes=10, pipeline="x"))
     with pytest.raises(LabError, match="result"):
         _lesson05.check_disk_peak(10, "a result")
+
+
+def test_claim_t5_sets_the_block_level_peak_fails_without_t5():
+    flux = offload.flux_dev_components(torch.bfloat16)
+    block_plan = offload.plan(flux, BLOCK2)
+    bsl.claim(block_plan.largest == "text_encoder_2", "at block level T5, not the transformer, sets the peak")
+    without = offload.plan({k: v for k, v in flux.items() if k != "text_encoder_2"}, BLOCK2)
+    with pytest.raises(ClaimFailed):
+        bsl.claim(without.largest == "text_encoder_2", "at block level T5, not the transformer, sets the peak")
+
+
+def test_claim_published_stream_run_is_slower_fails_on_a_faster_figure():
+    base, leaf = offload.published("none"), offload.published(OffloadSettings("leaf_level", use_stream=True))
+    text = "the published stream run is slower than no offloading: the stream does not hide all of the transfers"
+    bsl.claim(leaf.seconds > base.seconds, text)
+    with pytest.raises(ClaimFailed):  # a figure where the stream hid everything (no slower than no offloading)
+        bsl.claim(base.seconds > base.seconds, text)

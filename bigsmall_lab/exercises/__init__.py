@@ -13,8 +13,8 @@ from ._lesson02 import (check_disk_layers, check_largest_shard, check_meta_bytes
                         check_shard_loop_peak)
 from ._lesson03 import check_fp8_rmse_ratio, check_gap, check_load_peak_ratio, check_stored
 from ._lesson04 import check_4bit_bytes, check_blocksize_bytes, check_scale, check_skip_bytes, check_zero_point
-from ._lesson05 import (check_cpu_offload_saving, check_disk_peak, check_flux_transformer_bytes, check_group_count,
-                        check_model_offload_bytes)
+from ._lesson05 import (DISK_PEAK_TOLERANCE, check_cpu_offload_saving, check_disk_peak, check_flux_transformer_bytes,
+                        check_group_count, check_model_offload_bytes)
 from ._lesson06 import check_allreduces, check_rank_bytes, check_smallest_nproc
 from ._lesson07 import check_bytes_on_gpu, check_fewest_gpus, check_layers_on_cpu, check_layers_on_gpu0
 from ._lesson08 import (check_blog_kv_heads, check_cache_bytes, check_kv_cache_gib, check_kv_per_gpu,
@@ -32,7 +32,8 @@ __all__ = [
     # lessons 04a, 04b
     "check_4bit_bytes", "check_blocksize_bytes", "check_scale", "check_skip_bytes", "check_zero_point",
     # lesson 05
-    "check_cpu_offload_saving", "check_disk_peak", "check_flux_transformer_bytes", "check_group_count",
+    "DISK_PEAK_TOLERANCE", "check_cpu_offload_saving", "check_disk_peak", "check_flux_transformer_bytes",
+    "check_group_count",
     "check_model_offload_bytes",
     # lesson 06
     "check_allreduces", "check_rank_bytes", "check_smallest_nproc",
