@@ -3,11 +3,13 @@
     python -m torch.distributed.run --nproc-per-node 2 -m bigsmall_lab._tp_worker RUN_DIR/spec.json
 
 Every rank loads the same checkpoint with ``tp_plan="auto"`` (transformers starts the process group:
-gloo on CPUs, nccl on GPUs, and keeps only this rank's slice of each weight), reads back the real DTensor
-placements, runs one forward pass while counting its collectives (``_compat.count_collectives``), generates
-greedily, times a small all-reduce, and writes ``rank{r}.json`` (and rank 0 the prompt's logits) into
-the run folder. An exception is written to ``rank{r}.error`` and the process exits at once, so the
-launcher can name the failing rank while torchrun stops the others.
+gloo on CPUs, nccl on GPUs, and keeps only this rank's slice of each weight; with one process it loads a
+plain model and starts none, so the worker starts it and a one-GPU machine still runs the launch and
+nccl), reads back the real DTensor placements, runs one forward pass while counting its collectives
+(``_compat.count_collectives``), generates greedily, times a small all-reduce, and writes
+``rank{r}.json`` (and rank 0 the prompt's logits) into the run folder. An exception is written to
+``rank{r}.error`` and the process exits at once, so the launcher can name the failing rank while
+torchrun stops the others.
 """
 
 from __future__ import annotations
@@ -115,6 +117,12 @@ def _run(spec: dict, run_dir: Path, rank: int) -> None:
     warm_imports(spec["path"])
     with track(f"rank {rank}", device=device_kind, interval_s=0.05) as memory:
         model, load_s = _timed(lambda: load(spec["path"], dtype), device_kind)
+        if not dist.is_initialized():  # one process: transformers loads a plain model and starts no process group
+            cuda = device_kind != "cpu"
+            dist.init_process_group(backend="nccl" if cuda else "gloo",
+                                    **({"device_id": torch.device(device_kind)} if cuda else {}))
+            if cuda:  # nothing placed the plain model: put it on this rank's GPU, where nccl's collectives run
+                model = model.to(device_kind)
         if fault == f"raise:{rank}":
             raise RuntimeError(f"deliberate failure of rank {rank} ({_FAULT_ENV})")
         weights, param_bytes = {}, 0

@@ -45,8 +45,8 @@ def test_dry_run_runs_every_check_and_writes_the_results(tmp_path):
     assert not (ROOT / "docs" / "gpu-results.md").exists() or "dry run" not in (ROOT / "docs" / "gpu-results.md").read_text()
 
 
-def _wheel(folder: Path, dist: str, module: str) -> Path:
-    path = folder / f"{dist}-1.0-py3-none-any.whl"
+def _wheel(folder: Path, dist: str, module: str, tag: str = "py3-none-any") -> Path:
+    path = folder / f"{dist}-1.0-{tag}.whl"
     with zipfile.ZipFile(path, "w") as whl:
         whl.writestr(f"{module}/__init__.py", "ANSWER = 42\n")
         whl.writestr(f"{dist}-1.0.dist-info/METADATA", f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
@@ -61,9 +61,13 @@ def test_missing_modules_are_unpacked_from_carried_wheels(tmp_path, monkeypatch)
     wheels = tmp_path / "wheels"
     wheels.mkdir()
     _wheel(wheels, "bsl_fake_dist", "bsl_fake_mod")
-    done = tool.install_missing(wheels, tmp_path / "site", modules=("bsl_fake_mod", "bsl_not_carried", "json"))
+    _wheel(wheels, "bsl_other_abi", "bsl_other_abi", tag="cp27-cp27m-win32")  # another Python's wheel: not taken
+    monkeypatch.setitem(tool.WHEEL_OF, "bsl_other_abi", "bsl_other_abi")
+    done = tool.install_missing(wheels, tmp_path / "site",
+                                modules=("bsl_fake_mod", "bsl_not_carried", "bsl_other_abi", "json"))
     assert done == {"bsl_fake_mod": "installed from bsl_fake_dist-1.0-py3-none-any.whl",
-                    "bsl_not_carried": "missing (no wheel carried)", "json": "present"}
+                    "bsl_not_carried": "missing (no wheel carried for this Python and platform)",
+                    "bsl_other_abi": "missing (no wheel carried for this Python and platform)", "json": "present"}
     assert __import__("bsl_fake_mod").ANSWER == 42
     assert str(tmp_path / "site") in __import__("os").environ["PYTHONPATH"]  # subprocesses (torchrun) see it too
     sys.modules.pop("bsl_fake_mod", None)
@@ -102,3 +106,12 @@ def test_unknown_check_names_are_refused():
     out = subprocess.run([sys.executable, str(SCRIPT), "--dry-run", "--only", "weights,nope"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "--only names ['nope']" in out.stderr
+
+
+def test_one_rank_tensor_parallel_launch_runs_the_worker(tmp_path, monkeypatch):
+    """The launch the GPU check uses with one GPU (torchrun, one rank), run here over gloo on bigsmall-tiny."""
+    import bigsmall_lab as bsl
+
+    monkeypatch.setenv("BIGSMALL_LAB_CACHE", str(tmp_path / "cache"))
+    found = _tool()._tp_one_rank(bsl.zoo.model_path("bigsmall-tiny"), device="cpu", dtype="float32")
+    assert (found["nproc"], found["backend"], found["tokens_identical"], found["new_tokens"]) == (1, "gloo", True, 8)

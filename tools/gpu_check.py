@@ -74,6 +74,19 @@ def _importable(module: str) -> bool:
         return False
 
 
+def _fits_here(wheel: Path) -> bool:
+    """Whether this interpreter can use the wheel (its tags, e.g. cp312-manylinux, against ours)."""
+    try:
+        from packaging.tags import sys_tags
+        from packaging.utils import parse_wheel_filename
+    except ImportError:  # no packaging: take the wheel on trust
+        return True
+    try:
+        return bool(set(parse_wheel_filename(wheel.name)[3]) & set(sys_tags()))
+    except ValueError:  # not a valid wheel name
+        return False
+
+
 def install_missing(wheel_dir: Path | None, site: Path, modules=tuple(WHEEL_OF)) -> dict[str, str]:
     """Unpack the wheel of every module in ``modules`` that does not import into ``site`` (put first on
     sys.path and PYTHONPATH, so subprocesses see it too). Returns module -> what happened."""
@@ -88,9 +101,9 @@ def install_missing(wheel_dir: Path | None, site: Path, modules=tuple(WHEEL_OF))
             continue
         dist = WHEEL_OF.get(module, module).lower().replace("-", "_")
         wheels = sorted(p for p in (wheel_dir.glob("*.whl") if wheel_dir and wheel_dir.is_dir() else [])
-                        if p.name.lower().replace("-", "_").startswith(dist + "_"))
+                        if p.name.lower().replace("-", "_").startswith(dist + "_") and _fits_here(p))
         if not wheels:
-            done[module] = "missing (no wheel carried)"
+            done[module] = "missing (no wheel carried for this Python and platform)"
             continue
         with zipfile.ZipFile(wheels[-1]) as wheel:
             wheel.extractall(site)
@@ -329,32 +342,36 @@ def check_kv_offloaded(c: Check, ctx: Context) -> None:
     c.expect(offloaded.cuda_peak_bytes < dynamic.cuda_peak_bytes, "The offloaded cache lowers the GPU's peak.")
 
 
-def _tp_one_rank(path: Path) -> dict:
-    """torchrun with one process on one GPU (nccl): the lab's worker, compared with one plain process."""
+TP_PROMPT = list(range(1, 17))  # token ids: a preset's random-weight checkpoint carries no tokenizer
+
+
+def _tp_one_rank(path: Path, device: str = "cuda", dtype: str = "bfloat16") -> dict:
+    """torchrun with one process (nccl on one GPU; gloo on a CPU): the lab's worker, compared with one plain
+    process. parallel.run_tp asks for 2 or more ranks; this is its launch with one."""
     import shutil
     import uuid
 
     from bigsmall_lab import parallel
     from bigsmall_lab._paths import cache_dir
 
-    prompt_text, prompt_ids, tokenizer = parallel._prompt(parallel.DEFAULT_PROMPT, path)
     run_dir = cache_dir() / "tp-runs" / uuid.uuid4().hex[:12]
     run_dir.mkdir(parents=True)
     try:
         pad = parallel._eos(path)
-        spec = {"path": str(path), "dtype": "bfloat16", "device": "cuda", "input_ids": prompt_ids,
-                "max_new_tokens": 8, "pad_token_id": pad}
+        spec = {"path": str(path), "dtype": dtype, "device": device, "input_ids": TP_PROMPT, "max_new_tokens": 8,
+                "pad_token_id": pad}
         (run_dir / "spec.json").write_text(json.dumps(spec))
         command = [sys.executable, "-m", "torch.distributed.run",
                    *parallel.torchrun_command(1, endpoint=f"127.0.0.1:{parallel._free_port()}", run_id=run_dir.name,
                                               script=["-m", parallel._WORKER, str(run_dir / "spec.json")])[1:]]
-        parallel._launch(command, run_dir, 1, "cuda", 300.0, path.name)
+        parallel._launch(command, run_dir, 1, device, 300.0, path.name)
         rank = parallel._read_rank(run_dir / "rank0.json")
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
-    ref, _ = parallel._reference(path, "bfloat16", "cuda", prompt_ids, 8, pad)
+    ref, _ = parallel._reference(path, dtype, device, TP_PROMPT, 8, pad)
     return {"nproc": 1, "backend": rank.backend, "tokens_identical": rank.tokens == ref.tokens,
-            "forward_s": rank.forward_s, "collectives": rank.collectives, "peak_bytes": rank.peak_bytes}
+            "new_tokens": rank.new_tokens, "forward_s": rank.forward_s, "collectives": rank.collectives,
+            "peak_bytes": rank.peak_bytes}
 
 
 def check_tp(c: Check, ctx: Context) -> None:
@@ -366,7 +383,7 @@ def check_tp(c: Check, ctx: Context) -> None:
         raise Skip("nccl needs CUDA GPUs; tensor parallelism over gloo on CPU processes runs in tests/test_parallel.py")
     path = ctx.small_path()
     if torch.cuda.device_count() >= 2:
-        result = parallel.run_tp(path, nproc=2, dtype="bfloat16", device="cuda")
+        result = parallel.run_tp(path, nproc=2, dtype="bfloat16", prompt=TP_PROMPT, device="cuda")
         found = {"nproc": 2, "backend": result.backend, "tokens_identical": result.tokens_identical,
                  "max_logit_diff": result.max_logit_diff}
     else:
