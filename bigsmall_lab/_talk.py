@@ -25,7 +25,54 @@ class TalkClaim:
     figure: str
 
 
-CLAIMS: tuple[TalkClaim, ...] = ()
+_C = TalkClaim
+CLAIMS: tuple[TalkClaim, ...] = (
+    # 03 dtypes
+    _C("03_dtypes", "a float is sign, exponent and mantissa: fp32 1+8+23, fp16 1+5+10, bf16 1+8+7",
+       "views.formats_table([", r"bfloat16\s+16\s+1 / 8 / 7"),
+    _C("03_dtypes", "bf16 keeps fp32's range with less precision", 'coarser = info["bfloat16"].eps',
+       r"bf16 steps / fp32 steps: [\d,]+; largest values: fp32 [\de.+]+, bf16 [\de.+]+"),
+    _C("03_dtypes", "fp16's smaller range overflows where bf16 does not", "b = bsl.bits.decompose(70000, dtype)",
+       r"70000 in float16\s+->\s+inf"),
+    _C("03_dtypes", "without a dtype the model is made in fp32, twice the bytes; dtype='auto' keeps the checkpoint's",
+       'fp32, auto = str(torch.float32), "auto"', r"weights held: float32 [\d,]+ MiB, auto [\d,]+ MiB, ratio [\d.]+"),
+    # 06 tensor parallelism
+    _C("06_tensor_parallelism", "split each weight across GPUs: a model no single GPU holds fits",
+       "big = bsl.tp_plan.plan(BIG, nproc=2", r"[\d.]+ GB in one process, [\d.]+ GB on each of 2 GPUs"),
+    _C("06_tensor_parallelism", "the split model gives the same results", "greedy tokens identical on every rank",
+       r"greedy tokens identical on every rank and in one process: True"),
+    _C("06_tensor_parallelism", "results are synchronised: collectives in every layer",
+       "result.collectives == expected.collectives", r"measured in one forward pass: \{[^}]*\}"),
+    _C("06_tensor_parallelism", "faster because devices compute at once, minus the communication",
+       "comm = result.allreduce_s_per_token",
+       r"one process: [\d,]+ ms per token; \d+ ranks: [\d,]+ ms per token \([^)]*\)\s*all-reduces: [^\n]*"),
+    # 07 device_map
+    _C("07_device_map", '"auto" splits evenly, "balanced_low_0" keeps GPU 0 light, "sequential" fills in order',
+       'plans = {s: bsl.placement.plan(PRESET, s, BUDGETS) for s in', r"auto -> [^\n]*"),
+    _C("07_device_map", '"balanced_low_0" leaves GPU 0 lighter for generate', 'low0, auto = plans["balanced_low_0"]',
+       r"GPU 0 holds [\d.]+ GiB with balanced_low_0, [\d.]+ GiB with auto"),
+    _C("07_device_map", '"sequential" fills GPUs in order; the last may stay unused', "sequential3 = bsl.placement.plan",
+       r"sequential: \[[^\]]*\]"),
+    _C("07_device_map", "layers with residual connections are never split", 'print(f"never split:',
+       r"never split: \('LlamaDecoderLayer',\); \d+ of them"),
+    _C("07_device_map", "CPU and disk offload through hooks, placed as planned",
+       "loads = {s: bsl.loading.load_placed(path, s", r"auto: predicted == hf_device_map: True; weights held [^\n]*"),
+    _C("07_device_map", "slower than TP: the GPUs work one after another", "for gpu in spill.gpus:",
+       r"GPU 0: computes \d+ of \d+ layers[^\n]*"),
+    # 08 KV cache
+    _C("08_kv_cache", "the cache grows linearly with the tokens: 2 x layers x KV heads x head dim x bytes each",
+       "per_token = 2 * layers * kv_heads", r"[\d,]+ tokens: by hand [\d,]+ bytes, kv_cache_bytes [\d,]+ bytes, "
+       r"the model's cache \([\d,]+ tokens\) weighed [\d,]+ bytes"),
+    _C("08_kv_cache", "grouped-query attention keeps fewer KV heads", "variants = kvcache.attention_variants(PRESET)",
+       r"grouped-query \(GQA, 8 KV heads\)\s+[\d.]+ GiB at [\d,]+ tokens"),
+    _C("08_kv_cache", "caching keys and values avoids recomputing them", "recompute = kvcache.recompute_vs_cache(",
+       r"positions processed: [\d,]+ with the cache, [\d,]+ without \([\d,]+x\)"),
+    _C("08_kv_cache", "the offloaded cache keeps only the current layers on the GPU",
+       "plans = [kvcache.offload_plan(PRESET, 131072", r"llama-3.1-8b, 131,072 tokens, bf16: [^\n]*"),
+    _C("08_kv_cache", "a quantized cache stores it in fewer bits, at a small cost in quality",
+       "by = {r.settings.name: r for r in runs}",
+       r"quanto int4, residual \d+\s+[\d.]+% of the dynamic cache, KL [\d.]+, top-1 \d+%"),
+)
 
 
 def _text(value) -> str:
@@ -64,7 +111,8 @@ def claims_markdown(lessons: Path) -> str:
             "|---|---|---|---|"]
     for claim in CLAIMS:
         index, figure = find_figure(claim, lessons)
-        rows.append(f"| {claim.lesson} | {claim.claim} | {index} (`{claim.cell}`) | {figure} |")
+        cells = [claim.lesson, claim.claim, f"{index} (`{claim.cell}`)", figure]
+        rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return ("# The talk's claims, where each is computed or measured\n\n"
             "Written by `python tools/claims.py` from the committed lessons' outputs (`make notebooks` runs it);\n"
             "`tests/test_claims.py` fails when a cell or figure has moved. Cells are counted from 0.\n\n"
