@@ -202,8 +202,18 @@ def test_measure_pinned_says_it_needs_a_gpu_in_one_sentence():
 def test_measure_pinned_on_a_gpu_lands_between_asked_and_rounded(settings):
     m = offload.measure_pinned(settings, "tiny", torch.bfloat16)
     assert m.plan.pinned_bytes > 0
-    if m.host_allocated_bytes is not None:  # the allocator's own count, after minus before
+    if hasattr(torch.cuda, "host_memory_stats"):  # the allocator's own count, after minus before
         assert m.plan.pinned_bytes <= m.host_allocated_bytes <= m.plan.reserved_bytes * 1.02
+    assert m.rss_peak_bytes >= m.rss_before_bytes
+
+
+def test_host_allocated_counts_zero_before_the_first_pinned_block(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "host_memory_stats", lambda: {}, raising=False)
+    assert offload._host_allocated() == 0
+    monkeypatch.setattr(torch.cuda, "host_memory_stats", lambda: {"allocated_bytes.current": 2048}, raising=False)
+    assert offload._host_allocated() == 2048
+    monkeypatch.delattr(torch.cuda, "host_memory_stats", raising=False)
+    assert offload._host_allocated() is None
 
 
 # ---------------------------------------------------------------------------------------------
