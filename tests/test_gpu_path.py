@@ -319,10 +319,11 @@ def test_offloaded_cache_race_is_named_by_version(version, racy):
 def test_offloaded_cache_warns_on_an_affected_transformers(monkeypatch):
     import warnings
 
-    import transformers
-
     from bigsmall_lab import _compat, kvcache
 
+    # the module object _compat reads (transformers can put a fresh module object in sys.modules after a
+    # model's first load, so `import transformers` here may be another object)
+    transformers = _compat.transformers
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(transformers, "__version__", "5.17.0")  # the GPU image's version
     cuda_model = SimpleNamespace()  # a config-only call: the model's device is not known, CUDA is
