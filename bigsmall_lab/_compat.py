@@ -338,8 +338,8 @@ def from_pretrained_phases(on_phase=None):
     the installed transformers lacks these internals nothing is marked and ``hooked`` is False.
 
     >>> with from_pretrained_phases() as facts:
-    ...     facts.all_shards_at_once, facts.switch
-    (True, 'HF_DEACTIVATE_ASYNC_LOAD')
+    ...     facts.all_shards_at_once, facts.hooked, facts.switch
+    (True, True, 'HF_DEACTIVATE_ASYNC_LOAD')
     """
     import os
 
@@ -352,15 +352,15 @@ def from_pretrained_phases(on_phase=None):
     threads = getattr(core_model_loading, "GLOBAL_WORKERS", None)
     switch = ASYNC_LOAD_OFF_ENV if threads is not None else None
     parallel = None if threads is None else os.getenv(switch, "false").lower() not in ("true", "1", "y", "yes", "on")
+    points = ((modeling_utils, "_get_device_map", "placement plan"),
+              (modeling_utils.PreTrainedModel, "_load_pretrained_model", "weights materialised"))
+    found = all(name in (vars(owner) if isinstance(owner, type) else owner.__dict__) for owner, name, _ in points)
     undo = []
-    if on_phase is not None:
-        for owner, name, phase in ((modeling_utils, "_get_device_map", "placement plan"),
-                                   (modeling_utils.PreTrainedModel, "_load_pretrained_model", "weights materialised")):
-            done = _wrap_before(owner, name, lambda phase=phase: on_phase(phase))
-            if done is not None:
-                undo.append(done)
+    if on_phase is not None and found:
+        for owner, name, phase in points:
+            undo.append(_wrap_before(owner, name, lambda phase=phase: on_phase(phase)))
     facts = LoaderFacts(transformers.__version__, threads, parallel, all_shards_at_once=threads is not None,
-                        hooked=len(undo) == 2, switch=switch)
+                        hooked=found, switch=switch)
     try:
         yield facts
     finally:

@@ -15,7 +15,7 @@ from ..placement import plan
 from ..zoo import count_parameters
 from ._core import Exercise, Slip, Verdict, ask, byte_unit_slips, config_layout, distinct_slips
 
-__all__ = ["check_disk_layers", "check_largest_shard", "check_meta_bytes", "check_naive_peak",
+__all__ = ["SHARD_LOOP_TOLERANCE", "check_disk_layers", "check_largest_shard", "check_meta_bytes", "check_naive_peak",
            "check_shard_loop_peak"]
 
 
@@ -166,10 +166,17 @@ def check_disk_layers(answer: float | None, config: Any = "bigsmall-small", cpu_
     return ask(("disk_layers", str(config), str(cpu_memory), dtype), build).check(answer)
 
 
+# How close a prediction of the loop's peak must be: on a CPU the peak is the kernel's exact high-water mark of
+# sums of whole tensors (0.1% off the estimate, measured); on a GPU torch's allocator also holds each tensor's
+# bf16 copy while it is cast and cuBLAS's workspace (an H200 measured 6.8% above the float32 model).
+SHARD_LOOP_TOLERANCE = {"cpu": 0.03, "cuda": 0.10}
+
+
 def check_shard_loop_peak(answer: float | None, measured: Any, lesson_path: str | os.PathLike | None = None,
-                          rel_tol: float = 0.03) -> Verdict:
+                          rel_tol: float | None = None) -> Verdict:
     """Predict-then-run: the peak (bytes above its start) of accelerate's shard loop into float32, checked
-    against the run that ``measured`` holds (:class:`~bigsmall_lab.loading.ShardSteps`), within ``rel_tol``.
+    against the run that ``measured`` holds (:class:`~bigsmall_lab.loading.ShardSteps`), within ``rel_tol``
+    (default :data:`SHARD_LOOP_TOLERANCE` for the run's device: 3% on a CPU, 10% on a GPU).
 
     The lab's estimate is the float32 model plus the largest shard's mapped pages in flight at the last
     shard; the slips are that sum with a known mistake (every shard in flight, the cast forgotten, the
@@ -187,25 +194,34 @@ def check_shard_loop_peak(answer: float | None, measured: Any, lesson_path: str 
     placed = measured.steps[-1].loaded_bytes  # the model's weights once placed (float32)
     stored = sum(shards)  # the checkpoint on disk (bfloat16)
     expected = measured.peak_bytes
-    key = ("shard_loop_peak", expected, len(shards))
+    key = ("shard_loop_peak", measured.device, expected, len(shards), rel_tol)
+
+    on_gpu = measured.device == "cuda"  # the shard's pages stay in host memory: the GPU holds the copies only
+    rel_tol = SHARD_LOOP_TOLERANCE[measured.device] if rel_tol is None else rel_tol
 
     def build() -> Exercise:
         slips = [Slip(placed + stored, "that is every shard in flight at once (what from_pretrained's mapped shards "
                                        "cost); the loop holds one shard at a time"),
-                 Slip(stored + max(shards), "the model is float32 here: 4 bytes per weight, not the checkpoint's 2"),
-                 Slip(placed, "that is the float32 model alone; the largest shard's pages are in flight on top of it "
-                              "at the last shard")]
+                 Slip(stored + max(shards), "the model is float32 here: 4 bytes per weight, not the checkpoint's 2")]
+        if not on_gpu:
+            slips.append(Slip(placed, "that is the float32 model alone; the largest shard's pages are in flight on top "
+                                      "of it at the last shard"))
         if lesson_path is not None:
             old = max(shard_bytes(p) for p in shard_files(lesson_path))
             slips.append(Slip(placed + old, "that is the peak with the lesson's shards; with your shard size the "
                                             "largest shard is another size"))
         slips.extend(_unit_slips(expected))
+        if on_gpu:
+            why = (f"measured on the GPU: {expected:,} bytes; the float32 model is {placed:,}: each shard is read in "
+                   "host memory, its copies reach the GPU, and each tensor's bf16 copy while it is cast comes on top")
+            hint = "the model in float32 (4 bytes per parameter); where does the shard being read live?"
+        else:
+            why = (f"measured: {expected:,} bytes; the float32 model ({placed:,}) plus the shard in flight at the worst "
+                   f"moment (your largest of {len(shards)} is {max(shards):,}) is {measured.estimate_peak_bytes:,}")
+            hint = ("the model in float32 (4 bytes per parameter) plus what is in flight while the last shards load: "
+                    "how big is your largest shard?")
         return Exercise(
-            "shard_loop_peak", expected=expected, rel_tol=rel_tol, fmt=",.0f", unit=" bytes",
-            why=f"measured: {expected:,} bytes; the float32 model ({placed:,}) plus the shard in flight at the worst "
-                f"moment (your largest of {len(shards)} is {max(shards):,}) is {measured.estimate_peak_bytes:,}",
-            hint="the model in float32 (4 bytes per parameter) plus what is in flight while the last shards load: "
-                 "how big is your largest shard?",
+            "shard_loop_peak", expected=expected, rel_tol=rel_tol, fmt=",.0f", unit=" bytes", why=why, hint=hint,
             slips=distinct_slips(expected, slips, gap=rel_tol))
 
     return ask(key, build).check(answer)
