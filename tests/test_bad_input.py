@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import bigsmall_lab as bsl
-from bigsmall_lab import bits, cli, kvcache, quant, tp_plan, zoo
+from bigsmall_lab import bits, cli, kvcache, quant, tp_plan, views, zoo
 from bigsmall_lab._errors import LabError
 from bigsmall_lab._units import format_bytes, parse_size
 from bigsmall_lab.estimates import Comparison, activation_bytes, estimate, kv_cache_bytes, weights_bytes, weights_table
@@ -178,6 +178,14 @@ CASES = [
     ("chart-range-reversed", "x_range", lambda p: precision_chart(x_range=(10, 1))),
     ("chart-range-number", "x_range", lambda p: precision_chart(x_range=5)),
     ("chart-dtypes-text", "dtypes", lambda p: precision_chart(dtypes="float16")),
+    # widgets never substitute another model, GPU or layer for the one asked
+    ("planner-preset-unknown", "preset", lambda p: views.PlacementPlanner(preset="llama-3.1-8x")),
+    ("planner-gpu-unknown", "gpu", lambda p: views.PlacementPlanner(gpu="H300")),
+    ("planner-gpus-many", "n_gpus", lambda p: views.PlacementPlanner(n_gpus=64)),
+    ("planner-cpu-size", "cpu_memory_gb", lambda p: views.PlacementPlanner(cpu_memory_gb=48)),
+    ("quantmap-layer-unknown", "layer", lambda p: views.QuantMap({"a.weight": torch.randn(8, 8)}, layer="b.weight")),
+    ("quantmap-bits", "bits", lambda p: views.QuantMap({"a.weight": torch.randn(8, 8)}, bits=40)),
+    ("quantmap-group", "group_size", lambda p: views.QuantMap({"a.weight": torch.randn(8, 8)}, group_size=7)),
     # unbounded requests: refused with what they would need, before anything is allocated
     ("histogram-bins-billion", "bins", lambda p: quant.histogram(torch.zeros(4), bins=10**9)),
     ("generate-million-tokens", "max_new_tokens",
@@ -216,6 +224,7 @@ def test_widget_value_errors_are_shown_not_raised():
 
 
 def test_good_input_in_other_spellings_is_accepted():
+    assert views.PlacementPlanner(preset="Llama-3.1-8B", gpu="h100").plan.model == "llama-3.1-8b"  # case is free
     assert kv_cache_bytes("llama-3.1-8b", np.int64(4096)) == kv_cache_bytes("llama-3.1-8b", 4096)
     assert kv_cache_bytes("llama-3.1-8b", 4096.0) == kv_cache_bytes("llama-3.1-8b", 4096)
     assert bsl.load_model(dtype="bf16").dtype == torch.bfloat16  # the lab's own alias works in load_model too

@@ -156,6 +156,42 @@ def _draw(fig: go.Figure, plan: Plan, title: str | None, unit: str | None = None
                  font=dict(size=10, color="#888"))]
 
 
+_PLANNER_DTYPES = ("bfloat16", "float16", "float32")
+_MAX_GPUS = 8
+
+
+def _planner_inputs(preset: Any, gpu: Any, n_gpus: Any, cpu_memory_gb: Any, dtype: Any,
+                    quantization: Any) -> tuple[str, str, int, str, str, str]:
+    """The planner's starting values as its controls hold them; one sentence naming a value no control offers
+    (a widget that silently showed another model or GPU would teach the wrong plan)."""
+    from .._dtypes import dtype_name
+    from .._errors import LabError, closest, whole_number
+
+    presets = {v.lower(): v for v in PLANNER_PRESETS.values()}
+    key = preset.strip().lower() if isinstance(preset, str) else preset
+    if key not in presets:
+        raise LabError.bad("preset", preset, f"use one of: {', '.join(PLANNER_PRESETS.values())}",
+                           verb="is not a model of the planner" + (closest(str(preset), presets.values())
+                                                                   if isinstance(preset, str) else ""))
+    gpus = {label.split(" · ")[0].lower(): label for label in _GPU_CHOICES}
+    if not isinstance(gpu, str) or gpu.strip().lower() not in gpus:
+        names = [label.split(" · ")[0] for label in _GPU_CHOICES]
+        raise LabError.bad("gpu", gpu, f"use one of: {', '.join(names)}",
+                           verb="is not a GPU of the planner" + (closest(gpu, names) if isinstance(gpu, str) else ""))
+    n_gpus = whole_number(n_gpus, "n_gpus", minimum=1)
+    if n_gpus > _MAX_GPUS:
+        raise LabError.bad("n_gpus", n_gpus, f"use 1 to {_MAX_GPUS} (one machine)", verb="is more than the slider holds")
+    cpu = next((label for label, v in _CPU_CHOICES.items() if isinstance(cpu_memory_gb, (int, float))
+                and not isinstance(cpu_memory_gb, bool) and v == cpu_memory_gb * 10**9), None)
+    if cpu is None:
+        sizes = ", ".join(str(v // 10**9) for v in _CPU_CHOICES.values())
+        raise LabError.bad("cpu_memory_gb", cpu_memory_gb, f"use one of: {sizes} (GB)", verb="is not a choice")
+    dtype = dtype_name(dtype, allowed=_PLANNER_DTYPES)
+    if quantization not in (None, "none", "int8", "nf4"):
+        raise LabError.bad("quantization", quantization, "use None, 'int8' or 'nf4'", verb="is not a choice")
+    return presets[key], gpus[gpu.strip().lower()], n_gpus, cpu, dtype, quantization or "none"
+
+
 class PlacementPlanner(widgets.VBox):
     """Pick a model, dtype, GPUs, CPU memory and a strategy; see where ``from_pretrained`` puts each layer.
 
@@ -166,24 +202,22 @@ class PlacementPlanner(widgets.VBox):
 
     def __init__(self, preset: str = "llama-3.1-70b", n_gpus: int = 8, gpu: str = "L4", cpu_memory_gb: int = 64,
                  strategy: str = "auto", dtype: str = "bfloat16", quantization: str | None = None):
-        presets = {v: k for k, v in PLANNER_PRESETS.items()}
+        preset, gpu_label, n_gpus, cpu_label, dtype, quantization = _planner_inputs(
+            preset, gpu, n_gpus, cpu_memory_gb, dtype, quantization)
         style = {"description_width": "120px"}
         layout = widgets.Layout(width="330px")
-        self.preset = widgets.Dropdown(options=[(k, v) for k, v in PLANNER_PRESETS.items()],
-                                       value=preset if preset in presets else "llama-3.1-70b",
+        self.preset = widgets.Dropdown(options=[(k, v) for k, v in PLANNER_PRESETS.items()], value=preset,
                                        description="model", style=style, layout=layout)
-        self.dtype = widgets.Dropdown(options=["bfloat16", "float16", "float32"], value=dtype, description="dtype",
+        self.dtype = widgets.Dropdown(options=list(_PLANNER_DTYPES), value=dtype, description="dtype",
                                       style=style, layout=layout)
         # "none" rather than None: ipywidgets shows a Dropdown whose value is None as empty.
         self.quantization = widgets.Dropdown(options=[("none", "none"), ("int8 (bitsandbytes)", "int8"),
-                                                      ("nf4 (bitsandbytes)", "nf4")], value=quantization or "none",
+                                                      ("nf4 (bitsandbytes)", "nf4")], value=quantization,
                                              description="quantization", style=style, layout=layout)
-        gpu_label = next((k for k in _GPU_CHOICES if k.startswith(gpu)), next(iter(_GPU_CHOICES)))
         self.gpu = widgets.Dropdown(options=list(_GPU_CHOICES), value=gpu_label, description="memory per GPU",
                                     style=style, layout=layout)
-        self.n_gpus = widgets.IntSlider(value=n_gpus, min=1, max=8, description="number of GPUs", style=style,
-                                        layout=layout, continuous_update=False)
-        cpu_label = next((k for k, v in _CPU_CHOICES.items() if v == cpu_memory_gb * 10**9), "64 GB")
+        self.n_gpus = widgets.IntSlider(value=n_gpus, min=1, max=_MAX_GPUS, description="number of GPUs",
+                                        style=style, layout=layout, continuous_update=False)
         self.cpu = widgets.Dropdown(options=list(_CPU_CHOICES), value=cpu_label, description="CPU memory",
                                     style=style, layout=layout)
         self.strategy = widgets.ToggleButtons(options=[s.value for s in Strategy if s is not Strategy.BALANCED],

@@ -18,7 +18,7 @@ import torch
 from plotly.subplots import make_subplots
 
 from .. import quant
-from .._errors import LabError
+from .._errors import LabError, closest
 from .._units import MiB
 from ..quant import Granularity, MappingReport, Scheme, SchemeResult
 from ..quantized import LinearTiming, OutlierRow, VariantResult
@@ -246,23 +246,35 @@ class QuantMap(widgets.VBox):
         self._weights = _as_weights(weights)
         self._cache: dict[tuple[str, bool], torch.Tensor] = {}
         names = list(self._weights)
-        if layer not in self._weights:  # a layer name without its model's prefix picks the first model's
-            layer = next((n for n in names if layer and n.endswith(f" · {layer}")), names[0])
+        if layer is None:
+            layer = names[0]
+        elif layer not in self._weights:  # a layer name without its model's prefix picks the first model's
+            found = next((n for n in names if isinstance(layer, str) and n.endswith(f" · {layer}")), None)
+            if found is None:
+                shown_names = ", ".join(names[:4]) + (f", ... ({len(names)} in all)" if len(names) > 4 else "")
+                raise LabError.bad("layer", layer, f"use None or one of: {shown_names}",
+                                   verb="is not a layer of these weights"
+                                   + (closest(layer, names) if isinstance(layer, str) else ""))
+            layer = found
+        spec = quant.QuantSpec(bits=bits, scheme=scheme, granularity=granularity)  # one sentence for a bad value
+        if group_size not in _GROUP_SIZES:
+            raise LabError.bad("group_size", group_size, f"use one of: {', '.join(map(str, _GROUP_SIZES))}",
+                               verb="is not a choice")
         style = {"description_width": "80px"}
         self.layer = widgets.Dropdown(options=names, value=layer,
                                       description="weights", style=style, layout=widgets.Layout(width="520px"))
-        self.scheme = widgets.Dropdown(options=_SCHEME_OPTIONS, value=quant.QuantSpec(scheme=scheme).scheme.value,
+        self.scheme = widgets.Dropdown(options=_SCHEME_OPTIONS, value=spec.scheme.value,
                                        description="mapping", style=style, layout=widgets.Layout(width="380px"))
-        self.bits = widgets.IntSlider(value=int(bits), min=quant.MIN_BITS, max=quant.MAX_BITS, description="bits",
+        self.bits = widgets.IntSlider(value=spec.bits, min=quant.MIN_BITS, max=quant.MAX_BITS, description="bits",
                                       style=style, continuous_update=False, layout=widgets.Layout(width="300px"))
         self.granularity = widgets.ToggleButtons(
             options=[("per tensor", "tensor"), ("per row", "channel"), ("per group", "group")],
-            value=quant.QuantSpec(granularity=granularity).granularity.value,
+            value=spec.granularity.value,
             tooltips=["one scale for the whole matrix", "one scale per row (output feature)",
                       "one scale per group of consecutive values of a row"],
             style={"button_width": "88px"}, layout=widgets.Layout(width="auto"))
-        self.group_size = widgets.Dropdown(options=list(_GROUP_SIZES), value=group_size if group_size in _GROUP_SIZES
-                                           else 64, description="group size", style=style,
+        self.group_size = widgets.Dropdown(options=list(_GROUP_SIZES), value=group_size, description="group size",
+                                           style=style,
                                            layout=widgets.Layout(width="170px"))
         self.focus = widgets.ToggleButtons(options=[("widest", "widest"), ("typical", "typical")], value="widest",
                                            tooltips=["the row or group with the largest scale (where an outlier lands)",
