@@ -21,7 +21,7 @@ from typing import Any
 
 from .._dtypes import bytes_per_element, dtype_name
 from .._errors import LabError, shown
-from .._units import GB, MB, GiB, MiB
+from .._units import GB, GiB, MiB
 from ..estimates import GPUS, activation_bytes, attention_scores_bytes, kv_cache_bytes, weights_bytes
 from ..zoo import count_parameters
 from ._core import Exercise, Slip, Verdict, ask, byte_unit_slips, config_layout, distinct_slips
@@ -237,7 +237,7 @@ def check_peak_prediction(answer_mib: Any, measured_bytes: int, config: Any, seq
     the right way is: what grows linearly (MLP, residual) scales with the tokens, the attention scores
     of an eager pass with their square (``attention_scores_bytes``). Slips: everything scaled
     linearly, everything scaled with the square, the fused (SDPA) estimate where eager runs, an answer
-    in bytes, MB, GB or GiB.
+    in bytes, in GB or GiB (MB are within the tolerance of MiB, and GB of GiB).
 
     >>> print(check_peak_prediction(700, 740 * 2**20, "bigsmall-small", 2048, 1024, 230 * 2**20))  # doctest: +ELLIPSIS
     [correct] 700.0 MiB is right: measured 740.0 MiB ...
@@ -257,15 +257,13 @@ def check_peak_prediction(answer_mib: Any, measured_bytes: int, config: Any, seq
     def build() -> Exercise:
         grow = seq_len / earlier_seq_len
         slips = [
-            Slip(earlier_bytes * grow / MiB, f"you scaled the whole peak with the tokens (x{grow:g}); the attention "
-                                             f"scores grow with their square (x{grow ** 2:g})"),
+            Slip(earlier_bytes * grow / MiB, f"you scaled the whole peak with the tokens (x{grow:.3g}); the attention "
+                                             f"scores grow with their square (x{grow ** 2:.3g})"),
             Slip(earlier_bytes * grow ** 2 / MiB, f"you scaled the whole peak with the square of the tokens "
-                                                  f"(x{grow ** 2:g}); only the scores do, the MLP and the residual "
-                                                  f"grow x{grow:g}"),
+                                                  f"(x{grow ** 2:.3g}); only the scores do, the MLP and the residual "
+                                                  f"grow x{grow:.3g}"),
             Slip(measured_bytes, "that is in bytes; the question asks for MiB (2**20 bytes)"),
-            Slip(measured_bytes / MB, "that is in MB (10**6 bytes); the question asks for MiB (2**20 bytes)"),
-            Slip(measured_bytes / GB, "that is in GB; the question asks for MiB"),
-            Slip(measured_bytes / GiB, "that is in GiB; the question asks for MiB"),
+            Slip(measured_bytes / GB, "that is in GB or GiB; the question asks for MiB (2**20 bytes)"),
         ]
         if attn_implementation == "eager":
             fused = activation_bytes(config, seq_len, dtype=dtype, attn_implementation="sdpa")
@@ -278,7 +276,7 @@ def check_peak_prediction(answer_mib: Any, measured_bytes: int, config: Any, seq
             why=f"measured {expected:,.1f} MiB above the loaded weights; the estimate (activation_bytes, "
                 f"{attn_implementation}) says {estimate / MiB:,.1f} MiB, of which the scores are {scores / MiB:,.1f} MiB "
                 f"(within {PEAK_TOLERANCE:.0%} counts as right)",
-            hint=f"split the earlier peak: the part that grows with the tokens (x{seq_len / earlier_seq_len:g}) and "
+            hint=f"split the earlier peak: the part that grows with the tokens (x{seq_len / earlier_seq_len:.3g}) and "
                  "the attention scores, which grow with their square (bsl.estimates.attention_scores_bytes)",
             slips=distinct_slips(expected, slips, gap=PEAK_TOLERANCE))
 
