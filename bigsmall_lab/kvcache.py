@@ -556,9 +556,11 @@ def _config_of(model_or_config: Any):
     return config
 
 
-def _needs_cuda(settings: CacheSettings, model_or_config: Any = None) -> None:
+def _needs_cuda(settings: CacheSettings, model_or_config: Any = None, warn_race: bool = True) -> None:
     """The offloaded cache moves each layer's K/V between the MODEL's GPU and the CPU over CUDA streams: a GPU
-    in the machine is not enough, the model must be on it (a config alone is checked for CUDA only)."""
+    in the machine is not enough, the model must be on it (a config alone is checked for CUDA only).
+    ``warn_race``: warn where transformers lacks the prefetch stream's wait (once per cache built: the
+    runners check early without it, then :func:`make_cache` warns)."""
     if settings.implementation is not CacheImplementation.OFFLOADED:
         return
     if not torch.cuda.is_available():
@@ -568,7 +570,8 @@ def _needs_cuda(settings: CacheSettings, model_or_config: Any = None) -> None:
         raise LabError(f"the offloaded cache needs the model on a CUDA GPU (it moves each layer's cache between "
                        f"the model's GPU and the CPU); this model is on {_device(model_or_config)}: move it with "
                        f"model.to('cuda') or load it with device_map='cuda'")
-    _compat.offloaded_cache_race()  # transformers < 5.20: one warning sentence, the run goes on (its tokens are compared)
+    if warn_race:
+        _compat.offloaded_cache_race()  # transformers < 5.20: one warning sentence, the run goes on (its tokens are compared)
 
 
 def make_cache(model_or_config: Any, cache: str | CacheSettings = "dynamic", max_cache_len: int | None = None):
@@ -973,7 +976,7 @@ def generate(model: torch.nn.Module, ids: torch.Tensor, cache: str | CacheSettin
     Exactly ``max_new_tokens`` tokens are generated (end-of-text is held back) so runs compare.
     """
     settings = _settings(cache)
-    _needs_cuda(settings, model)
+    _needs_cuda(settings, model, warn_race=False)
     ids = token_ids(ids, minimum=1).to(_device(model))
     n_new = _new_tokens(model, ids, max_new_tokens)
     prompt = int(ids.shape[1])
@@ -1061,7 +1064,7 @@ def compare(model: torch.nn.Module, ids: torch.Tensor, caches: Sequence[str | Ca
     total = prompt_tokens + scored_tokens + new_tokens
     settings = [_sized(s, total) for s in settings]
     for s in settings:
-        _needs_cuda(s, model)
+        _needs_cuda(s, model, warn_race=False)
     ids = ids.to(_device(model))
     pre = shared if shared is not None else prefill(model, ids[:, :prompt_tokens])
     if pre.cached_tokens != prompt_tokens or not torch.equal(pre.ids.to(ids.device), ids[:, :prompt_tokens]):

