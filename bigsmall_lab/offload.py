@@ -48,6 +48,7 @@ import contextlib
 import ctypes
 import gc
 import math
+import numbers
 import os
 import shutil
 import statistics
@@ -736,6 +737,14 @@ class Generation:
                 raise LabError.bad(name, value, "use a multiple of 16 pixels", verb="does not fit FLUX's patches")
         whole_number(self.num_inference_steps, "num_inference_steps", 1)
         whole_number(self.max_sequence_length, "max_sequence_length", 1)
+        whole_number(self.seed, "seed", 0)
+        guidance = self.guidance_scale
+        if isinstance(guidance, bool) or not isinstance(guidance, numbers.Real) or not math.isfinite(guidance) \
+                or guidance < 0:  # nan would give a nan image that compares unequal to everything, silently
+            raise LabError.bad("guidance_scale", guidance, "use a finite number >= 0, e.g. 3.5 (FLUX.1-dev's)",
+                               verb="is not a guidance scale")
+        if not isinstance(self.prompt, str) or not self.prompt.strip():
+            raise LabError.bad("prompt", self.prompt, "use a short text, e.g. 'a photo of a cat'", verb="is not a prompt")
 
     def kwargs(self) -> dict:
         """Keyword arguments of ``pipe(...)``; the seed drives a CPU generator, so every device starts

@@ -347,6 +347,8 @@ class Quantized:
             out = self.code.to(q.device)[q.long()] * scale
         elif self.mins is not None:
             out = q.float() * scale + self.mins.unsqueeze(-1)
+            if not torch.isfinite(out).all():  # q x scale overflowed near float32's maximum: add in float64
+                out = (q.double() * scale.double() + self.mins.unsqueeze(-1).double()).float()
         else:
             out = (q.float() - self.zero_points.unsqueeze(-1).float()) * scale
         return out.reshape(self.shape)
@@ -433,13 +435,20 @@ def quantize(x: Any, bits: int = 8, scheme: Scheme | str = "asymmetric", granula
     return _quantize(_as_values(x), QuantSpec(bits, scheme, granularity, group_size))
 
 
+def _span(low: torch.Tensor, high: torch.Tensor, steps: int) -> torch.Tensor:
+    """(high - low) / steps; where high - low overflows (values near float32's 3.4e38 on both sides), the same
+    quotient as high / steps - low / steps, which stays finite, instead of an infinite scale and nan codes."""
+    span = (high - low) / steps
+    return torch.where(torch.isfinite(span), span, high / steps - low / steps)
+
+
 def _quantize(values: torch.Tensor, spec: QuantSpec) -> Quantized:
     g = _grouped(values, spec)  # (rows, groups, per group)
     shape = tuple(values.shape)
     if spec.scheme is Scheme.ASYMMETRIC:
         low = g.amin(-1).clamp(max=0.0)
         high = g.amax(-1).clamp(min=0.0)
-        scale = _nonzero((high - low) / (spec.qmax - spec.qmin))
+        scale = _nonzero(_span(low, high, spec.qmax - spec.qmin))
         zero_point = (spec.qmin - torch.round(low / scale)).clamp(spec.qmin, spec.qmax)
         q = (torch.round(g / scale.unsqueeze(-1)) + zero_point.unsqueeze(-1)).clamp(spec.qmin, spec.qmax)
         return Quantized(spec, q.to(torch.int8).reshape(shape), scale, zero_points=zero_point.to(torch.int32))
@@ -452,8 +461,11 @@ def _quantize(values: torch.Tensor, spec: QuantSpec) -> Quantized:
         return Quantized(spec, q.to(torch.int8).reshape(shape), safe / spec.qmax, zero_points=zero)
     if spec.scheme is Scheme.MIN:
         low, high = g.amin(-1), g.amax(-1)
-        scale = _nonzero((high - low) / spec.qmax)
-        q = torch.round((g - low.unsqueeze(-1)) / scale.unsqueeze(-1)).clamp(0, spec.qmax)
+        scale = _nonzero(_span(low, high, spec.qmax))
+        # g / scale - low / scale is (g - low) / scale without g - low overflowing near float32's maximum
+        shifted = (g - low.unsqueeze(-1)) / scale.unsqueeze(-1)
+        shifted = torch.where(torch.isfinite(shifted), shifted, g / scale.unsqueeze(-1) - low.unsqueeze(-1) / scale.unsqueeze(-1))
+        q = torch.round(shifted).clamp(0, spec.qmax)
         return Quantized(spec, q.to(torch.uint8).reshape(shape), scale, mins=low)
     # code books: scale each block into [-1, 1] by its absmax, then take the nearest of 16 levels
     code = codebook(spec.scheme).to(values.device)

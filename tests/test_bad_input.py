@@ -21,6 +21,7 @@ from bigsmall_lab._errors import LabError
 from bigsmall_lab._units import format_bytes, parse_size
 from bigsmall_lab.estimates import Comparison, activation_bytes, estimate, kv_cache_bytes, weights_bytes, weights_table
 from bigsmall_lab.hardware import needs_cuda
+from bigsmall_lab.offload import Generation
 from bigsmall_lab.measure import Sampler, sample_now, stored_weight_bytes
 from bigsmall_lab.views import BitLayout, precision_chart
 
@@ -186,6 +187,10 @@ CASES = [
     ("quantmap-layer-unknown", "layer", lambda p: views.QuantMap({"a.weight": torch.randn(8, 8)}, layer="b.weight")),
     ("quantmap-bits", "bits", lambda p: views.QuantMap({"a.weight": torch.randn(8, 8)}, bits=40)),
     ("quantmap-group", "group_size", lambda p: views.QuantMap({"a.weight": torch.randn(8, 8)}, group_size=7)),
+    # silently wrong numbers, now one sentence
+    ("generation-guidance-nan", "guidance_scale", lambda p: Generation(guidance_scale=float("nan"))),
+    ("generation-guidance-negative", "guidance_scale", lambda p: Generation(guidance_scale=-1)),
+    ("generation-prompt-empty", "prompt", lambda p: Generation(prompt="  ")),
     # unbounded requests: refused with what they would need, before anything is allocated
     ("histogram-bins-billion", "bins", lambda p: quant.histogram(torch.zeros(4), bins=10**9)),
     ("generate-million-tokens", "max_new_tokens",
@@ -351,3 +356,14 @@ def test_a_cache_that_cannot_fit_the_memory_free_now_is_refused_with_its_size(mo
     monkeypatch.setattr(psutil, "virtual_memory", lambda: real._replace(available=1_000_000))
     with pytest.raises(LabError, match=r"max_new_tokens 500 cannot fit; 503 tokens need a KV cache of about 2.9 MiB and 1.0 MiB is free"):
         kvcache.generate(tiny, torch.tensor([[1, 2, 3]]), max_new_tokens=500)
+
+
+@pytest.mark.parametrize("scheme", ["asymmetric", "symmetric", "min", "nf4"])
+def test_values_near_the_float32_maximum_quantize_to_finite_scales_and_values(scheme):
+    # (max - min) overflows float32 here: the scale was inf and every dequantized value nan
+    x = torch.tensor([-3.0e38, 0.0, 1.5e38, 3.0e38])
+    q = quant.quantize(x, 4 if scheme == "nf4" else 8, scheme=scheme)
+    back = q.dequantize()
+    assert torch.isfinite(q.scales).all() and torch.isfinite(back).all()
+    if scheme != "nf4":  # the uniform schemes: within half a step (1 % slack for float32 rounding at this size)
+        assert ((back - x).abs() <= 0.505 * q.scales.max()).all()
