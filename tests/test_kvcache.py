@@ -97,6 +97,17 @@ def test_quantized_caches_hold_fewer_bytes_past_residual_length_and_exactly_what
         assert run.cache.full_precision_bytes == 4 * PER_TOKEN
 
 
+@pytest.mark.parametrize("name", ["quanto-int2", "quanto-int4"])
+def test_quanto_pads_its_last_byte_row_as_counted(tiny, ids, name):
+    # 63 prompt tokens + 8 flushed = 71 quantized tokens: 142 rows of 64 values, which 2-bit codes pack 4 rows to a
+    # byte row (35.5 rows: quanto pads to 36) and 4-bit codes 2 to a row; the count rounds up as quanto does.
+    run = kvcache.generate(tiny, ids[:, :63], CacheSettings.parse(name, residual_length=8), max_new_tokens=13)
+    assert run.cache.total_bytes == run.expected_bytes
+    rows = 71 * 128 // 64
+    bits = 2 if name.endswith("int2") else 4
+    assert kvcache._packed_bytes(kvcache.QuantBackend.QUANTO, bits, rows * 64, 64) == -(-rows * bits // 8) * 64
+
+
 def test_quantized_bytes_worked_out_by_hand():
     # quanto int4 on bigsmall-tiny, float32, 200 quantized tokens + 4 in the window, per layer and tensor:
     # 200 x 128 values at 4 bits = 12,800 bytes; 400 groups of 64 x (scale + shift) x 4 bytes = 3,200;
