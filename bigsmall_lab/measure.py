@@ -399,6 +399,8 @@ def _high_water(cuda_index: int | None) -> int:
 def _reset_high_water(cuda_index: int | None) -> bool:
     if cuda_index is None:
         return _reset_cpu_peak()
+    if not torch.cuda.is_initialized():  # torch refuses to reset before its allocator exists ("did you call init?")
+        torch.cuda.init()
     torch.cuda.reset_peak_memory_stats(cuda_index)
     return True
 

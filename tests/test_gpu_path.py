@@ -92,7 +92,11 @@ class FakeCuda:
         self.peak = self.allocated
 
     def synchronize(self, device=None):
+        self._init()
         self.syncs += 1
+
+    def init(self):
+        self._init()
 
     # what a cell does
     def alloc(self, nbytes):
@@ -106,7 +110,7 @@ class FakeCuda:
     def install(self, monkeypatch):
         for name in ("is_available", "is_initialized", "device_count", "get_device_properties", "get_device_name",
                      "mem_get_info", "memory_allocated", "max_memory_allocated", "memory_reserved",
-                     "max_memory_reserved", "reset_peak_memory_stats", "synchronize"):
+                     "max_memory_reserved", "reset_peak_memory_stats", "synchronize", "init"):
             monkeypatch.setattr(torch.cuda, name, getattr(self, name))
         monkeypatch.setattr(torch._C, "_cuda_hasPrimaryContext", lambda index: index in self.contexts or (
             self.initialized and self.allocated > 0), raising=False)
@@ -371,3 +375,12 @@ def test_one_offloaded_generation_warns_once(monkeypatch):
             kvcache.generate(torch.nn.Linear(1, 1), [[1, 2, 3]], "offloaded", max_new_tokens=2)
     assert len(built) == 1
     assert [str(w.message)[:26] for w in seen if w.category is RuntimeWarning] == ["transformers 5.17.0's offl"]
+
+
+def test_a_cuda_peak_block_opened_before_cuda_starts_measures_it(cuda):
+    """measure.peak('cuda') as a notebook's first CUDA cell: torch's reset would refuse before CUDA starts."""
+    with measure.peak("cuda") as p:
+        cuda.alloc(GiB)
+        cuda.free(GiB)
+    assert (p.bytes, p.exact, cuda.initialized) == (GiB, True, True)
+    assert measure._open_peaks == []
