@@ -115,3 +115,15 @@ def test_one_rank_tensor_parallel_launch_runs_the_worker(tmp_path, monkeypatch):
     monkeypatch.setenv("BIGSMALL_LAB_CACHE", str(tmp_path / "cache"))
     found = _tool()._tp_one_rank(bsl.zoo.model_path("bigsmall-tiny"), device="cpu", dtype="float32")
     assert (found["nproc"], found["backend"], found["tokens_identical"], found["new_tokens"]) == (1, "gloo", True, 8)
+
+
+def test_the_readme_states_what_docs_gpu_results_holds():
+    """The README's GPU row quotes the committed GPU run: its number of checks, all passed, the GPU and versions."""
+    data = json.loads((ROOT / "docs" / "gpu-results.json").read_text())
+    checks, runs = data["checks"], [r for r in data["runs"].values() if not r["dry_run"]]
+    assert runs and all(r["status"] == "passed" for r in checks.values())
+    gpu, versions = runs[-1]["machine"]["gpu"], runs[-1]["machine"]["versions"]
+    short = lambda v: ".".join(v.split("+")[0].split(".")[:2])  # noqa: E731  ("2.11.0+cu130" -> "2.11")
+    row = next(line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("| Linux, CUDA GPU |"))
+    assert f"run once on one {gpu.split()[-1]} (torch {short(versions['torch'])}, transformers " \
+           f"{short(versions['transformers'])}): the {len(checks)} checks of `tools/gpu_check.py` passed" in row
