@@ -5,9 +5,15 @@ lock (any drift named), the real model's wheel (and, in the long form, loading i
 writable, free RAM and disk against what the heaviest lesson needs, and Chromium for the browser tests.
 It ends in "ready" or in what to fix. A broken environment says so in the first cell, not at cell 22.
 
->>> items = run(short=True)                    # doctest: +SKIP
->>> print(report(items))                       # doctest: +SKIP
-ready: Python 3.11.7, torch 2.13.0+cpu (cpu), 155 packages as locked, the real model, cache writable, ...
+``run()`` reads this machine; ``report`` writes what it found. Two items, one of them a problem:
+
+>>> items = [Item("python", True, "3.11.7", brief="Python 3.11.7"),
+...          Item("cache", False, "/data/cache is not writable", fix="set BIGSMALL_LAB_CACHE")]
+>>> print(report(items, short=True))
+[FIX ] cache: /data/cache is not writable -> set BIGSMALL_LAB_CACHE
+NOT READY: 1 problem to fix (lines marked FIX)
+>>> print(report(items[:1], short=True))
+environment ready: Python 3.11.7
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ def _sizes(dtype: str) -> dict[str, int]:
 def check_flux_transformer_bytes(answer: float | None, dtype: str = "bfloat16") -> Verdict:
     """Bytes of FLUX.1-dev's transformer weights in ``dtype`` (parameters x bytes per parameter).
 
-    >>> print(check_flux_transformer_bytes(23_802_816_640))  # doctest: +SKIP
+    >>> print(check_flux_transformer_bytes(23_802_816_640))
     [correct] 23,802,816,640 bytes is right: 11,901,408,320 parameters x 2 bytes (bfloat16) = 23.80 GB.
     """
     dtype = dtype_name(dtype)
@@ -63,7 +63,7 @@ def check_flux_transformer_bytes(answer: float | None, dtype: str = "bfloat16") 
 def check_model_offload_bytes(answer: float | None, dtype: str = "bfloat16") -> Verdict:
     """Bytes of FLUX.1-dev's weights on the GPU at the peak with ``pipe.enable_model_cpu_offload()``.
 
-    >>> print(check_model_offload_bytes(23_802_816_640))  # doctest: +SKIP
+    >>> print(check_model_offload_bytes(23_802_816_640))
     [correct] 23,802,816,640 bytes is right: model offloading moves one whole component at a time, so the GPU needs the largest: the transformer (23.80 GB).
     """
     dtype = dtype_name(dtype)
@@ -100,7 +100,7 @@ def check_model_offload_bytes(answer: float | None, dtype: str = "bfloat16") -> 
 def check_group_count(answer: float | None, num_blocks_per_group: int = 2) -> Verdict:
     """How many groups block-level offloading cuts FLUX.1-dev's transformer into.
 
-    >>> print(check_group_count(30))  # doctest: +SKIP
+    >>> print(check_group_count(30))
     [correct] 30 is right: ceil(19 / 2) + ceil(38 / 2) groups of blocks + 1 group for the rest = 30.
     """
     def build() -> Exercise:
@@ -131,7 +131,7 @@ def check_group_count(answer: float | None, num_blocks_per_group: int = 2) -> Ve
 def check_cpu_offload_saving(answer: float | None, pipeline: str = "small") -> Verdict:
     """Bytes of RAM that ``enable_model_cpu_offload()`` saves on a CPU-only machine (the plan).
 
-    >>> print(check_cpu_offload_saving(0, pipeline="tiny"))  # doctest: +SKIP
+    >>> print(check_cpu_offload_saving(0, pipeline="tiny"))
     [correct] 0 bytes is right: on a CPU the fast and the slow memory are the same RAM: 'offloading to the CPU' moves each weight from RAM to RAM, so nothing is saved.
     """
     def build() -> Exercise:

@@ -48,11 +48,8 @@ def gguf_path() -> Path:
 
 
 def real_model_path(name: str = "smollm2-135m-instruct", progress: bool = True) -> Path:
-    """The bf16 safetensors folder of a real model (config, weights, tokenizer), converted once.
-
-    >>> real_model_path().name  # doctest: +SKIP
-    'smollm2-135m-instruct-bf16'
-    """
+    """The bf16 safetensors folder of a real model (config, weights, tokenizer), converted once into the lab's
+    cache folder as ``models/smollm2-135m-instruct-bf16``; a folder missing one of its files is rebuilt."""
     from .._errors import LabError, closest
     from .._paths import atomic_dir, cache_dir
 
