@@ -173,8 +173,10 @@ def banner() -> str:
 def needs_cuda(what: str, instead: str) -> bool:
     """For a cell that truly needs CUDA: True when a GPU is here; else print why and what runs instead.
 
-    >>> if needs_cuda("streams prefetch the next group of layers", instead="the plan is shown"):
-    ...     pass  # doctest: +SKIP
+    A cell that needs a GPU reads::
+
+        if needs_cuda("streams prefetch the next group of layers", instead="the plan above is shown"):
+            run_with_streams()
     """
     for argument, value in (("what", what), ("instead", instead)):
         if not isinstance(value, str) or not value.strip():

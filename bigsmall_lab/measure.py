@@ -1,10 +1,10 @@
 """Measure memory: one sampler (a thread reading the memory counters, with a callback), and
 ``track()``, a block's exact peak plus the sampler's timeline, on a CUDA GPU or on the CPU.
 
->>> with track() as t:                                   # doctest: +SKIP
-...     x = torch.ones(2**28)                             # 1 GiB of float32
->>> round(t.peak_bytes / 2**30, 2)                        # doctest: +SKIP
-1.0
+>>> with track(device="cpu") as t:
+...     x = torch.ones(2**26)                             # 256 MiB of float32
+>>> 0.95 <= t.peak_bytes / 2**28 < 1.5                    # the tensor, and a little of the runtime's
+True
 
 On CUDA the figures are torch's: allocated, reserved, ``max_memory_allocated`` (all exact), and the
 device's used memory from NVML (which also counts the CUDA context and other processes).
@@ -440,9 +440,9 @@ def peak(device: str | torch.device | None = None) -> Iterator[Peak]:
     """A block's peak, cheaply and nestably, without a timeline: the CPU's VmHWM or CUDA's
     ``max_memory_allocated``, reset at entry; an enclosing :func:`track` keeps its own peak.
 
-    >>> with peak("cpu") as p:                      # doctest: +SKIP
-    ...     x = torch.ones(2**28)                    # 1 GiB of float32
-    >>> p.bytes >= 2**30                             # doctest: +SKIP
+    >>> with peak("cpu") as p:
+    ...     x = torch.ones(2**26)                    # 256 MiB of float32
+    >>> p.bytes >= 0.95 * 2**28
     True
     """
     cuda_index = _cuda_index(device)
