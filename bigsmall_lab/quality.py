@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -39,7 +39,7 @@ import torch
 from ._errors import LabError, closest, token_ids, whole_number
 
 __all__ = ["Agreement", "HELDOUT_MODELS", "Interval", "agreement", "bootstrap_interval", "compare", "heldout_ids",
-           "heldout_text", "next_token_logprobs", "perplexity"]
+           "heldout_text", "next_token_logprobs", "perplexity", "window_means"]
 
 _DATA = Path(__file__).parent / "data"
 HELDOUT_MODELS = ("smollm2-135m-instruct", "bigsmall-tiny")
@@ -127,6 +127,8 @@ class Agreement:
     top1_interval: Interval | None = None
     reference_ppl_interval: Interval | None = None
     candidate_ppl_interval: Interval | None = None
+    # 1.0 where both argmaxes agree, per predicted position (:func:`window_means` slices it)
+    top1_per_token: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     @property
     def ppl_ratio(self) -> float:
@@ -244,4 +246,20 @@ def agreement(reference_logprobs: torch.Tensor, candidate_logprobs: torch.Tensor
         top1_interval=interval(top1),
         reference_ppl_interval=interval(ref_nll).map(math.exp),
         candidate_ppl_interval=interval(cand_nll).map(math.exp),
+        top1_per_token=top1.reshape(-1),
     )
+
+
+def window_means(values, window: int = 128) -> list[float]:
+    """Means of consecutive windows of ``window`` per-token values (a last partial window is left out): what
+    a figure would have been had only that stretch of text been scored.
+
+    >>> window_means([1, 1, 0, 1, 0, 0, 1], window=2)
+    [1.0, 0.5, 0.0]
+    """
+    x = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
+    window = whole_number(window, "window", minimum=1)
+    n = x.numel() // window
+    if n == 0:
+        raise LabError(f"window {window} is longer than the {x.numel()} values; use window <= {x.numel()}")
+    return x[: n * window].reshape(n, window).mean(1).tolist()

@@ -85,3 +85,22 @@ def test_bad_input_names_the_argument(kwargs, argument):
     with pytest.raises(LabError) as err:
         quality.bootstrap_interval(**kwargs)
     assert str(err.value).startswith(argument) and "\n" not in str(err.value)
+
+
+def test_window_means_score_each_stretch_of_text_alone():
+    # 8 windows of 4 values: window i holds i ones
+    values = [1.0 if j < i else 0.0 for i in range(8) for j in range(4)][:32]
+    assert quality.window_means(values, window=4) == [min(i, 4) / 4 for i in range(8)]
+    assert quality.window_means(list(range(10)), window=4) == [1.5, 5.5]  # the last 2 values are left out
+    with pytest.raises(LabError, match="^window 20"):
+        quality.window_means([1.0] * 10, window=20)
+
+
+def test_agreement_keeps_its_per_token_top1_for_windows():
+    ids = torch.randint(0, 50, (1, 257), generator=torch.Generator().manual_seed(4))
+    ref = torch.log_softmax(torch.randn(1, 256, 50, generator=torch.Generator().manual_seed(5)), -1)
+    cand = torch.log_softmax(ref + torch.randn(1, 256, 50, generator=torch.Generator().manual_seed(6)), -1)
+    a = quality.agreement(ref, cand, ids)
+    assert a.top1_per_token.shape == (256,)
+    windows = quality.window_means(a.top1_per_token, window=64)
+    assert sum(windows) / 4 == pytest.approx(a.top1_agreement)
