@@ -9,21 +9,34 @@ import torch
 from plotly.subplots import make_subplots
 
 from ..bits import RoundingStats, format_info, representable, rounding_stats
+from ..quant import histogram
 from ._estimates import html_table
 
 __all__ = ["formats_table", "rounding_table", "weights_vs_formats"]
 
 
 def weights_vs_formats(weights: torch.Tensor, dtypes: Sequence[str] = ("float8_e4m3fn", "float8_e5m2"),
-                       title: str = "One layer's weights and the values each format can store") -> go.Figure:
+                       title: str = "One layer's weights and the values each format can store",
+                       bins: int = 160) -> go.Figure:
     """Histogram of ``weights`` with, below it, the grid of representable values of each format in
     the same range (one tick per value); the legend gives each format's RMSE and mean relative
-    rounding error (the two can rank formats differently: see ``bits.rounding_stats``)."""
+    rounding error (the two can rank formats differently: see ``bits.rounding_stats``).
+
+    The histogram is counted here (:func:`bigsmall_lab.quant.histogram`, ``bins`` equal bars from
+    the smallest to the largest weight), so the figure holds ``bins`` counts, not every weight: for
+    SmolLM2's 884,736-weight down_proj that is a few kB in the notebook instead of about 1 MB.
+
+    >>> fig = weights_vs_formats(torch.linspace(-1, 1, 100_000), dtypes=["float8_e4m3fn"], bins=4)
+    >>> fig.data[0].type, fig.data[0].y, len(fig.data[0].x)
+    ('bar', (25000, 25000, 25000, 25000), 4)
+    """
     values = weights.detach().reshape(-1).float().cpu()
     low, high = float(values.min()), float(values.max())
+    h = histogram(values, bins=bins)
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.72, 0.28], vertical_spacing=0.04)
-    fig.add_trace(go.Histogram(x=values.numpy(), nbinsx=160, name="weights", marker_color="#4C78A8",
-                               showlegend=False), row=1, col=1)
+    fig.add_trace(go.Bar(x=list(h.centres), y=list(h.counts), width=h.edges[1] - h.edges[0], name="weights",
+                         marker=dict(color="#4C78A8", line=dict(width=0)), showlegend=False,
+                         hovertemplate="weight %{x:.4g}: %{y:,} weights<extra></extra>"), row=1, col=1)
     for i, dtype in enumerate(dtypes):
         grid = representable(dtype, low, high)
         stats = rounding_stats(values, dtype)
@@ -32,7 +45,7 @@ def weights_vs_formats(weights: torch.Tensor, dtypes: Sequence[str] = ("float8_e
             name=f"{dtype}: {len(grid)} values here, RMSE {stats.rmse:.2g}, "
                  f"mean rel. error {stats.mean_relative_error:.1%}"),
             row=2, col=1)
-    fig.update_layout(title=title, template="plotly_white", height=480, bargap=0.02,
+    fig.update_layout(title=title, template="plotly_white", height=480, bargap=0,
                       margin=dict(l=110, r=30, t=70, b=60),
                       legend=dict(orientation="h", yanchor="top", y=-0.16, x=0))
     fig.update_yaxes(title_text="number of weights", row=1, col=1)
