@@ -27,6 +27,43 @@ class TalkClaim:
 
 _C = TalkClaim
 CLAIMS: tuple[TalkClaim, ...] = (
+    # 04a quantization maps
+    _C("04a_quantization_maps", "affine quantization: a scale and a zero-point map the float range onto the integers",
+       "x = torch.tensor([-3.5, 0.0, 10.2])", r"zero-point\s+=[^\n]*"),
+    _C("04a_quantization_maps", "the lab's maps are bitsandbytes' maps, byte for byte", "wf = w.float()",
+       r"nf4: same [\d,]+ packed bytes: True; same [\d,]+ absmax: True"),
+    _C("04a_quantization_maps", "it is lossy, more so at 4 bits", "bsl.quant.evaluate(tiny_w",
+       r"SQNR: uniform int4 [\d.]+ dB, NF4 [\d.]+ dB, FP4 [\d.]+ dB"),
+    # 04b bitsandbytes
+    _C("04b_bitsandbytes", "BitsAndBytesConfig(load_in_8bit=True) as quantization_config: the bytes it stores",
+       "fp = r.footprint", r"int8: [\d,]+ \+ [\d,]+ quant state = [\d,]+ bytes; estimate [\d,]+, "
+       r"stored / estimate = [\d.]+"),
+    _C("04b_bitsandbytes", "the talk's load_in_8bit keyword is refused today", "bsl.quantized.rejected_keyword(",
+       r"TypeError: [^\n]*"),
+    _C("04b_bitsandbytes", "lossy, more so at 4 bits (1,024 held-out tokens, 95% intervals)",
+       'ref_ppl = got["int8"].agreement.reference_ppl_interval', r"nf4: perplexity[^\n]*"),
+    _C("04b_bitsandbytes", "where the integers meet the floats on this machine", 'print(f"this machine: AVX512-BF16',
+       r"nf4 \(4-bit\): [^\n]*"),
+    _C("04b_bitsandbytes", "quantization may slow inference", 'base = got["bf16"].forward_s', r"int8:[^\n]*"),
+    _C("04b_bitsandbytes", "Llama 3.1 8B fits a T4 once quantized", "fits = {r.quantization: bsl.estimate(PRESET",
+       r"llama-3.1-8b\s+int8: [^\n]*"),
+    # 05 offloading
+    _C("05_offloading", "FLUX.1-dev: ~9 GB of text encoders", 'encoders = size["text_encoder"] + size["text_encoder_2"]',
+       r"two text encoders:\s+[\d.]+ GB = [\d.]+ GiB"),
+    _C("05_offloading", "FLUX.1-dev: ~22 GB of transformer, ~33 GB in all",
+       'encoders = size["text_encoder"] + size["text_encoder_2"]', r"all four parts:\s+[\d.]+ GB = [\d.]+ GiB"),
+    _C("05_offloading", "model offload moves one whole component at a time", 'model = bsl.offload.run(OffloadSettings("model")',
+       r"OffloadResult\(model offload[^)]*\)"),
+    _C("05_offloading", "sequential CPU offload moves every layer in and out", 'sequential = OffloadSettings("sequential")',
+       r"keeps [\d.]+ MiB of [\d.]+ MiB on the GPU, moved in \d+ pieces[^\n]*"),
+    _C("05_offloading", "group offloading moves groups of layers", 'block = bsl.offload.run(OffloadSettings("block_level"',
+       r"group offloading, block level \(2 blocks per group\): plan [^\n]*"),
+    _C("05_offloading", "streams prefetch the next group (a plan here, measured on a GPU)",
+       "streamed = [OffloadSettings(", r"leaf level \+ stream: [\d.]+ MiB on the GPU at the peak \(plan\)"),
+    _C("05_offloading", "speed: published GPU figures next to this machine's", "pub_none, pub_stream = bsl.offload.published",
+       r"published \(an L40\): [^\n]*"),
+    _C("05_offloading", "it can offload to disk too", 'to_disk = OffloadSettings("block_level"',
+       r"peak while generating: [^\n]*"),
     # 03 dtypes
     _C("03_dtypes", "a float is sign, exponent and mantissa: fp32 1+8+23, fp16 1+5+10, bf16 1+8+7",
        "views.formats_table([", r"bfloat16\s+16\s+1 / 8 / 7"),
@@ -87,7 +124,8 @@ def _outputs(cell: dict) -> str:
         parts.append(_text(data.get("text/plain")))
         if "text/html" in data:  # a table: its cells' text, without the tags
             parts.append(re.sub(r"<[^>]+>", " ", _text(data["text/html"])))
-    return "\n".join(parts)
+    # one space between words: a figure's pattern need not know how a table padded its columns
+    return "\n".join(" ".join(line.split()) for line in "\n".join(parts).splitlines())
 
 
 def find_figure(claim: TalkClaim, lessons: Path) -> tuple[int, str]:
