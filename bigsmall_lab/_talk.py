@@ -27,6 +27,21 @@ class TalkClaim:
 
 _C = TalkClaim
 CLAIMS: tuple[TalkClaim, ...] = (
+    # 01 memory maths
+    _C("01_memory_maths", "memory to load ~ parameters x bytes per parameter: Llama 3.1 8B in bf16 is ~16 GB",
+       "n_params = bsl.count_parameters(PRESET)", r"[\d,]+ parameters x 2 bytes \(bfloat16\) = [\d.]+ GB"),
+    _C("01_memory_maths", "a free Colab T4 sold as 16 GB: about 15 GB usable, so the 8B does not fit",
+       "n_params = bsl.count_parameters(PRESET)", r"a free Colab T4: torch sees [\d.]+ GB of it -> the weights fit: False"),
+    _C("01_memory_maths", "the T4's memory three ways (box, nvidia-smi, torch) and the CUDA context, counted once",
+       "on_box = t4.marketed_number", r"torch's total_memory: [\d,]+ bytes = [\d.]+ GiB = [\d.]+ GB"),
+    _C("01_memory_maths", "the count by hand equals the meta device's", "by_hand = embeddings + layers",
+       r"by hand: [\d,]+ meta device: [\d,]+"),
+    _C("01_memory_maths", "plus what running adds: the KV cache", "kv = bsl.kv_cache_bytes(PRESET",
+       r"KV cache of [^\n]*"),
+    _C("01_memory_maths", "plus a little for the forward pass: estimate next to measured", "PEAK_BAND = (",
+       r"peak of load \+ forward: estimate [\d.,]+ MiB, measured [\d.,]+ MiB, ratio [\d.]+"),
+    _C("01_memory_maths", "the forward pass depends on the attention kernel (eager vs SDPA)", "SCORES_TOLERANCE = ",
+       r"eager - sdpa: the scores: estimate [\d.,]+ MiB, measured [\d.,]+ MiB, ratio [\d.]+"),
     # 04a quantization maps
     _C("04a_quantization_maps", "affine quantization: a scale and a zero-point map the float range onto the integers",
        "x = torch.tensor([-3.5, 0.0, 10.2])", r"zero-point\s+=[^\n]*"),
