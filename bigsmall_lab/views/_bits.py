@@ -6,6 +6,7 @@ JavaScript of the widget never does float arithmetic, it sends clicks to Python.
 
 from __future__ import annotations
 
+import html
 import math
 import numbers
 import pathlib
@@ -21,6 +22,7 @@ from bigsmall_lab._errors import LabError
 from bigsmall_lab.bits import (
     FORMATS, FloatBits, decompose, format_info, from_bits, neighbours, parse_value, range_note, spacing, value_text,
 )
+from bigsmall_lab.views._snapshot import controls_html, with_snapshot
 
 __all__ = ["DEFAULT_FORMATS", "BitLayout", "precision_chart"]
 
@@ -173,6 +175,29 @@ class BitLayout(anywidget.AnyWidget):
             self._refreshing = False
         self.rows = rows
         self.error = ""
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        # The live widget, plus a static table of its rows for a notebook stored without widget state.
+        return with_snapshot(super()._repr_mimebundle_(**kwargs), self._snapshot_html())
+
+    def _snapshot_html(self) -> str:
+        """The rows as an html table: each format's bits (fields apart), stored value and error."""
+        head = "".join(f"<th>{h}</th>" for h in ("format", "bits (sign | exponent | mantissa)", "stored value",
+                                                  "error", "note"))
+        body = []
+        for r in self.rows:
+            groups: list[str] = []
+            for bit, field in zip(r["bits"], r["fields"]):
+                if groups and groups[-1][0] == field:
+                    groups[-1] = (field, groups[-1][1] + bit)
+                else:
+                    groups.append((field, bit))
+            bits = " | ".join(g for _, g in groups)
+            cells = (r["label"], bits, r["value"], r["error"], r["note"])
+            body.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
+        error = f"<p>{html.escape(self.error)}</p>" if self.error else ""
+        return (controls_html("BitLayout", [("value", self.value)]) + error
+                + f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>")
 
     def _on_msg(self, widget: Any, content: dict[str, Any], buffers: list[bytes]) -> None:
         if not isinstance(content, dict) or content.get("type") != "flip":

@@ -51,6 +51,7 @@ from .._errors import LabError, shown
 from .._units import MiB as _MiB
 from ..measure import Sample, Sampler
 from ..measure import trim_heap  # measure's one malloc_trim; track() calls it too
+from ._snapshot import with_snapshot
 
 __all__ = ["LiveMemory"]
 
@@ -303,7 +304,13 @@ class LiveMemory:
         # The widget for a live kernel; a sentence (not plotly's repr with a random id) as the text.
         bundle = dict(self.figure._repr_mimebundle_(include=include, exclude=exclude, **kwargs) or {})
         bundle["text/plain"] = repr(self)
-        return bundle
+        # For a notebook stored without widget state: a sentence, and the chart once it holds samples
+        # (tools/run_lessons.py turns it into a PNG). Shown before a recording, the live chart is still empty.
+        where = "GPU " + self.device if self.device.startswith("cuda") else "CPU"
+        text = (f"<p><b>LiveMemory</b>: a live chart of this process's memory on the {where} (a sample every "
+                f"{self.interval:g} s), drawn while the code runs: run the notebook to watch it "
+                f"(<code>to_figure()</code> draws the record afterwards).</p>")
+        return with_snapshot(bundle, text, self.to_figure() if self.samples else None)
 
     def __repr__(self) -> str:
         state = "running" if self.is_running else "stopped"

@@ -18,6 +18,7 @@ import plotly.graph_objects as go
 from .._errors import LabError
 from ..hardware import GPUS
 from ..placement import Plan, Strategy, fewest_gpus, plan
+from ._snapshot import controls_html, with_snapshot
 
 __all__ = ["PLANNER_PRESETS", "PlacementPlanner", "placement_chart"]
 
@@ -241,6 +242,15 @@ class PlacementPlanner(widgets.VBox):
         # What a notebook stored without widget state shows in place of the controls.
         return (f"PlacementPlanner({self.preset.value}, {self.dtype.value}, {self.n_gpus.value} x {self.gpu.value}, "
                 f"CPU {self.cpu.value}, device_map={self.strategy.value!r}): run the notebook to use the controls")
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        # The live widget, plus its controls, summary and chart as first drawn for a notebook stored without
+        # widget state (tools/run_lessons.py turns the chart into a PNG).
+        controls = [("model", self.preset.value), ("dtype", self.dtype.value), ("quantization", self.quantization.value),
+                    ("GPUs", f"{self.n_gpus.value} × {self.gpu.value}"), ("CPU memory", self.cpu.value),
+                    ("device_map", self.strategy.value)]
+        return with_snapshot(super()._repr_mimebundle_(**kwargs),
+                             controls_html("PlacementPlanner", controls, self.message.value), self.figure)
 
     def max_memory(self) -> dict[Any, int]:
         """The budgets the controls describe, as ``from_pretrained``'s ``max_memory``."""

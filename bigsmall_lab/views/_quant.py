@@ -23,6 +23,7 @@ from .._units import MiB
 from ..quant import Granularity, MappingReport, Scheme, SchemeResult
 from ..quantized import LinearTiming, OutlierRow, VariantResult
 from ._estimates import html_table
+from ._snapshot import controls_html, with_snapshot
 
 __all__ = ["QuantMap", "codebook_chart", "mapping_figure", "outlier_table", "scheme_table", "texts_table",
            "timings_chart", "variants_chart", "variants_table"]
@@ -310,6 +311,16 @@ class QuantMap(widgets.VBox):
     def __repr__(self) -> str:
         spec = self.report.spec.label if self.report else "not drawn"
         return f"QuantMap({self.layer.value!r}: {spec})"
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        # The live widget, plus its controls, summary and figure as first drawn for a notebook stored without
+        # widget state (tools/run_lessons.py turns the figure into a PNG).
+        scale = {"tensor": "per tensor", "channel": "per row"}.get(self.granularity.value,
+                                                                   f"per group of {self.group_size.value}")
+        controls = [("weights", self.layer.value), ("mapping", self.scheme.value), ("bits", self.bits.value),
+                    ("one scale", scale), ("outlier added", "yes" if self.outlier.value else "no")]
+        return with_snapshot(super()._repr_mimebundle_(**kwargs),
+                             controls_html("QuantMap", controls, self.message.value), self.figure)
 
     def _values(self) -> torch.Tensor:
         key = (self.layer.value, self.outlier.value)
