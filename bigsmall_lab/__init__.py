@@ -20,9 +20,9 @@ the table below (a module may import its own layer and the layers listed before 
 is a module inside a package, which otherwise takes its package's layer) and fails on a backward
 import:
 
-    base:     _compat _dtypes _errors _project _units
+    base:     _compat _dtypes _errors _project _talk _units
     planners: bits estimates placement quant tp_plan zoo._configs
-    runners:  _paths _tp_worker check hardware kvcache loading measure offload parallel quality quantized zoo
+    runners:  _nvml _paths _tp_worker advisor check hardware kvcache loading measure offload parallel quality quantized zoo
     views:    views
     edges:    __init__ _estimate_cli _ipython cli exercises
 
@@ -44,13 +44,37 @@ class _KernelsHubNotice(_logging.Filter):
 
 _logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_KernelsHubNotice())
 
-from . import (bits, check, exercises, hardware, kvcache, loading, offload, parallel, placement, quality, quant, quantized,
-               tp_plan, zoo)
-from ._errors import ClaimFailed, claim
-from .estimates import Comparison, MemoryEstimate, estimate, kv_cache_bytes, weights_bytes, weights_table
-from .hardware import banner, describe, has_cuda, needs_cuda
-from .measure import MemoryReport, stored_weight_bytes, track
-from .zoo import build, checkpoint, count_parameters, load_model, load_tokenizer, presets, tiny_flux_pipeline
+# Names load on first use (PEP 562): `import bigsmall_lab` costs nothing, so `bigsmall-lab --help` and
+# `bigsmall-lab presets` never import torch; `bsl.load_model(...)` imports the zoo (and torch) when called.
+_NAMES = {
+    "_errors": ("ClaimFailed", "claim"),
+    "estimates": ("Comparison", "MemoryEstimate", "estimate", "kv_cache_bytes", "weights_bytes", "weights_table"),
+    "hardware": ("banner", "describe", "has_cuda", "needs_cuda"),
+    "measure": ("MemoryReport", "stored_weight_bytes", "track"),
+    "zoo": ("build", "checkpoint", "count_parameters", "load_model", "load_tokenizer", "presets", "tiny_flux_pipeline"),
+}
+_HOME = {name: module for module, names in _NAMES.items() for name in names}
+
+
+def __getattr__(name: str):
+    """``bsl.<name>``: a public name or any module of the package, imported on first use and kept."""
+    import importlib
+    from pathlib import Path
+
+    here = Path(__file__).parent
+    if name in _HOME:
+        value = getattr(importlib.import_module(f"{__name__}.{_HOME[name]}"), name)
+    elif name.isidentifier() and ((here / f"{name}.py").is_file() or (here / name / "__init__.py").is_file()):
+        value = importlib.import_module(f"{__name__}.{name}")  # bsl.quant, bsl.estimates, bsl.measure, ...
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
 
 __version__ = "0.1.0"
 

@@ -3,12 +3,15 @@
     bigsmall-lab lab [--port N] [--no-browser] [jupyter options...]
     bigsmall-lab info
     bigsmall-lab check [--short] [--json]
-    bigsmall-lab presets
-    bigsmall-lab estimate <preset|config.json> [--dtype D] [--quantization Q] [--seq-len N] [--batch-size N] [--json]
+    bigsmall-lab presets [--json]
+    bigsmall-lab estimate <preset|config.json> [--dtype D] [--quantization Q] [--seq-len N] [--batch-size N]
+                          [--json] [--wide]
 
 The CLI imports planners and runners only, never widgets: a terminal needs no ipywidgets. Bad input
 (the lab's :class:`~bigsmall_lab._errors.LabError`, a missing file or cache folder) is one sentence on
-stderr and exit status 2, never a traceback.
+stderr and exit status 2, never a traceback. Start-up is light: ``--help``, ``lab`` and ``presets`` import
+no torch (``presets`` reads counts the package computed, see :func:`preset_records`); each command
+imports what it needs inside its function. Tables fit 100 columns; ``--json`` prints any table as data.
 """
 
 from __future__ import annotations
@@ -96,11 +99,56 @@ def _check(args: argparse.Namespace, extra: list[str]) -> int:
     return 0 if check.ready(items) else 1
 
 
-def _presets(args: argparse.Namespace, extra: list[str]) -> int:
+_PRESETS_FILE = Path(__file__).resolve().parent / "data" / "presets.json"
+_CONFIGS = Path(__file__).resolve().parent / "zoo" / "configs"
+WIDTH = 100  # columns every table of the CLI fits (``--wide`` where a command offers more)
+
+
+def _config_hash(name: str) -> str:
+    import hashlib
+
+    return hashlib.sha256((_CONFIGS / f"{name}.json").read_bytes()).hexdigest()
+
+
+def preset_records() -> dict[str, dict]:
+    """Each preset's source and exact parameter count, built on the meta device (imports torch).
+
+    ``tools/presets_data.py`` writes these to ``bigsmall_lab/data/presets.json`` with each config's sha256, so
+    that ``bigsmall-lab presets`` prints them without torch; tests/test_cli_fast.py checks the file is current.
+    """
     from .zoo import PRESETS, count_parameters
 
-    for name, preset in PRESETS.items():
-        print(f"{name:24s} {count_parameters(name):>17,d} parameters  ({preset.hub_id}, {preset.config_file})")
+    return {name: {"hub_id": p.hub_id, "config_file": p.config_file, "published": p.published,
+                   "parameters": count_parameters(name), "config_sha256": _config_hash(name)}
+            for name, p in PRESETS.items()}
+
+
+def _preset_rows() -> dict[str, dict]:
+    """The shipped records when every config still hashes to what they were counted from, else counted now."""
+    import json
+
+    try:
+        records = json.loads(_PRESETS_FILE.read_text())["presets"]
+        if all(_config_hash(name) == r["config_sha256"] for name, r in records.items()):
+            return records
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return preset_records()
+
+
+def _presets(args: argparse.Namespace, extra: list[str]) -> int:
+    records = _preset_rows()
+    if args.json:
+        import json
+
+        print(json.dumps([{"name": name, **{k: v for k, v in r.items() if k != "config_sha256"}}
+                          for name, r in records.items()], indent=1))
+        return 0
+    name_w = max(map(len, records))
+    count_w = max(len(f"{r['parameters']:,d}") for r in records.values())
+    for name, r in records.items():
+        print(f"{name:{name_w}s}  {r['parameters']:>{count_w},d}  {r['hub_id']}/{r['config_file']}")
+    print(f"{'':{name_w}s}  {'parameters':>{count_w}s}  (exact, on the meta device)  hub repository/config file")
     return 0
 
 
@@ -129,7 +177,9 @@ def _parser() -> argparse.ArgumentParser:
     chk.add_argument("--short", action="store_true", help="skip loading the real model (about a second)")
     chk.add_argument("--json", action="store_true", help="print the items as JSON")
     chk.set_defaults(func=_check)
-    sub.add_parser("presets", help="list the shipped model configs with parameter counts").set_defaults(func=_presets)
+    pre = sub.add_parser("presets", help="list the shipped model configs with parameter counts")
+    pre.add_argument("--json", action="store_true", help="print the presets as JSON")
+    pre.set_defaults(func=_presets)
 
     est = sub.add_parser("estimate", help="memory to load and run a model, and which GPUs it fits")
     est.add_argument("config", help="a preset name (see 'bigsmall-lab presets') or a path to a config.json")
@@ -139,6 +189,8 @@ def _parser() -> argparse.ArgumentParser:
     est.add_argument("--seq-len", type=int, default=4096, help="tokens in the KV cache (default 4096)")
     est.add_argument("--batch-size", type=int, default=1, help="sequences at once (default 1)")
     est.add_argument("--json", action="store_true", help="print the numbers as JSON")
+    est.add_argument("--wide", action="store_true",
+                     help=f"one table with a column per GPU (about 150 columns; default: fits {WIDTH})")
     est.set_defaults(func=_estimate)
     return parser
 

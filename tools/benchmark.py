@@ -1,4 +1,5 @@
 """Benchmarks (`make benchmark`): speed and memory figures, printed and written to benchmarks/<machine>.json.
+`python tools/benchmark.py --cli` times only the CLI's start-up (a few seconds) and updates that record.
 
 Tests assert correctness and ordering; the figures a timing depends on live here. Each figure is
 measured in this process, after imports, with bsl.track() for memory.
@@ -49,6 +50,28 @@ def _fresh_load() -> dict:
     out = subprocess.run([sys.executable, "-c", _FRESH], capture_output=True, text=True, check=True)
     import_s, load_s = map(float, out.stdout.split()[-2:])
     return {"import_seconds": import_s, "load_seconds": load_s, "target": "load under 2 s"}
+
+
+CLI_COMMANDS = (("--help",), ("presets",), ("estimate", "llama-3.1-8b"))
+
+
+def cli_startup(repeat: int = 5, env: dict | None = None) -> dict:
+    """Wall time of `python -m bigsmall_lab.cli ...` in a fresh process, start to exit (issue 18's target: `--help`
+    and `presets` under 0.5 s, which import no torch; `estimate` does need torch)."""
+    import statistics
+    import subprocess
+
+    out = {}
+    for argv in CLI_COMMANDS:
+        times = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "bigsmall_lab.cli", *argv], capture_output=True, check=True,
+                           env=env, cwd=ROOT)
+            times.append(time.perf_counter() - start)
+        out[" ".join(argv)] = {"median_seconds": round(statistics.median(times), 3),
+                               "best_seconds": round(min(times), 3), "runs": repeat}
+    return {"cli_startup": {**out, "target": "--help and presets under 0.5 s"}}
 
 
 def _loading_and_placement() -> dict:
@@ -305,11 +328,14 @@ def _kv_cache() -> dict:
 
 
 def main() -> int:
+    if sys.argv[1:] == ["--cli"]:  # only the CLI's start-up, merged into the machine's record
+        return _cli_only()
+    results = cli_startup()  # first, before this process has warmed the disk cache with torch
     import transformers  # noqa: F401  (import time is not what is measured)
 
     import bigsmall_lab as bsl
 
-    results = {"machine": bsl.banner(), "python": platform.python_version()}
+    results = {"machine": bsl.banner(), "python": platform.python_version(), **results}
     config_405b = bsl.zoo.config_dict("llama-3.1-405b")
 
     def count_405b():
@@ -341,6 +367,20 @@ def main() -> int:
     kind = "gpu" if bsl.has_cuda() else "cpu"
     out = ROOT / "benchmarks" / f"{kind}.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+    print(f"written to {out.relative_to(ROOT)}")
+    return 0
+
+
+def _cli_only() -> int:
+    """`python tools/benchmark.py --cli`: time the CLI's commands and update that key of benchmarks/<kind>.json."""
+    results = cli_startup()
+    import bigsmall_lab as bsl
+
+    out = ROOT / "benchmarks" / f"{'gpu' if bsl.has_cuda() else 'cpu'}.json"
+    record = json.loads(out.read_text()) if out.exists() else {"machine": bsl.banner()}
+    record.update(results)
+    out.write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps(results, indent=2))
     print(f"written to {out.relative_to(ROOT)}")
     return 0
