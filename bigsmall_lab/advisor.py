@@ -1,0 +1,788 @@
+"""Fit a model on a machine: every way the lab's techniques can run it, with memory, cost and code.
+
+"I have these GPUs; how do I run that model at this context, and what will it cost me?" :func:`fit`
+answers with a ranked list of :class:`Option`\\ s. Each one combines the lab's planners and adds
+nothing of its own to the maths:
+
+==========================  =========================================================================
+what an option chooses      whose numbers
+==========================  =========================================================================
+weights: bf16 or            ``estimates.weights_bytes`` / ``estimates.module_bytes`` (bitsandbytes'
+int8, nf4, nf4-double       scales and code books counted)
+KV cache: dynamic,          ``kvcache.expected_cache_bytes`` (the quantized window at its fullest),
+quanto int4 / int2,         ``kvcache.offload_plan`` (two layers on the GPU, the rest in CPU RAM)
+offloaded
+where the weights go        ``placement.plan(spec, "auto", max_memory)`` (from_pretrained's own
+(GPUs, CPU RAM, disk)       device_map), or ``tp_plan.plan(...).rank_bytes`` for tensor parallelism
+diffusers pipelines         ``offload.plan`` / ``offload.pinned_memory_plan`` (model offload, group
+                            offloading, sequential offload) on FLUX.1-dev's real configs
+every GPU used              one CUDA context (``estimates.RUNTIME_OVERHEAD``) per GPU a process uses;
+                            ``estimates.activation_bytes`` once, on the GPU that runs the layers
+==========================  =========================================================================
+
+Every byte of an option is a :class:`Part` (device, what, bytes, the planner call that gave it), so
+``bytes_per_device`` is their sum and a test recomputes each part from the planners. What it costs:
+``quality`` (KL and top-1 agreement measured by the lab, each naming its model and file) and
+``speed`` (a time ratio measured by the lab or published, with its source), both read from
+``bigsmall_lab/data/advisor_measurements.json`` (written by ``tools/advisor_tables.py`` from the
+benchmarks and the lessons' stored outputs; no figure is typed in here). ``code`` is the Python that
+runs it. Ranked: options that fit first, then least quality lost, then fastest.
+
+Llama 3.1 8B on a free Colab T4 at 8,192 tokens: bf16 weights alone (16.06 GB) exceed the card's
+15.83 GB, so the first option that fits quantizes:
+
+>>> best = fit("llama-3.1-8b", "T4", seq_len=8192)[0]
+>>> best.fits, best.label
+(True, 'int8 weights, dynamic cache, GPU 0')
+
+Where it lives: its maths is all planners', but the KV-cache and offloading planners sit in runner
+modules (``kvcache``, ``offload``: their planning halves have not been split off yet), so this module
+is placed with the runners in the package's layer table; it touches no device, file or process
+itself. The attached machine (the default) is read by :func:`attached_machine`, the one function here
+that asks the hardware (``hardware.describe()``), so that :func:`fit` given a machine stays pure.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from ._errors import LabError, closest, shown, whole_number
+from ._units import GB, format_bytes, parse_size
+from .estimates import GPUS, RUNTIME_OVERHEAD, GpuModel, activation_bytes, longest_context, module_bytes, resolve
+from .zoo._configs import PRESETS, ModelSpec
+
+__all__ = ["Change", "Cost", "Machine", "Option", "Part", "Speed", "attached_machine", "changes", "fit", "machine",
+           "measurements", "smallest_change"]
+
+_DATA = Path(__file__).parent / "data" / "advisor_measurements.json"
+DTYPES = ("bfloat16", "float16")  # 16-bit formats the weights load in (float32 doubles memory for nothing here)
+WEIGHTS = (None, "int8", "nf4", "nf4-double")  # bitsandbytes formats offered (fp4: nf4's size, worse quality)
+CACHES = ("dynamic", "quanto-int4", "quanto-int2", "offloaded")
+# Caches not planned with a device_map split: the offloaded cache keeps its GPU layers beside one
+# device's weights; quanto int2 (KL 1.85 on SmolLM2) is never the one to pick when int4 fits, and each
+# device_map plan costs a placement call (0.1-0.3 s for 405B): fit() stays under 3 s.
+_NOT_SPLIT = ("offloaded", "quanto-int2")
+MAX_GPUS = 8  # GPUs one machine holds: "more GPUs" is looked for up to here
+Device = int | str  # a GPU index, "cpu" or "disk"
+
+
+# --- the machine ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Machine:
+    """GPUs (entries of ``estimates.GPUS``, or a size given as "24GB"), CPU RAM and disk, in bytes.
+
+    ``cpu_ram_bytes`` / ``disk_bytes`` 0: not given, so no option spills weights there.
+    """
+
+    gpus: tuple[GpuModel, ...]
+    cpu_ram_bytes: int = 0
+    disk_bytes: int = 0
+
+    @property
+    def label(self) -> str:
+        if not self.gpus:
+            text = "CPU only"
+        else:
+            names = [g.name for g in self.gpus]
+            text = f"{len(names)} x {names[0]}" if len(set(names)) == 1 and len(names) > 1 else " + ".join(names)
+        extra = [f"{format_bytes(self.cpu_ram_bytes, 'GB', 0)} RAM" if self.cpu_ram_bytes else "",
+                 f"{format_bytes(self.disk_bytes, 'GB', 0)} disk" if self.disk_bytes else ""]
+        return ", ".join([text, *[e for e in extra if e]])
+
+    def capacity(self, device: Device) -> int:
+        """What ``device`` can hold: a GPU's ``usable_bytes`` (torch's total), the RAM or the disk."""
+        if device == "cpu":
+            return self.cpu_ram_bytes
+        if device == "disk":
+            return self.disk_bytes
+        return self.gpus[device].usable_bytes
+
+
+_COUNT = re.compile(r"^\s*(\d+)\s*[xX×*]\s*(.+?)\s*$")
+
+
+def _gpu_model(text: str) -> GpuModel:
+    """A GPU of :data:`GPUS` by name (any case, spaces optional), or a custom size such as "24GB"."""
+    key = re.sub(r"[\s_-]", "", text).lower()
+    for name, gpu in GPUS.items():
+        if re.sub(r"[\s_-]", "", name).lower() == key:
+            return gpu
+    try:
+        size = parse_size(text.strip(), argument="gpu")
+    except LabError:
+        size = 0
+    if size > 0 and not text.strip().isdigit():
+        return GpuModel(text.strip().replace(" ", ""), text.strip(), size // 2**20, size,
+                        "a memory size given by the caller (counted as the memory torch sees)")
+    raise LabError.bad("gpu", text, f"use a GPU name ({', '.join(GPUS)}), a count and a name like '2xL4', or a "
+                       "memory size like '24GB'", verb="is not a GPU" + closest(text.strip(), GPUS))
+
+
+def machine(gpu: str | Machine | None = None, cpu_ram: str | int | None = None, disk: str | int | None = None) -> Machine:
+    """A :class:`Machine` from text: "T4", "2xL4", "8xH100", "A100 80GB", "24GB" (a GPU of that size),
+    several joined by "+" ("H100+2xL4"), or None / "cpu" for no GPU; ``cpu_ram`` and ``disk`` are sizes.
+
+    >>> m = machine("2xL4", cpu_ram="64GB")
+    >>> m.label, [g.usable_bytes for g in m.gpus] == [GPUS["L4"].usable_bytes] * 2
+    ('2 x L4, 64 GB RAM', True)
+    """
+    if isinstance(gpu, Machine):
+        base = gpu
+        gpus = base.gpus
+    elif gpu is None or (isinstance(gpu, str) and gpu.strip().lower() in ("", "cpu", "none")):
+        base, gpus = None, ()
+    elif isinstance(gpu, str):
+        base, found = None, []
+        for piece in gpu.split("+"):
+            match = _COUNT.match(piece)
+            count, name = (int(match.group(1)), match.group(2)) if match else (1, piece)
+            if not 1 <= count <= 64:
+                raise LabError.bad("gpu", gpu, "use 1 to 64 GPUs of a kind, e.g. '2xL4'", verb="has a GPU count out of range")
+            found += [_gpu_model(name)] * count
+        gpus = tuple(found)
+    else:
+        raise LabError.bad("machine", gpu, f"use a GPU name ({', '.join(GPUS)}), '2xL4', a size like '24GB', a "
+                           "Machine, or None for the attached machine", verb="is not a machine")
+    ram = parse_size(cpu_ram, argument="cpu_ram") if cpu_ram is not None else (base.cpu_ram_bytes if base else 0)
+    space = parse_size(disk, argument="disk") if disk is not None else (base.disk_bytes if base else 0)
+    return Machine(gpus, ram, space)
+
+
+def attached_machine() -> Machine:
+    """The machine this runs on: its GPUs (matched to :data:`GPUS` by name, else their own total), its
+    RAM available now, no disk budget. The one function of this module that reads the hardware."""
+    from .hardware import describe
+
+    hw = describe()
+    gpus = []
+    for info in hw.gpus:
+        known = next((g for name, g in GPUS.items() if name.replace(" ", "").lower() in info.name.replace(" ", "").lower()), None)
+        gpus.append(known or GpuModel(info.name, f"{info.total_bytes / GB:.0f} GB", info.total_bytes // 2**20,
+                                      info.total_bytes, f"read from this machine ({info.memory_source})"))
+    return Machine(tuple(gpus), hw.ram_available_bytes, 0)
+
+
+# --- what an option holds, costs and runs --------------------------------------------------------
+
+@dataclass(frozen=True)
+class Part:
+    """Bytes one device holds for one reason, and the planner call they come from."""
+
+    device: Device
+    what: str  # "weights", "KV cache", "activations", "CUDA context"
+    bytes: int
+    source: str
+
+
+@dataclass(frozen=True)
+class CostPart:
+    """One measured figure behind a cost: what it is for, the value, the model and where it was measured."""
+
+    what: str
+    value: float | None
+    model: str
+    measured: str
+    top1: float | None = None
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Quality lost: the sum of the measured KL divergences (nats per token) of the option's parts.
+
+    Each part was measured on its own (weights quantized, cache quantized), on a small model: the sum
+    is an ordering, not a prediction for this model. ``top1``: the lowest measured top-1 agreement.
+    """
+
+    kl_nats: float
+    top1: float | None
+    parts: tuple[CostPart, ...] = ()
+
+
+@dataclass(frozen=True)
+class Speed:
+    """Time per token against bf16 weights, a dynamic cache and every weight on one GPU: the product of
+    the measured ratios of the option's parts. ``unmeasured``: parts no measurement covers (counted 1.0)."""
+
+    time_ratio: float
+    parts: tuple[CostPart, ...] = ()
+    unmeasured: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Option:
+    """One way to run the model on the machine: what it holds where, whether it fits, its costs and code.
+
+    ``bytes_per_device``: GPUs by index, then "cpu" and "disk" (what a memory bar per device draws);
+    ``capacity``: what each can hold; ``parts``: the pieces each total is the sum of.
+    """
+
+    label: str
+    model: str
+    kind: str  # "transformers" or "diffusers"
+    dtype: str
+    quantization: str | None
+    cache: str | None  # None: the model keeps no KV cache (an encoder, a diffusers model)
+    placement: str  # "gpu" (one GPU), "device_map" (several GPUs / spill), "tensor_parallel", "cpu", or a diffusers strategy
+    n_gpus: int  # GPUs the option uses
+    parts: tuple[Part, ...]
+    capacity: dict[Device, int]
+    quality: Cost
+    speed: Speed
+    code: str
+    notes: tuple[str, ...] = ()
+    device_map: dict[str, Device] | None = field(default=None, repr=False)
+
+    @property
+    def bytes_per_device(self) -> dict[Device, int]:
+        out: dict[Device, int] = {}
+        for p in self.parts:
+            out[p.device] = out.get(p.device, 0) + p.bytes
+        order = sorted(d for d in out if isinstance(d, int)) + [d for d in ("cpu", "disk") if d in out]
+        return {d: out[d] for d in order}
+
+    @property
+    def fits(self) -> bool:
+        """Every device within its capacity (a GPU: the memory torch sees, the context counted in the parts)."""
+        return all(n <= self.capacity.get(d, 0) for d, n in self.bytes_per_device.items())
+
+    @property
+    def short_by(self) -> dict[Device, int]:
+        """Bytes each over-full device lacks (empty when the option fits)."""
+        return {d: n - self.capacity.get(d, 0) for d, n in self.bytes_per_device.items() if n > self.capacity.get(d, 0)}
+
+    def as_dict(self) -> dict:
+        """JSON-ready (the CLI's --json, a widget's data)."""
+        return {"label": self.label, "model": self.model, "fits": self.fits, "dtype": self.dtype,
+                "quantization": self.quantization, "cache": self.cache, "placement": self.placement,
+                "n_gpus": self.n_gpus, "bytes_per_device": {str(d): n for d, n in self.bytes_per_device.items()},
+                "capacity": {str(d): n for d, n in self.capacity.items()},
+                "parts": [{"device": str(p.device), "what": p.what, "bytes": p.bytes, "source": p.source}
+                          for p in self.parts],
+                "quality": {"kl_nats": self.quality.kl_nats, "top1": self.quality.top1,
+                            "parts": [vars(c) for c in self.quality.parts]},
+                "speed": {"time_ratio": self.speed.time_ratio, "parts": [vars(c) for c in self.speed.parts],
+                          "unmeasured": list(self.speed.unmeasured)},
+                "code": self.code, "notes": list(self.notes)}
+
+
+@lru_cache(maxsize=1)
+def measurements() -> dict:
+    """The measured quality and speed table (``bigsmall_lab/data/advisor_measurements.json``)."""
+    return json.loads(_DATA.read_text())
+
+
+# --- costs ---------------------------------------------------------------------------------------
+
+def _quality(quant: str | None, cache: str | None, lossless: tuple[str, ...]) -> Cost:
+    table = measurements()["quality"]
+    parts = []
+    if quant:
+        row = table["weights"][quant]
+        parts.append(CostPart(f"{quant} weights", row["kl_nats"], row["model"], row["measured"], row["top1"]))
+    if cache and cache in table["cache"] and cache != "dynamic":
+        row = table["cache"][cache]
+        parts.append(CostPart(f"{cache} KV cache", row["kl_nats"], row["model"], row["measured"], row["top1"]))
+    for key in lossless:
+        row = table["lossless"][key]
+        parts.append(CostPart(key.replace("_", " "), row["kl_nats"], "", row["measured"]))
+    top1 = [p.top1 for p in parts if p.top1 is not None]
+    return Cost(round(sum(p.value for p in parts), 6), min(top1) if top1 else None, tuple(parts))
+
+
+def _speed(factors: list[tuple[str, str, str, float]], unmeasured: list[str]) -> Speed:
+    """``factors``: (what, table section, key, exponent-like share) -> the product of measured ratios."""
+    table = measurements()["speed"]
+    parts, ratio = [], 1.0
+    for what, section, key, scale in factors:
+        row = table[section][key]
+        factor = 1 + scale * (row["time_ratio"] - 1)
+        ratio *= factor
+        parts.append(CostPart(what, round(factor, 4), "", row["measured"]))
+    return Speed(round(ratio, 4), tuple(parts), tuple(unmeasured))
+
+
+# --- code ----------------------------------------------------------------------------------------
+
+def _repo(spec: ModelSpec) -> tuple[str, str | None]:
+    """(hub id or path, subfolder) for code: a preset's hub repository, else the config's path."""
+    preset = PRESETS.get(spec.name.strip().lower())
+    if preset is None:
+        path = Path(spec.name)
+        return (str(path.parent) if path.name == "config.json" else spec.name), None
+    folder = str(Path(preset.config_file).parent)
+    return preset.hub_id, (None if folder == "." else folder)
+
+
+def _bnb_code(quant: str, dtype: str) -> str:
+    if quant == "int8":
+        return "BitsAndBytesConfig(load_in_8bit=True)"
+    double = ", bnb_4bit_use_double_quant=True" if quant == "nf4-double" else ""
+    return (f'BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4"{double}, '
+            f"bnb_4bit_compute_dtype=torch.{dtype})")
+
+
+def _size_text(n_bytes: int) -> str:
+    return f'"{max(n_bytes, 0) // 2**20}MiB"'
+
+
+def _transformers_code(spec: ModelSpec, dtype: str, quant: str | None, cache: str | None, device_map: Any,
+                       max_memory: Mapping[Device, int] | None, tp: int, seq_len: int) -> str:
+    from . import _compat
+    from .kvcache import CacheSettings
+
+    repo, subfolder = _repo(spec)
+    generates = cache is not None
+    cls = "AutoModelForCausalLM" if generates else (spec.config.get("architectures") or ["AutoModel"])[0]
+    imports = ["import torch", f"from transformers import {cls}" + (", AutoTokenizer" if generates else "")
+               + (", BitsAndBytesConfig" if quant else "")
+               + (", DistributedConfig" if tp > 1 and _compat.TRANSFORMERS_5 else "")]
+    args = [f'"{repo}"'] + ([f'subfolder="{subfolder}"'] if subfolder else [])
+    args.append(f"{'dtype' if _compat.TRANSFORMERS_5 else 'torch_dtype'}=torch.{dtype}")
+    if tp > 1:
+        args.append('distributed_config=DistributedConfig(tp_plan="auto")' if _compat.TRANSFORMERS_5 else 'tp_plan="auto"')
+    else:
+        args.append(f"device_map={device_map!r}")
+    if max_memory:
+        args.append("max_memory={" + ", ".join(f"{k!r}: {_size_text(v)}" for k, v in max_memory.items()) + "}")
+        if "disk" in max_memory:
+            args.append('offload_folder="offload"')
+    if quant:
+        args.append(f"quantization_config={_bnb_code(quant, dtype)}")
+    lines = [*imports, "", f"model = {cls}.from_pretrained(", *[f"    {a}," for a in args], ")"]
+    if generates:
+        device = "model.device"
+        kwargs = {} if cache == "dynamic" else CacheSettings.parse(cache).generate_kwargs()
+        extra = "".join(f", {k}={v!r}" for k, v in kwargs.items())
+        lines += [f'tokenizer = AutoTokenizer.from_pretrained("{repo}")',
+                  f"ids = tokenizer(prompt, return_tensors=\"pt\").input_ids.to({device})  # up to {seq_len:,} tokens",
+                  f"out = model.generate(ids, max_new_tokens=256{extra})"]
+    else:
+        lines += [f"out = model(ids.to(model.device))  # up to {seq_len:,} tokens"]
+    if tp > 1:
+        lines += ["", f"# run with: torchrun --nproc-per-node {tp} run.py"]
+    return "\n".join(lines)
+
+
+def _diffusers_code(spec: ModelSpec, settings, pipeline: bool) -> str:
+    from . import _compat
+    from .offload import Strategy
+
+    repo, subfolder = _repo(spec)
+    kw = _compat.diffusers_dtype_kwarg()
+    if pipeline:
+        lines = ["import torch", "from diffusers import FluxPipeline", "",
+                 f'pipe = FluxPipeline.from_pretrained("{repo}", {kw}=torch.bfloat16)']
+        target, components = "pipe", "(pipe.transformer, pipe.text_encoder, pipe.text_encoder_2, pipe.vae)"
+    else:
+        cls = spec.config.get("_class_name", "AutoModel")
+        sub = f', subfolder="{subfolder}"' if subfolder else ""
+        lines = ["import torch", f"from diffusers import {cls}", "",
+                 f'model = {cls}.from_pretrained("{repo}"{sub}, {kw}=torch.bfloat16)']
+        target, components = "model", "(model,)"
+    if settings.strategy.is_group:
+        call = settings.call("cuda").replace('"cuda"', 'torch.device("cuda")')
+        call = call.replace('offload_device="cpu"', 'offload_device=torch.device("cpu")')
+        lines[1] += "\nfrom diffusers.hooks import apply_group_offloading"
+        lines += [f"for component in {components}:", f"    {call}"]
+    elif settings.strategy is Strategy.NONE:
+        lines += [f'{target}.to("cuda")']
+    elif pipeline:
+        lines += [f"pipe.{settings.call('cuda').removeprefix('pipe.')}"]
+    else:  # one model: accelerate's hooks do what the pipeline's calls do
+        fn = "cpu_offload" if settings.strategy is Strategy.SEQUENTIAL else "cpu_offload_with_hook"
+        lines[1] += f"\nfrom accelerate import {fn}"
+        lines += [f'{fn}(model, execution_device="cuda")']
+    if pipeline:
+        lines += ['image = pipe("a photo of a cat", num_inference_steps=28).images[0]']
+    return "\n".join(lines)
+
+
+# --- the options ---------------------------------------------------------------------------------
+
+def _checked(spec_or_model: Any, seq_len: Any, batch_size: Any, dtype: Any) -> tuple[ModelSpec, int, int, str]:
+    seq_len = whole_number(seq_len, "seq_len")
+    batch_size = whole_number(batch_size, "batch_size")
+    if not isinstance(dtype, str) or dtype.strip().lower() not in DTYPES:
+        raise LabError.bad("dtype", dtype, f"use one of: {', '.join(DTYPES)}{closest(str(dtype), DTYPES)}",
+                           verb="is not a weights format the advisor plans")
+    return resolve(spec_or_model), seq_len, batch_size, dtype.strip().lower()
+
+
+def _cache_bytes(spec: ModelSpec, cache: str, seq_len: int, batch_size: int, dtype: str) -> tuple[int, str]:
+    """(bytes, source) of the whole cache at ``seq_len`` tokens; a quantized one with its window full."""
+    from .kvcache import CacheSettings, expected_cache_bytes
+
+    settings = CacheSettings.parse(cache)
+    if settings.is_quantized and settings.effective_residual_length is not None:
+        residual = min(seq_len, settings.effective_residual_length - 1)
+        n = expected_cache_bytes(spec, settings, seq_len, batch_size, dtype, residual_tokens=residual)
+        return n, (f"kvcache.expected_cache_bytes({cache!r}, seq_len={seq_len}, residual_tokens={residual}): "
+                   "the full-precision window at its fullest")
+    return expected_cache_bytes(spec, settings, seq_len, batch_size, dtype), \
+        f"kvcache.expected_cache_bytes({cache!r}, seq_len={seq_len})"
+
+
+def _split(total: int, shares: dict[Device, int], fallback: Device) -> dict[Device, int]:
+    """``total`` bytes split in proportion to ``shares`` (layers per device), the remainder on the first
+    device with a share, so that the parts add up to ``total`` exactly (all on ``fallback`` without shares)."""
+    n = sum(shares.values())
+    if not n:
+        return {fallback: total}
+    out = {d: total * s // n for d, s in shares.items() if s}
+    first = next(iter(out))
+    out[first] += total - sum(out.values())
+    return out
+
+
+def _context(devices) -> list[Part]:
+    return [Part(d, "CUDA context", RUNTIME_OVERHEAD.bytes, "estimates.RUNTIME_OVERHEAD (one per GPU a process uses)")
+            for d in devices if isinstance(d, int)]
+
+
+def _capacity(m: Machine, devices) -> dict[Device, int]:
+    return {d: m.capacity(d) for d in devices}
+
+
+def _label(quant: str | None, dtype: str, cache: str | None, where: str) -> str:
+    weights = f"{quant} weights" if quant else f"{'bf16' if dtype == 'bfloat16' else 'fp16'} weights"
+    return ", ".join([weights] + ([f"{cache} cache"] if cache else []) + [where])
+
+
+def _plan_spill(spec, dtype, quant, budgets):
+    from .placement import plan
+
+    return plan(spec, "auto", budgets, dtype, quant)
+
+
+def _transformers_options(spec: ModelSpec, m: Machine, seq_len: int, batch_size: int, dtype: str) -> list[Option]:
+    from .estimates import _has_kv_cache
+
+    generates = _has_kv_cache(spec)
+    caches = CACHES if generates else (None,)
+    act = activation_bytes(spec, seq_len, batch_size, dtype)
+    act_source = f"estimates.activation_bytes(seq_len={seq_len}, batch_size={batch_size})"
+    sizes = {q: module_bytes(spec, dtype, q) for q in WEIGHTS}
+    kv = {}
+    for c in [c for c in caches if c and c != "offloaded"]:
+        try:
+            kv[c] = _cache_bytes(spec, c, seq_len, batch_size, dtype)
+        except LabError:  # a quantized cache whose backend is not installed here (the kvcache extra)
+            pass
+    caches = tuple(c for c in caches if c is None or c == "offloaded" or c in kv)
+    options: list[Option] = []
+    gpus = list(range(len(m.gpus)))
+    first = gpus[0] if gpus else "cpu"
+
+    def option(quant, cache, placement, parts, devices, code, notes=(), lossless=(), speed=(), unmeasured=(),
+               device_map=None, n_gpus=1, where="", no_spill=False):
+        where = where or (f"GPU {first}" if isinstance(first, int) else "CPU")
+        devices = list(dict.fromkeys([*devices, *(p.device for p in parts)]))
+        capacity = _capacity(m, devices)
+        if no_spill:  # from_pretrained refuses bitsandbytes layers on the CPU or disk: they hold nothing here
+            capacity.update({d: 0 for d in ("cpu", "disk") if d in capacity})
+        options.append(Option(
+            _label(quant, dtype, cache, where), spec.name, "transformers", dtype, quant, cache, placement, n_gpus,
+            tuple(parts), capacity, _quality(quant, cache, lossless),
+            _speed([*([(f"{quant} weights", "weights", quant, 1.0)] if quant in measurements()["speed"]["weights"] else []),
+                    *([(f"{cache} cache", "cache", cache, 1.0)] if cache in measurements()["speed"]["cache"] else []),
+                    *speed],
+                   [*([f"{quant} weights (not timed by the lab)"] if quant and quant not in measurements()["speed"]["weights"] else []),
+                    *([f"{cache} cache (needs a GPU; not timed by the lab)"] if cache == "offloaded" else []),
+                    *unmeasured]),
+            code, tuple(notes), device_map))
+
+    # 1. Everything on one compute device (GPU 0, or the CPU of a machine without GPUs).
+    for quant in WEIGHTS:
+        w = sizes[quant][""]
+        for cache in caches:
+            if cache == "offloaded" and not gpus:
+                continue
+            parts = [Part(first, "weights", w, f"estimates.weights_bytes({dtype!r}, {quant!r})")]
+            notes = []
+            if cache == "offloaded":
+                from .kvcache import offload_plan
+
+                op = offload_plan(spec, seq_len, batch_size, dtype)
+                parts += [Part(first, "KV cache", op.gpu_bytes, "kvcache.offload_plan: 2 layers on the GPU"),
+                          Part("cpu", "KV cache", op.cpu_bytes, "kvcache.offload_plan: the other layers in CPU RAM")]
+            elif cache:
+                parts.append(Part(first, "KV cache", *kv[cache]))
+            parts.append(Part(first, "activations", act, act_source))
+            parts += _context([first])
+            devices = [first] + (["cpu"] if cache == "offloaded" else [])
+            device_map = {"": first}
+            if not gpus:
+                notes.append("no GPU: everything in CPU RAM (bitsandbytes and quanto run on CPUs too)")
+            code = _transformers_code(spec, dtype, quant, cache, first if gpus else "cpu", None, 1, seq_len)
+            option(quant, cache, "gpu" if gpus else "cpu", parts, devices, code, notes, device_map=device_map)
+
+    # 2. from_pretrained's device_map="auto" over every GPU, then CPU RAM and disk when given.
+    spill_targets = [d for d, n in (("cpu", m.cpu_ram_bytes), ("disk", m.disk_bytes)) if n]
+    if len(gpus) > 1 or spill_targets:
+        for quant in WEIGHTS:
+            for cache in caches:
+                if cache in _NOT_SPLIT:
+                    continue
+                kv_total, kv_source = kv[cache] if cache else (0, "")
+                spill = [] if quant else spill_targets  # bitsandbytes keeps quantized layers on GPUs
+                if len(gpus) < 2 and not spill:
+                    continue
+                # Budgets: each GPU's capacity less its context, an even share of the cache, and on the
+                # first GPU the activations (where offloaded layers run too).
+                compute = gpus or ["cpu"]
+                budgets = {}
+                for d in gpus:
+                    budget = m.capacity(d) - RUNTIME_OVERHEAD.bytes - kv_total // len(gpus) - (act if d == compute[0] else 0)
+                    budgets[d] = max(budget, 0)
+                if not gpus:
+                    budgets["cpu"] = max(m.cpu_ram_bytes - kv_total - act, 0)
+                for d in spill:
+                    if d not in budgets:
+                        budgets[d] = m.capacity(d) - (kv_total + act if d == "cpu" and not gpus else 0)
+                try:
+                    p = _plan_spill(spec, dtype, quant, budgets)
+                except LabError:
+                    continue  # not even one layer fits anywhere: the single-device options say how short it is
+                w = sizes[quant]
+                per: dict[Device, int] = {}
+                for key, dev in p.device_map.items():
+                    per[dev] = per.get(dev, 0) + w.get(key, 0)
+                runs = {d: p.layers_run_on(d) for d in compute}
+                used_gpus = [d for d in gpus if per.get(d) or runs.get(d)]
+                parts = [Part(d, "weights", n, f"placement.plan('auto', max_memory) x estimates.module_bytes({quant!r})")
+                         for d, n in per.items() if n]
+                head = next((d for d in compute if runs.get(d)), compute[0])
+                if cache:
+                    parts += [Part(d, "KV cache", n, f"{kv_source}, split by the layers each device runs")
+                              for d, n in _split(kv_total, runs, head).items()]
+                parts.append(Part(head, "activations", act, act_source))
+                parts += _context(used_gpus)
+                devices = [*used_gpus, *[d for d in ("cpu", "disk") if per.get(d)]] or [head]
+                spilled = {d: per.get(d, 0) for d in ("cpu", "disk") if gpus or d == "disk"}
+                total_w = w[""] or 1
+                where = (f"device_map over {len(used_gpus)} GPUs" if len(used_gpus) > 1 else f"GPU {head}" if gpus else "CPU")
+                if any(spilled.values()):
+                    where += " + " + " + ".join(f"{format_bytes(n, 'GB', 1)} on {'CPU' if d == 'cpu' else 'disk'}"
+                                                for d, n in spilled.items() if n)
+                speed = []
+                if spilled.get("cpu"):
+                    speed.append(("weights in CPU RAM (share spilled)", "placement", "cpu_offload", spilled["cpu"] / total_w))
+                if spilled.get("disk"):
+                    ratio = measurements()["speed"]["placement"]
+                    share = spilled["disk"] / total_w * ratio["disk_vs_cpu"]["time_ratio"]
+                    speed.append(("weights on disk (share spilled, x disk/RAM)", "placement", "cpu_offload", share))
+                if len(devices) == 1 and devices[0] == first and not any(spilled.values()) and len(gpus) < 2:
+                    continue  # the same as option 1
+                notes = list(p.notes)
+                if spec.kind == "transformers" and generates and (cache and cache.startswith("quanto")):
+                    notes.append("the cache is split by layers run, in proportion (exact for models without sliding windows)")
+                code = _transformers_code(spec, dtype, quant, cache, "auto", {d: b for d, b in budgets.items()}, 1, seq_len)
+                option(quant, cache, "device_map", parts, devices, code, notes,
+                       lossless=("spill",) if any(spilled.values()) else (), speed=speed,
+                       unmeasured=[f"layers split over {len(used_gpus)} GPUs (not timed by the lab)"] if len(used_gpus) > 1 else [],
+                       device_map=dict(p.device_map), n_gpus=max(len(used_gpus), 1), where=where,
+                       no_spill=bool(quant) and any(spilled.values()))
+
+    # 3. Tensor parallelism over the most GPUs that split the heads evenly (bf16/fp16, dynamic cache).
+    if len(gpus) > 1 and generates:
+        from . import tp_plan
+
+        try:
+            nproc = max(tp_plan.valid_nproc(spec, up_to=len(gpus)))
+            tp = tp_plan.plan(spec, nproc, dtype, name=spec.name) if nproc > 1 else None
+        except LabError:
+            tp = None
+        if tp is not None:
+            # kvcache.kv_bytes_per_rank builds a config with the rank's KV heads (a new meta model, ~1 s for
+            # 405B); valid_nproc divides the KV heads, so each rank holds exactly 1/nproc of the cache.
+            kv_rank = kv["dynamic"][0] // nproc
+            parts = []
+            for r in range(nproc):
+                parts += [Part(r, "weights", tp.rank_bytes[r], f"tp_plan.plan(nproc={nproc}).rank_bytes[{r}]"),
+                          Part(r, "KV cache", kv_rank, f"kvcache.kv_bytes_per_rank(tp_size={nproc}): the "
+                               "dynamic cache / tp_size (the KV heads split evenly)"),
+                          Part(r, "activations", act, act_source + " (each rank's process; an upper bound: "
+                               "the MLP is split, the residual stream and logits are not)")]
+            parts += _context(range(nproc))
+            code = _transformers_code(spec, dtype, None, "dynamic", None, None, nproc, seq_len)
+            option(None, "dynamic", "tensor_parallel", parts, list(range(nproc)), code,
+                   ["one process per GPU (torchrun); bitsandbytes and quantized caches are not planned with TP here"],
+                   lossless=("tensor_parallel",),
+                   unmeasured=[f"tensor parallelism over {nproc} GPUs (timed by the lab on CPUs only)"],
+                   n_gpus=nproc, where=f"tensor parallel over {nproc} GPUs")
+    return options
+
+
+def _diffusers_options(spec: ModelSpec, m: Machine, dtype: str) -> list[Option]:
+    from . import offload
+    from .offload import OffloadSettings, Strategy
+
+    pipeline = spec.name.strip().lower() == offload.FLUX_DEV_CONFIGS["transformer"]
+    if pipeline:
+        components = offload.flux_dev_components(dtype)
+    else:
+        from .zoo._configs import meta_model
+
+        components = {"model": meta_model(spec.config, dtype)}
+    strategies = [("none", OffloadSettings("none"), None), ("model", OffloadSettings("model"), "model"),
+                  ("block_level", OffloadSettings("block_level"), "block_level"),
+                  ("leaf_level+stream", OffloadSettings("leaf_level", use_stream=True), "leaf_level+stream"),
+                  ("sequential", OffloadSettings("sequential"), "sequential")]
+    first = 0 if m.gpus else "cpu"
+    notes = ["activations (which depend on image size and steps) are not modelled: the parts are weights and "
+             "the CUDA context only"]
+    if pipeline:
+        notes.append("FLUX.1-dev's whole pipeline is planned (transformer, T5-XXL, CLIP-L, VAE from their real "
+                     "configs): it runs one component at a time")
+    else:
+        notes.append("one diffusers model alone; bitsandbytes is not planned for diffusers models")
+    options = []
+    for name, settings, speed_key in strategies:
+        if not m.gpus and name != "none":
+            continue  # offloading moves weights to an accelerator: nothing to gain on a CPU
+        p = offload.plan(components, settings, device="cuda" if m.gpus else "cpu")
+        parts = [Part(first, "weights", p.device_bytes, f"offload.plan({settings.label!r}).device_bytes")]
+        devices = [first]
+        if p.total_bytes > p.device_bytes:
+            if settings.use_stream:
+                pinned = offload.pinned_memory_plan(components, settings)
+                parts.append(Part("cpu", "weights", pinned.ram_after_bytes,
+                                  "offload.pinned_memory_plan(...).ram_after_bytes (pinned copies)"))
+            else:
+                parts.append(Part("cpu", "weights", p.total_bytes - p.device_bytes,
+                                  "offload.plan: total_bytes - device_bytes, waiting in CPU RAM"))
+            devices.append("cpu")
+        parts += _context([first])
+        table = measurements()["speed"]["diffusers"]
+        speed = _speed([(settings.label, "diffusers", speed_key, 1.0)] if speed_key in table else [], [])
+        options.append(Option(
+            f"{'FLUX.1-dev pipeline' if pipeline else 'bf16 weights'}, {settings.label}", spec.name, "diffusers", dtype,
+            None, None, name, 1 if m.gpus else 0, tuple(parts), _capacity(m, devices),
+            _quality(None, None, ("diffusers_offload",) if name != "none" else ()), speed,
+            _diffusers_code(spec, settings, pipeline), tuple(notes)))
+    return options
+
+
+def _rank(options: list[Option]) -> list[Option]:
+    return sorted(options, key=lambda o: (not o.fits, o.quality.kl_nats, o.speed.time_ratio, len(o.speed.unmeasured),
+                                          o.n_gpus, o.label))
+
+
+def fit(model: Any, machine: str | Machine | None = None, seq_len: int = 4096, batch_size: int = 1,
+        dtype: str = "bfloat16") -> list[Option]:
+    """Every option the lab can plan for ``model`` on ``machine`` at ``seq_len`` tokens, ranked: those
+    that fit first, then least quality lost, then fastest.
+
+    ``model``: a preset name, a config dict or a config.json path (resolved once). ``machine``: a
+    :class:`Machine`, text for :func:`machine` ("T4", "2xL4", "24GB"; no CPU RAM or disk then, so
+    nothing spills: build one with ``machine("T4", cpu_ram="12GB")`` for that), or None for the
+    attached machine (:func:`attached_machine`). When nothing fits, every option is still returned
+    (none fitting) and :func:`smallest_change` names what would make one fit.
+    """
+    spec, seq_len, batch_size, dtype = _checked(model, seq_len, batch_size, dtype)
+    m = _machine(machine)
+    if spec.kind == "transformers":
+        options = _transformers_options(spec, m, seq_len, batch_size, dtype)
+    else:
+        options = _diffusers_options(spec, m, dtype)
+    return _rank(options)
+
+
+def _machine(value: Any) -> Machine:
+    if value is None:
+        return attached_machine()
+    return machine(value)
+
+
+# --- when nothing fits ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Change:
+    """A change that makes an option fit: ``kind`` ("gpu", "more_gpus", "cpu_ram", "seq_len"), a sentence,
+    and the ``fit`` arguments to run with it (``machine`` and ``seq_len``); ``option``: the best one then."""
+
+    kind: str
+    text: str
+    machine: Machine
+    seq_len: int
+    option: Option
+
+
+def _first_fit(model, m: Machine, seq_len: int, batch_size: int, dtype: str) -> Option | None:
+    options = fit(model, m, seq_len, batch_size, dtype)
+    return options[0] if options and options[0].fits else None
+
+
+def changes(model: Any, machine: str | Machine | None = None, seq_len: int = 4096, batch_size: int = 1,
+            dtype: str = "bfloat16") -> list[Change]:
+    """The changes that would make an option fit, each checked by running :func:`fit` with it: the
+    smallest named GPU of :data:`~bigsmall_lab.estimates.GPUS`; more GPUs of the machine's kind (up to
+    8); more CPU RAM; a shorter context (``estimates.longest_context`` on the machine's first GPU).
+    Empty when an option already fits."""
+    spec, seq_len, batch_size, dtype = _checked(model, seq_len, batch_size, dtype)
+    m = _machine(machine)
+    options = fit(spec, m, seq_len, batch_size, dtype)
+    if any(o.fits for o in options):
+        return []
+    found: list[Change] = []
+    # A named GPU: the single-device options hold the same bytes on any GPU; the smallest that takes one.
+    single = [o for o in options if o.placement in ("gpu", "cpu", "none", "model", "block_level", "leaf_level+stream",
+                                                    "sequential") and not o.short_by.get("cpu")]
+    need = min((o.bytes_per_device.get(0, o.bytes_per_device.get("cpu", 0)) for o in single), default=None)
+    for gpu in sorted(GPUS.values(), key=lambda g: g.usable_bytes):
+        if need is not None and gpu.usable_bytes >= need:
+            candidate = replace(m, gpus=(gpu,))
+            best = _first_fit(spec, candidate, seq_len, batch_size, dtype)
+            if best:
+                found.append(Change("gpu", f"one {gpu.name} ({gpu.marketed}): {best.label}", candidate, seq_len, best))
+                break
+    # More GPUs of the machine's first kind.
+    if m.gpus:
+        for n in range(len(m.gpus) + 1, MAX_GPUS + 1):
+            candidate = replace(m, gpus=(m.gpus[0],) * n)
+            best = _first_fit(spec, candidate, seq_len, batch_size, dtype)
+            if best:
+                found.append(Change("more_gpus", f"{n} x {m.gpus[0].name}: {best.label}", candidate, seq_len, best))
+                break
+    # More CPU RAM: the least RAM a plan that fits with plenty asks for, rounded up to whole GB.
+    if m.gpus:
+        plenty = max(m.cpu_ram_bytes, 2 * module_bytes(spec, dtype)[""])
+        spilled = [o for o in fit(spec, replace(m, cpu_ram_bytes=plenty), seq_len, batch_size, dtype)
+                   if o.fits and o.bytes_per_device.get("cpu")]
+        if spilled:
+            ram = min(o.bytes_per_device["cpu"] for o in spilled)
+            for extra in (0, max(o.bytes_per_device["cpu"] for o in spilled) - ram):
+                candidate = replace(m, cpu_ram_bytes=math.ceil((ram + extra) / GB) * GB)
+                again = _first_fit(spec, candidate, seq_len, batch_size, dtype)
+                if again:
+                    found.append(Change("cpu_ram", f"{format_bytes(candidate.cpu_ram_bytes, 'GB', 0)} of CPU RAM: "
+                                        f"{again.label}", candidate, seq_len, again))
+                    break
+    # A shorter context on the machine as it is.
+    if m.gpus and spec.kind == "transformers":
+        capacity = m.gpus[0].usable_bytes
+        best_n = 0
+        for quant in WEIGHTS:
+            n = longest_context(spec, capacity, dtype, quant, batch_size)
+            best_n = max(best_n, min(n, seq_len - 1))
+        if best_n >= 1:
+            best = _first_fit(spec, m, best_n, batch_size, dtype)
+            if best:
+                found.append(Change("seq_len", f"a context of {best_n:,} tokens: {best.label}", m, best_n, best))
+    return found
+
+
+def smallest_change(model: Any, machine: str | Machine | None = None, seq_len: int = 4096, batch_size: int = 1,
+                    dtype: str = "bfloat16") -> Change | None:
+    """The first of :func:`changes` (a named GPU before more GPUs, more RAM, a shorter context); None when
+    an option fits already or no change the advisor tries helps (say a model past 8 of the largest GPUs)."""
+    found = changes(model, machine, seq_len, batch_size, dtype)
+    return found[0] if found else None
