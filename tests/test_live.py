@@ -202,3 +202,16 @@ def test_running_the_same_cell_twenty_times_records_with_one_thread():
     assert sampler_threads() == before
     with LiveMemory(interval=0.01, device="cpu") as a, LiveMemory(interval=0.01, device="cpu") as b:
         assert a.is_running and b.is_running  # two charts of one cell still record side by side
+
+
+def test_an_older_colab_without_the_widget_manager_is_said_not_hidden(monkeypatch, capsys):
+    import sys
+    import types
+
+    from bigsmall_lab.views import _live
+
+    colab = types.ModuleType("google.colab")
+    colab.output = types.SimpleNamespace()  # no enable_custom_widget_manager: an older Colab
+    monkeypatch.setitem(sys.modules, "google.colab", colab)
+    _live._colab_widgets()
+    assert "custom widget manager is not available" in capsys.readouterr().err

@@ -369,8 +369,9 @@ def _colab_widgets() -> None:
             from google.colab import output
 
             output.enable_custom_widget_manager()
-        except Exception:  # an older Colab: the static to_figure() still works
-            pass
+        except (ImportError, AttributeError) as err:  # an older Colab without it: say so, the static chart works
+            print(f"bigsmall_lab: Colab's custom widget manager is not available ({err}); the live chart may stay "
+                  "blank, and live.to_figure() draws it after the run", file=sys.stderr)
 
 
 _watch_shell(_ipython())  # imported in a notebook (the lessons' first cells): watch the cells from the next one on
