@@ -189,6 +189,8 @@ def test_nbconvert_html_shows_every_chart_as_an_image(sample):
     images = re.findall(r'<img [^>]*src="data:image/png;base64,([A-Za-z0-9+/=]+)"', body)
     assert len(images) == 2  # the bar chart and the planner's chart
     assert _png_size(images[0])[0] == run_lessons.PNG_WIDTH
+    classic, _ = HTMLExporter(template_name="classic").from_notebook_node(nbformat.read(sample, as_version=4))
+    assert 'alt="bytes per weight"' in classic  # the chart's title as alt text (the lab template has none to set)
     assert "70144" in body and "bsl-snapshot" in body  # BitLayout's table, as html
 
 

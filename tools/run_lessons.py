@@ -23,6 +23,7 @@ import html
 import io
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -164,13 +165,20 @@ def _text(value: Any) -> str:
     return "".join(value) if isinstance(value, list) else str(value)
 
 
+def _title(figure: dict) -> str:
+    """The chart's title as plain text (its alt text), tags such as <br> dropped."""
+    title = (figure.get("layout") or {}).get("title") or {}
+    text = title.get("text", "") if isinstance(title, dict) else str(title)
+    return " ".join(re.sub(r"<[^>]+>", " ", str(text)).split()) or "a chart"
+
+
 def add_static_fallbacks(nb: Any, renderer: FigureRenderer | None = None) -> dict[str, int]:
     """Give every plotly output an ``image/png`` and every widget output a ``text/html`` snapshot, in place.
 
     Run it on an executed notebook before :func:`strip_widget_state` (it looks for the widget view). Returns
     counts: ``{"plotly": n, "widget_figures": n, "widgets": n, "png_bytes": n}``.
     """
-    jobs: list[tuple[dict, str, dict]] = []  # (output data, what to fill, figure)
+    jobs: list[tuple[dict, str, dict]] = []  # (output, what to fill, figure)
     counts = {"plotly": 0, "widget_figures": 0, "widgets": 0, "png_bytes": 0}
     for cell in nb["cells"]:
         for output in cell.get("outputs", []):
@@ -178,12 +186,12 @@ def add_static_fallbacks(nb: Any, renderer: FigureRenderer | None = None) -> dic
             if not data:
                 continue
             if PLOTLY_MIME in data:
-                jobs.append((data, "png", data[PLOTLY_MIME]))
+                jobs.append((output, "png", data[PLOTLY_MIME]))
             if WIDGET_MIME in data or FIGURE_MIME in data:
                 counts["widgets"] += 1
                 figure = data.pop(FIGURE_MIME, None)
                 if figure is not None and FIGURE_SLOT in _text(data.get("text/html", "")):
-                    jobs.append((data, "slot", figure))
+                    jobs.append((output, "slot", figure))
                 elif "text/html" not in data and "image/png" not in data:
                     # a widget that is not the lab's: keep its text, and say what is missing
                     shown = html.escape(_text(data.get("text/plain", "")) or "a widget")
@@ -194,17 +202,18 @@ def add_static_fallbacks(nb: Any, renderer: FigureRenderer | None = None) -> dic
     own = renderer is None
     renderer = renderer or FigureRenderer().__enter__()
     try:
-        for data, kind, figure in jobs:
+        for output, kind, figure in jobs:
+            data = output["data"]
             png = renderer.render(figure)
             counts["png_bytes"] += len(png)
+            title = _title(figure)
             if kind == "png":
                 data["image/png"] = _b64(png)
+                output.setdefault("metadata", {})["image/png"] = {"alt": title}  # nbconvert's alt text
                 counts["plotly"] += 1
             else:
                 width, _ = _figure_size(figure)
-                title = html.escape(str(((figure.get("layout") or {}).get("title") or {}).get("text", "the chart")),
-                                    quote=True)
-                img = f'<img src="data:image/png;base64,{_b64(png)}" width="{width}" alt="{title}"/>'
+                img = f'<img src="data:image/png;base64,{_b64(png)}" width="{width}" alt="{html.escape(title)}"/>'
                 data["text/html"] = _text(data["text/html"]).replace(FIGURE_SLOT, img)
                 counts["widget_figures"] += 1
     finally:
