@@ -263,3 +263,21 @@ def test_each_widget_keeps_its_live_view_and_adds_a_snapshot():
     with live:
         time.sleep(0.1)
     assert run_lessons.FIGURE_MIME in live._repr_mimebundle_()
+
+
+def test_a_failed_drawing_keeps_the_executed_outputs(tmp_path, monkeypatch):
+    """Minutes of execution are not lost when Chromium fails: the outputs are stored, the test names the gap."""
+    path = tmp_path / "one.ipynb"
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "import plotly.graph_objects as go\ngo.Figure(go.Bar(y=[1, 2]))")])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+
+    def no_browser(*args, **kwargs):
+        raise RuntimeError("no Chromium here")
+
+    monkeypatch.setattr(run_lessons.FigureRenderer, "__enter__", no_browser)
+    _, counts = run_lessons.run(path)
+    stored = _load(path)
+    assert counts["failed"] == 1 and run_lessons.PLOTLY_MIME in _outputs(stored, 0)[0]["data"]
+    assert problems(stored) == ["cell 0: a plotly chart without its image/png (blank on GitHub)"]
