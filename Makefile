@@ -18,7 +18,7 @@ BIN := bin
 endif
 PY := $(VENV)/$(BIN)/python
 
-.PHONY: install lab test test-latest lock notebooks benchmark check clean
+.PHONY: install lab test test-latest lock notebooks benchmark check clean workshop wheelhouse
 
 install:
 	$(INSTALL) --venv $(VENV)
@@ -48,6 +48,16 @@ notebooks: install
 
 benchmark: install
 	$(PY) tools/benchmark.py
+
+# The instructors' guide: run every lesson, record its time and peak RAM (benchmarks/workshop.json), then write
+# docs/workshop.md from that record (`$(PY) tools/workshop.py --doc` rewrites it from the record alone).
+workshop: install
+	$(PY) tools/workshop.py
+
+# The offline kit: a wheel of every package of the lock, for this platform, in $(WHEELHOUSE) (default wheelhouse);
+# a room without a network then runs `PIP_NO_INDEX=1 make lab WHEELHOUSE=<that folder>`.
+wheelhouse:
+	$(PYTHON) tools/wheelhouse.py $(or $(WHEELHOUSE),wheelhouse)
 
 clean:
 	rm -rf $(VENV) $(LATEST_VENV) .pytest_cache screenshots
