@@ -29,7 +29,7 @@ from filelock import FileLock, Timeout
 
 from ._errors import LabError, shown
 
-__all__ = ["atomic_dir", "cache_dir", "check_name"]
+__all__ = ["atomic_dir", "cache_dir", "check_name", "writing_into"]
 
 _PARTIAL = ".partial-"
 _LOCK = ".lock-"
@@ -154,3 +154,26 @@ def atomic_dir(target: str | os.PathLike, complete: Callable[[Path], bool] | Non
             os.rename(tmp, target)
     finally:
         lock.release()
+
+
+@contextlib.contextmanager
+def writing_into(folder: str | os.PathLike, what: str) -> Iterator[Path]:
+    """A block that writes files into ``folder`` (a library's disk offload): if the disk fills up, the files the
+    block created are removed (no half-written shard is left to be read later) and one sentence says what
+    happened, instead of the library's own error (safetensors' ``SafetensorError``, an ``OSError`` 28)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    before = {p for p in folder.rglob("*")}
+    try:
+        yield folder
+    except BaseException as err:
+        if not _disk_full(err):
+            raise
+        for path in sorted(set(folder.rglob("*")) - before, key=lambda p: len(p.parts), reverse=True):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        raise OSError(errno.ENOSPC, f"the disk holding {shown(str(folder))} filled up while {what}; the files "
+                                    "written so far were removed. Free some space, or offload to a bigger disk") from None
+

@@ -44,7 +44,7 @@ import torch
 
 from ._compat import LoaderFacts, quiet_libraries
 from ._errors import LabError, shown
-from ._paths import cache_dir
+from ._paths import cache_dir, check_name, writing_into
 from .measure import MemoryReport, cpu_memory, peak, phase_hook, track, trim_heap
 from .placement import Plan, Strategy, from_device_map, parse_budgets, plan
 
@@ -664,8 +664,9 @@ def _now(dev: torch.device) -> int:
 # --- loading with a device map ------------------------------------------------------------------
 
 def offload_dir(name: str = "offload") -> Path:
-    """A folder for disk offload inside the lab's cache (created)."""
-    folder = cache_dir() / name
+    """A folder for disk offload inside the lab's cache (created). ``name`` is one folder name: a path that
+    climbs out of the cache ('../../etc') or an absolute one is refused in one sentence."""
+    folder = cache_dir() / check_name(name)
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
@@ -698,7 +699,10 @@ def load_placed(path: str | os.PathLike, strategy: str | Strategy = "auto", max_
     target = Path(offload_folder).expanduser() if offload_folder is not None else None
     if target is not None:
         target.mkdir(parents=True, exist_ok=True)
-    with quiet_libraries(progress_bars=False), track("load with a device map", device="cuda" if predicted.gpus else "cpu") as report:
+    guard = writing_into(target, "from_pretrained offloaded layers to disk") if target is not None \
+        else contextlib.nullcontext()
+    with quiet_libraries(progress_bars=False), guard, \
+            track("load with a device map", device="cuda" if predicted.gpus else "cpu") as report:
         model = AutoModelForCausalLM.from_pretrained(
             folder, dtype=dtype, device_map=strategy.value,
             max_memory=dict(budgets),  # from_pretrained rewrites the dict it gets: a copy

@@ -66,6 +66,7 @@ import torch
 
 from ._compat import diffusers_dtype_kwarg
 from ._errors import LabError, closest, whole_number
+from ._paths import writing_into
 from ._units import MiB
 from .measure import MemoryReport, phase_hook, track
 
@@ -1010,7 +1011,8 @@ def _apply(pipe, settings: OffloadSettings, device: str, disk_dir: Path | None) 
             # leaf's module name), and two components may have layers of the same name.
             path = str(disk_dir / name) if disk_dir is not None else None
             broken = path is not None and strategy is Strategy.LEAF_LEVEL and bool(tied_leaf_parameters(component))
-            with _same_garbage_every_run(broken):
+            guard = writing_into(path, f"diffusers offloaded {name} to disk") if path else contextlib.nullcontext()
+            with _same_garbage_every_run(broken), guard:
                 apply_group_offloading(component, onload_device=torch.device(device),
                                        offload_device=torch.device("cpu"), offload_type=strategy.value,
                                        num_blocks_per_group=settings.num_blocks_per_group,

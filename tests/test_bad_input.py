@@ -367,3 +367,43 @@ def test_values_near_the_float32_maximum_quantize_to_finite_scales_and_values(sc
     assert torch.isfinite(q.scales).all() and torch.isfinite(back).all()
     if scheme != "nf4":  # the uniform schemes: within half a step (1 % slack for float32 rounding at this size)
         assert ((back - x).abs() <= 0.505 * q.scales.max()).all()
+
+
+def test_offload_dir_stays_inside_the_cache(lab_cache):
+    from bigsmall_lab import loading
+
+    for name in ("../../etc", "/etc", "a/b", ".."):
+        with pytest.raises(LabError, match="name"):
+            loading.offload_dir(name)
+    assert loading.offload_dir("offload-x").parent == lab_cache
+
+
+def test_a_full_disk_during_disk_offload_is_one_sentence_and_leaves_no_half_written_shard(tmp_path, monkeypatch):
+    import errno
+
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    from bigsmall_lab import offload
+    from bigsmall_lab.offload import OffloadSettings
+
+    real_save = safetensors.torch.save_file
+    calls = []
+
+    def save_file(tensors, filename, *args, **kwargs):
+        calls.append(filename)
+        if len(calls) < 3:
+            return real_save(tensors, filename, *args, **kwargs)
+        with open(filename, "wb") as f:
+            f.write(b"\0" * 100)  # half a shard, then the disk is full
+        raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, "
+                              "message: \"No space left on device\" })")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", save_file)
+    folder = tmp_path / "offload"
+    settings = OffloadSettings("block_level", num_blocks_per_group=2, offload_to_disk_path=folder)
+    with pytest.raises(OSError) as raised:
+        offload.run(settings, "tiny", torch.float32, "cpu", offload.Generation())
+    assert raised.value.errno == errno.ENOSPC and "filled up" in str(raised.value)
+    assert len(str(raised.value)) < 300 and "\n" not in str(raised.value)
+    assert len(calls) >= 3 and not [p for p in folder.rglob("*") if p.is_file()]  # nothing half-written stays
