@@ -24,7 +24,7 @@ import:
     planners: bits estimates placement quant tp_plan zoo._configs
     runners:  _nvml _paths _tp_worker advisor check hardware kvcache loading measure offload parallel quality quantized zoo
     views:    views
-    edges:    __init__ _estimate_cli _ipython cli exercises
+    edges:    __init__ _estimate_cli _fit_cli _ipython cli exercises
 
 A new lesson usually adds one planner (what to expect), one runner (run it, measure it), one view
 and a notebook that calls them.

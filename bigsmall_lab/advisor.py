@@ -123,7 +123,16 @@ def _gpu_model(text: str) -> GpuModel:
         return GpuModel(text.strip().replace(" ", ""), text.strip(), size // 2**20, size,
                         "a memory size given by the caller (counted as the memory torch sees)")
     raise LabError.bad("gpu", text, f"use a GPU name ({', '.join(GPUS)}), a count and a name like '2xL4', or a "
-                       "memory size like '24GB'", verb="is not a GPU" + closest(text.strip(), GPUS))
+                       "memory size like '24GB'", verb="is not a GPU" + _gpu_hint(text))
+
+
+def _gpu_hint(text: str) -> str:
+    """' (did you mean 'T4'?)' for a near miss; GPU names are short, so a looser cutoff than ``closest``'s."""
+    import difflib
+
+    names = {name.lower().replace(" ", ""): name for name in GPUS}
+    near = difflib.get_close_matches(text.strip().lower().replace(" ", ""), list(names), n=2, cutoff=0.5)
+    return " (did you mean " + " or ".join(repr(names[n]) for n in near) + "?)" if near else ""
 
 
 def machine(gpu: str | Machine | None = None, cpu_ram: str | int | None = None, disk: str | int | None = None) -> Machine:
@@ -321,12 +330,33 @@ def _repo(spec: ModelSpec) -> tuple[str, str | None]:
     return preset.hub_id, (None if folder == "." else folder)
 
 
-def _bnb_code(quant: str, dtype: str) -> str:
+def _bnb_args(quant: str, dtype: str) -> list[str]:
     if quant == "int8":
-        return "BitsAndBytesConfig(load_in_8bit=True)"
-    double = ", bnb_4bit_use_double_quant=True" if quant == "nf4-double" else ""
-    return (f'BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4"{double}, '
-            f"bnb_4bit_compute_dtype=torch.{dtype})")
+        return ["load_in_8bit=True"]
+    double = ["bnb_4bit_use_double_quant=True"] if quant == "nf4-double" else []
+    return ["load_in_4bit=True", 'bnb_4bit_quant_type="nf4"', *double, f"bnb_4bit_compute_dtype=torch.{dtype}"]
+
+
+CODE_WIDTH = 96  # the code an option carries fits a 100-column terminal with its indent
+
+
+def _packed(indent: int, head: str, items: list[str], tail: str) -> list[str]:
+    """``head`` + items joined by ", " + ``tail`` on one line when it fits :data:`CODE_WIDTH`, else the
+    items packed onto indented lines between ``head`` and ``tail``."""
+    pad = " " * indent
+    one = f"{pad}{head}{', '.join(items)}{tail}"
+    if len(one) <= CODE_WIDTH:
+        return [one]
+    lines, line = [f"{pad}{head}"], ""
+    for item in items:
+        piece = f"{item},"
+        if line and len(pad) + 4 + len(line) + 1 + len(piece) > CODE_WIDTH:
+            lines.append(f"{pad}    {line}")
+            line = piece
+        else:
+            line = f"{line} {piece}" if line else piece
+    lines += [f"{pad}    {line}", f"{pad}{tail.lstrip(',') if tail.startswith(')') or tail.startswith('}') else tail}"]
+    return lines
 
 
 def _size_text(n_bytes: int) -> str:
@@ -344,26 +374,28 @@ def _transformers_code(spec: ModelSpec, dtype: str, quant: str | None, cache: st
     imports = ["import torch", f"from transformers import {cls}" + (", AutoTokenizer" if generates else "")
                + (", BitsAndBytesConfig" if quant else "")
                + (", DistributedConfig" if tp > 1 and _compat.TRANSFORMERS_5 else "")]
-    args = [f'"{repo}"'] + ([f'subfolder="{subfolder}"'] if subfolder else [])
-    args.append(f"{'dtype' if _compat.TRANSFORMERS_5 else 'torch_dtype'}=torch.{dtype}")
+    lines = [*imports, "", f"model = {cls}.from_pretrained(", f'    "{repo}",']
+    if subfolder:
+        lines.append(f'    subfolder="{subfolder}",')
+    lines.append(f"    {'dtype' if _compat.TRANSFORMERS_5 else 'torch_dtype'}=torch.{dtype},")
     if tp > 1:
-        args.append('distributed_config=DistributedConfig(tp_plan="auto")' if _compat.TRANSFORMERS_5 else 'tp_plan="auto"')
+        lines.append('    distributed_config=DistributedConfig(tp_plan="auto"),' if _compat.TRANSFORMERS_5
+                     else '    tp_plan="auto",')
     else:
-        args.append(f"device_map={device_map!r}")
+        lines.append(f"    device_map={json.dumps(device_map)},")
     if max_memory:
-        args.append("max_memory={" + ", ".join(f"{k!r}: {_size_text(v)}" for k, v in max_memory.items()) + "}")
+        lines += _packed(4, "max_memory={", [f"{json.dumps(k)}: {_size_text(v)}" for k, v in max_memory.items()], "},")
         if "disk" in max_memory:
-            args.append('offload_folder="offload"')
+            lines.append('    offload_folder="offload",')
     if quant:
-        args.append(f"quantization_config={_bnb_code(quant, dtype)}")
-    lines = [*imports, "", f"model = {cls}.from_pretrained(", *[f"    {a}," for a in args], ")"]
+        lines += _packed(4, "quantization_config=BitsAndBytesConfig(", _bnb_args(quant, dtype), "),")
+    lines.append(")")
     if generates:
-        device = "model.device"
         kwargs = {} if cache == "dynamic" else CacheSettings.parse(cache).generate_kwargs()
-        extra = "".join(f", {k}={v!r}" for k, v in kwargs.items())
         lines += [f'tokenizer = AutoTokenizer.from_pretrained("{repo}")',
-                  f"ids = tokenizer(prompt, return_tensors=\"pt\").input_ids.to({device})  # up to {seq_len:,} tokens",
-                  f"out = model.generate(ids, max_new_tokens=256{extra})"]
+                  f'ids = tokenizer(prompt, return_tensors="pt").input_ids.to(model.device)  # up to {seq_len:,} tokens']
+        lines += _packed(0, "out = model.generate(", ["ids", "max_new_tokens=256",
+                                                       *[f"{k}={v!r}" for k, v in kwargs.items()]], ")")
     else:
         lines += [f"out = model(ids.to(model.device))  # up to {seq_len:,} tokens"]
     if tp > 1:
@@ -390,8 +422,9 @@ def _diffusers_code(spec: ModelSpec, settings, pipeline: bool) -> str:
     if settings.strategy.is_group:
         call = settings.call("cuda").replace('"cuda"', 'torch.device("cuda")')
         call = call.replace('offload_device="cpu"', 'offload_device=torch.device("cpu")')
+        name, _, rest = call.partition("(")
         lines[1] += "\nfrom diffusers.hooks import apply_group_offloading"
-        lines += [f"for component in {components}:", f"    {call}"]
+        lines += [f"for component in {components}:", *_packed(4, f"{name}(", rest.removesuffix(")").split(", "), ")")]
     elif settings.strategy is Strategy.NONE:
         lines += [f'{target}.to("cuda")']
     elif pipeline:
@@ -492,7 +525,8 @@ def _transformers_options(spec: ModelSpec, m: Machine, seq_len: int, batch_size:
             _label(quant, dtype, cache, where), spec.name, "transformers", dtype, quant, cache, placement, n_gpus,
             tuple(parts), capacity, _quality(quant, cache, lossless),
             _speed([*([(f"{quant} weights", "weights", quant, 1.0)] if quant in measurements()["speed"]["weights"] else []),
-                    *([(f"{cache} cache", "cache", cache, 1.0)] if cache in measurements()["speed"]["cache"] else []),
+                    *([(f"{cache} cache", "cache", cache, 1.0)]
+                      if cache != "dynamic" and cache in measurements()["speed"]["cache"] else []),
                     *speed],
                    [*([f"{quant} weights (not timed by the lab)"] if quant and quant not in measurements()["speed"]["weights"] else []),
                     *([f"{cache} cache (needs a GPU; not timed by the lab)"] if cache == "offloaded" else []),

@@ -6,6 +6,8 @@
     bigsmall-lab presets [--json]
     bigsmall-lab estimate <preset|config.json> [--dtype D] [--quantization Q] [--seq-len N] [--batch-size N]
                           [--json] [--wide]
+    bigsmall-lab fit <preset|config.json> [--gpu 2xL4] [--cpu-ram 64GB] [--disk 1TB] [--seq-len N]
+                     [--batch-size N] [--dtype D] [--all] [--json]
 
 The CLI imports planners and runners only, never widgets: a terminal needs no ipywidgets. Bad input
 (the lab's :class:`~bigsmall_lab._errors.LabError`, a missing file or cache folder) is one sentence on
@@ -160,6 +162,12 @@ def _estimate(args: argparse.Namespace, extra: list[str]) -> int:
     return run_estimate(args)
 
 
+def _fit(args: argparse.Namespace, extra: list[str]) -> int:
+    from ._fit_cli import run_fit
+
+    return run_fit(args)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bigsmall-lab", description="Big parameters, small GPUs: the lab.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -192,6 +200,19 @@ def _parser() -> argparse.ArgumentParser:
     est.add_argument("--wide", action="store_true",
                      help=f"one table with a column per GPU (about 150 columns; default: fits {WIDTH})")
     est.set_defaults(func=_estimate)
+
+    fit = sub.add_parser("fit", help="every way to run a model on some GPUs, ranked, with its cost and code")
+    fit.add_argument("config", help="a preset name (see 'bigsmall-lab presets') or a path to a config.json")
+    fit.add_argument("--gpu", default=None, help="'T4', '2xL4', '8xH100', 'A100 80GB' or a size like '24GB' "
+                                                 "(default: this machine's GPUs and RAM)")
+    fit.add_argument("--cpu-ram", default=None, help="CPU RAM weights may spill to, e.g. '64GB' (default with --gpu: none)")
+    fit.add_argument("--disk", default=None, help="disk weights may spill to, e.g. '1TB' (default: none)")
+    fit.add_argument("--seq-len", type=int, default=4096, help="tokens of context (default 4096)")
+    fit.add_argument("--batch-size", type=int, default=1, help="sequences at once (default 1)")
+    fit.add_argument("--dtype", default="bfloat16", help="bfloat16 or float16: the weights' 16-bit format")
+    fit.add_argument("--all", action="store_true", help="list every option (default: the first 12)")
+    fit.add_argument("--json", action="store_true", help="print the options as JSON")
+    fit.set_defaults(func=_fit)
     return parser
 
 

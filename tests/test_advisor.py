@@ -1,0 +1,249 @@
+"""advisor.fit (issue 20): every option's bytes add up exactly from the planners, the ranking holds,
+bad input is one sentence, nothing-fits names a change that then fits, and the CLI's JSON parses."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import math
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import pytest
+
+from bigsmall_lab import advisor, estimates, kvcache, offload, tp_plan
+from bigsmall_lab._errors import LabError
+from bigsmall_lab.estimates import GPUS, RUNTIME_OVERHEAD
+
+ROOT = Path(__file__).resolve().parent.parent
+
+CASES = [
+    ("llama-3.1-8b", advisor.machine("T4"), 8192),
+    ("llama-3.1-8b", advisor.machine("2xL4", cpu_ram="32GB", disk="100GB"), 4096),
+    ("llama-3.1-70b", advisor.machine("2x24GB", cpu_ram="128GB", disk="1TB"), 8192),
+    ("gemma-2-9b", advisor.machine("2xL4"), 8192),  # sliding-window layers
+    ("llama-3.2-1b", advisor.machine(None, cpu_ram="8GB", disk="20GB"), 2048),  # no GPU
+    ("t5-v1.1-xxl-encoder", advisor.machine("T4", cpu_ram="16GB"), 512),  # an encoder: no KV cache
+    ("flux.1-dev-transformer", advisor.machine("16GB", cpu_ram="64GB"), 4096),  # a diffusers pipeline
+]
+
+
+def _residual(cache: str, seq_len: int) -> int:
+    return min(seq_len, kvcache.CacheSettings.parse(cache).effective_residual_length - 1)
+
+
+def _expected_kv(spec, option, seq_len) -> int:
+    return kvcache.expected_cache_bytes(spec, option.cache, seq_len, 1, option.dtype,
+                                        residual_tokens=_residual(option.cache, seq_len)
+                                        if option.cache.startswith("quanto") else None)
+
+
+def _by(option, what) -> dict:
+    out = {}
+    for p in option.parts:
+        if p.what == what:
+            out[p.device] = out.get(p.device, 0) + p.bytes
+    return out
+
+
+def _check_transformers(spec, m, option, seq_len):
+    gpus_used = sorted({p.device for p in option.parts if isinstance(p.device, int)})
+    assert {p.what for p in option.parts} <= {"weights", "KV cache", "activations", "CUDA context"}
+    # The CUDA context: once on every GPU the option uses, nowhere else.
+    assert _by(option, "CUDA context") == {d: RUNTIME_OVERHEAD.bytes for d in gpus_used}
+    act = estimates.activation_bytes(spec, seq_len, 1, option.dtype)
+    acts = [p for p in option.parts if p.what == "activations"]
+    weights = _by(option, "weights")
+    kv = _by(option, "KV cache")
+    if option.placement == "tensor_parallel":
+        tp = tp_plan.plan(spec, option.n_gpus, option.dtype)
+        assert weights == dict(enumerate(tp.rank_bytes))
+        assert kv == {r: kvcache.kv_bytes_per_rank(spec, seq_len, option.n_gpus, 1, option.dtype)
+                      for r in range(option.n_gpus)}
+        assert [p.bytes for p in acts] == [act] * option.n_gpus  # each rank's process
+        return
+    assert [p.bytes for p in acts] == [act]  # once
+    assert sum(weights.values()) == estimates.weights_bytes(spec, option.dtype, option.quantization)
+    if option.device_map is not None and option.placement == "device_map":
+        sizes = estimates.module_bytes(spec, option.dtype, option.quantization)
+        per = {}
+        for key, device in option.device_map.items():
+            per[device] = per.get(device, 0) + sizes.get(key, 0)
+        assert {d: n for d, n in per.items() if n} == weights
+    if option.cache is None:
+        assert kv == {}
+    elif option.cache == "offloaded":
+        plan = kvcache.offload_plan(spec, seq_len, 1, option.dtype)
+        assert kv == {0: plan.gpu_bytes, "cpu": plan.cpu_bytes}
+    else:
+        assert sum(kv.values()) == _expected_kv(spec, option, seq_len)
+
+
+def _check_diffusers(spec, m, option):
+    settings = {"none": offload.OffloadSettings("none"), "model": offload.OffloadSettings("model"),
+                "block_level": offload.OffloadSettings("block_level"),
+                "leaf_level+stream": offload.OffloadSettings("leaf_level", use_stream=True),
+                "sequential": offload.OffloadSettings("sequential")}[option.placement]
+    components = offload.flux_dev_components(option.dtype)
+    plan = offload.plan(components, settings)
+    weights = _by(option, "weights")
+    assert weights[0] == plan.device_bytes
+    expected_cpu = (offload.pinned_memory_plan(components, settings).ram_after_bytes if settings.use_stream
+                    else plan.total_bytes - plan.device_bytes)
+    assert weights.get("cpu", 0) == expected_cpu
+    assert _by(option, "CUDA context") == {0: RUNTIME_OVERHEAD.bytes}
+
+
+@pytest.mark.parametrize("model, m, seq_len", CASES, ids=[f"{c[0]}-{c[1].label}" for c in CASES])
+def test_every_option_adds_up_exactly_from_the_planners(model, m, seq_len):
+    spec = estimates.resolve(model)
+    options = advisor.fit(model, m, seq_len=seq_len)
+    assert options
+    for option in options:
+        total = {}
+        for p in option.parts:
+            total[p.device] = total.get(p.device, 0) + p.bytes
+        assert option.bytes_per_device == total
+        for device in total:
+            if option.quantization and device in ("cpu", "disk") and option.placement == "device_map":
+                assert option.capacity[device] == 0  # bitsandbytes layers cannot spill
+            else:
+                assert option.capacity[device] == m.capacity(device)
+        assert option.fits == all(n <= option.capacity[d] for d, n in total.items())
+        if spec.kind == "transformers":
+            _check_transformers(spec, m, option, seq_len)
+        else:
+            _check_diffusers(spec, m, option)
+        compile(option.code, option.label, "exec")  # the code an option hands over is valid Python
+
+
+def test_a_gpu_capacity_is_what_torch_sees():
+    m = advisor.machine("8xH100")
+    assert len(m.gpus) == 8 and {m.capacity(i) for i in range(8)} == {GPUS["H100"].usable_bytes}
+    assert advisor.machine("24GB").gpus[0].usable_bytes == 24 * 10**9
+    assert advisor.machine("A100 80GB").gpus[0] is GPUS["A100 80GB"]
+
+
+def _key(o):
+    return (not o.fits, o.quality.kl_nats, o.speed.time_ratio)
+
+
+@pytest.mark.parametrize("model, m, seq_len", CASES[:4], ids=[c[0] for c in CASES[:4]])
+def test_ranked_fits_first_then_quality_then_speed(model, m, seq_len):
+    options = advisor.fit(model, m, seq_len=seq_len)
+    keys = [_key(o) for o in options]
+    assert keys == sorted(keys)
+
+
+def test_llama_8b_on_a_t4_at_8k_quantizes_with_int8_first():
+    options = advisor.fit("llama-3.1-8b", "T4", seq_len=8192)
+    best = options[0]
+    assert best.fits and best.quantization == "int8" and best.cache == "dynamic"
+    bf16 = next(o for o in options if o.quantization is None and o.cache == "dynamic" and o.placement == "gpu")
+    assert not bf16.fits and bf16.short_by[0] > 0
+    # the costs are the measured ones, each naming its model and file
+    part = best.quality.parts[0]
+    table = advisor.measurements()["quality"]["weights"]["int8"]
+    assert part.value == table["kl_nats"] and part.model == "smollm2-135m-instruct" and "04b" in part.measured
+
+
+def test_breaking_a_part_breaks_the_sum():
+    # The add-up test fails when a part is counted twice: the context on GPU 0 twice is caught.
+    option = advisor.fit("llama-3.1-8b", "T4", seq_len=8192)[0]
+    doubled = type(option)(**{**vars(option), "parts": option.parts + (option.parts[-1],)})
+    assert _by(doubled, "CUDA context") != {0: RUNTIME_OVERHEAD.bytes}
+
+
+@pytest.mark.parametrize("call, words", [
+    (lambda: advisor.fit("llama-3.1-8b", "T5"), ("gpu 'T5'", "did you mean 'T4'", "2xL4")),
+    (lambda: advisor.fit("llama-3.1-8b", "T4", seq_len=-1), ("seq_len -1", ">= 1")),
+    (lambda: advisor.fit("llama-3.1-8b", "T4", seq_len=0), ("seq_len 0",)),
+    (lambda: advisor.fit("llama-3.1-8b", "T4", batch_size=1.5), ("batch_size 1.5",)),
+    (lambda: advisor.fit("lama-3.1-8b", "T4"), ("'lama-3.1-8b'", "llama-3.1-8b")),
+    (lambda: advisor.fit("llama-3.1-8b", "T4", dtype="float32"), ("dtype 'float32'", "bfloat16")),
+    (lambda: advisor.machine("0xL4"), ("gpu '0xL4'", "1 to 64")),
+    (lambda: advisor.machine("T4", cpu_ram="lots"), ("cpu_ram 'lots'",)),
+    (lambda: advisor.fit("llama-3.1-8b", 3), ("machine 3",)),
+])
+def test_bad_input_is_one_sentence_naming_the_argument(call, words):
+    with pytest.raises(LabError) as err:
+        call()
+    text = str(err.value)
+    assert "\n" not in text and all(w in text for w in words), text
+
+
+def test_nothing_fits_names_a_change_that_then_fits():
+    m = advisor.machine("T4")
+    options = advisor.fit("llama-3.1-70b", m, seq_len=8192)
+    assert options and not any(o.fits for o in options)  # still returned, none fitting
+    change = advisor.smallest_change("llama-3.1-70b", m, seq_len=8192)
+    assert change is not None and change.kind == "gpu" and change.machine.gpus[0].name in GPUS
+    again = advisor.fit("llama-3.1-70b", change.machine, seq_len=change.seq_len)
+    assert again[0].fits and again[0].label == change.option.label
+    # the named GPU is the smallest that takes an option: the next smaller one takes none
+    smaller = [g for g in GPUS.values() if g.usable_bytes < change.machine.gpus[0].usable_bytes]
+    biggest_smaller = max(smaller, key=lambda g: g.usable_bytes)
+    assert not any(o.fits for o in advisor.fit("llama-3.1-70b", advisor.machine(biggest_smaller.name), seq_len=8192))
+
+
+@pytest.mark.parametrize("model, gpu, seq_len, kinds", [
+    ("llama-3.1-70b", "L4", 4096, {"gpu", "more_gpus", "cpu_ram"}),  # no context short enough: the weights
+    ("mistral-7b-v0.3", "T4", 131072, {"gpu", "more_gpus", "seq_len"}),  # the cache alone outgrows a T4
+])
+def test_every_change_listed_fits_when_applied(model, gpu, seq_len, kinds):
+    found = advisor.changes(model, gpu, seq_len=seq_len)
+    assert {c.kind for c in found} == kinds
+    for change in found:
+        again = advisor.fit(model, change.machine, seq_len=change.seq_len)
+        assert again[0].fits and again[0].label == change.option.label, change.text
+    shorter = [c for c in found if c.kind == "seq_len"]
+    if shorter:  # the longest context that fits: one token more and no option does (with a dynamic cache)
+        n = shorter[0].seq_len
+        assert not any(o.fits and o.cache == "dynamic" for o in advisor.fit(model, gpu, seq_len=n + 1))
+
+
+def test_no_change_when_something_fits():
+    assert advisor.smallest_change("llama-3.2-1b", "T4", seq_len=1024) is None
+
+
+def _cli(*argv) -> str:
+    from bigsmall_lab import cli
+
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert cli.main(list(argv)) == 0
+    return out.getvalue()
+
+
+def test_cli_json_parses_and_matches_fit():
+    data = json.loads(_cli("fit", "llama-3.1-8b", "--gpu", "T4", "--seq-len", "8192", "--json"))
+    options = advisor.fit("llama-3.1-8b", "T4", seq_len=8192)
+    assert [o["label"] for o in data["options"]] == [o.label for o in options]
+    assert data["options"][0]["bytes_per_device"] == {"0": options[0].bytes_per_device[0]}
+    assert data["smallest_change"] is None
+
+
+def test_cli_table_fits_100_columns_and_names_the_change():
+    text = _cli("fit", "llama-3.1-70b", "--gpu", "2xL4", "--seq-len", "8192")
+    assert max(map(len, text.splitlines())) <= 100
+    assert "Nothing fits. The smallest change: one" in text
+
+
+def test_cli_bad_gpu_is_one_sentence(capsys):
+    from bigsmall_lab import cli
+
+    assert cli.main(["fit", "llama-3.1-8b", "--gpu", "T5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("bigsmall-lab fit: gpu 'T5' is not a GPU") and "\n" not in err
+
+
+def test_the_measurement_table_is_copied_from_its_sources():
+    spec = importlib.util.spec_from_file_location("advisor_tables", ROOT / "tools" / "advisor_tables.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.build() == advisor.measurements(), "run python tools/advisor_tables.py"
+    # every figure names where it was measured
+    for section in advisor.measurements()["quality"].values():
+        assert all(row["measured"] for row in section.values())
+    assert all(math.isfinite(row["time_ratio"]) for s in advisor.measurements()["speed"].values() for row in s.values())
