@@ -51,7 +51,10 @@ def from_pretrained_kwargs(kwargs: dict) -> dict:
     inside transformers: ``torch_dtype`` becomes ``dtype``, ``load_in_8bit=True`` becomes a
     ``BitsAndBytesConfig``.
 
-    >>> from_pretrained_kwargs({"torch_dtype": "auto"})  # doctest: +SKIP
+    >>> import warnings
+    >>> with warnings.catch_warnings():
+    ...     warnings.simplefilter("ignore")  # the one-line note, a UserWarning
+    ...     from_pretrained_kwargs({"torch_dtype": "auto"})
     {'dtype': 'auto'}
     """
     kwargs = dict(kwargs)
