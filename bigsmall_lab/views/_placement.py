@@ -246,9 +246,9 @@ class PlacementPlanner(widgets.VBox):
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
         # The live widget, plus its controls, summary and chart as first drawn for a notebook stored without
         # widget state (tools/run_lessons.py turns the chart into a PNG).
-        controls = [("model", self.preset.value), ("dtype", self.dtype.value), ("quantization", self.quantization.value),
-                    ("GPUs", f"{self.n_gpus.value} × {self.gpu.value}"), ("CPU memory", self.cpu.value),
-                    ("device_map", self.strategy.value)]
+        controls = [("model", self.preset.value), ("dtype", self.dtype.value),
+                    ("quantization", self.quantization.value), ("GPUs", f"{self.n_gpus.value} × {self.gpu.value}"),
+                    ("CPU memory", self.cpu.value), ("device_map", self.strategy.value)]
         return with_snapshot(super()._repr_mimebundle_(**kwargs),
                              controls_html("PlacementPlanner", controls, self.message.value), self.figure)
 
