@@ -569,6 +569,20 @@ def _transformers_options(spec: ModelSpec, m: Machine, seq_len: int, batch_size:
                 spill = [] if quant else spill_targets  # bitsandbytes keeps quantized layers on GPUs
                 if len(gpus) < 2 and not spill:
                     continue
+                # Weights and cache that fit one GPU gain nothing from a split (same quality, more traffic):
+                # the one-GPU row stands for them.
+                if any(o.fits and o.quantization == quant and o.cache == cache and o.placement == "gpu"
+                       for o in options):
+                    continue
+                # A quantized cache costs quality: split with it only when the dynamic cache's split does not fit.
+                if cache != "dynamic" and any(o.fits and o.quantization == quant and o.cache == "dynamic"
+                                              and o.placement == "device_map" for o in options):
+                    continue
+                # A split whose bytes exceed everything the devices hold together cannot fit: not planned
+                # (a placement call each; the one-device row of these weights shows how short it is).
+                room = sum(m.capacity(d) - RUNTIME_OVERHEAD.bytes for d in gpus) + sum(m.capacity(d) for d in spill)
+                if sizes[quant][""] + kv_total + act > room:
+                    continue
                 # Budgets: each GPU's capacity less its context, an even share of the cache, and on the
                 # first GPU the activations (where offloaded layers run too).
                 compute = gpus or ["cpu"]
