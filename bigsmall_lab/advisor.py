@@ -166,16 +166,23 @@ def machine(gpu: str | Machine | None = None, cpu_ram: str | int | None = None, 
 
 
 def attached_machine() -> Machine:
-    """The machine this runs on: its GPUs (matched to :data:`GPUS` by name, else their own total), its
-    RAM available now, no disk budget. The one function of this module that reads the hardware."""
+    """The machine this runs on: its GPUs, its RAM available now, no disk budget. The one function of
+    this module that reads the hardware (``hardware.describe()``); :func:`fit` given a machine stays pure.
+
+    A GPU is the :data:`GPUS` entry whose name's first word is a word of the device's name (H100 in
+    "NVIDIA H100 80GB HBM3") and whose nvidia-smi total matches NVML's within 1 %; any other GPU counts
+    with NVML's total (a little above what torch sees), labelled as read here.
+    """
     from .hardware import describe
 
     hw = describe()
     gpus = []
     for info in hw.gpus:
-        known = next((g for name, g in GPUS.items() if name.replace(" ", "").lower() in info.name.replace(" ", "").lower()), None)
+        words = set(re.split(r"[^a-z0-9]+", info.name.lower()))
+        known = next((g for g in GPUS.values() if g.name.split()[0].lower() in words
+                      and abs(g.smi_bytes - info.total_bytes) <= 0.01 * g.smi_bytes), None)
         gpus.append(known or GpuModel(info.name, f"{info.total_bytes / GB:.0f} GB", info.total_bytes // 2**20,
-                                      info.total_bytes, f"read from this machine ({info.memory_source})"))
+                                      info.total_bytes, f"read on this machine ({info.memory_source} total)"))
     return Machine(tuple(gpus), hw.ram_available_bytes, 0)
 
 

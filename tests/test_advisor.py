@@ -247,3 +247,21 @@ def test_the_measurement_table_is_copied_from_its_sources():
     for section in advisor.measurements()["quality"].values():
         assert all(row["measured"] for row in section.values())
     assert all(math.isfinite(row["time_ratio"]) for s in advisor.measurements()["speed"].values() for row in s.values())
+
+
+def test_the_attached_machine_is_the_default():
+    from bigsmall_lab import hardware
+
+    m = advisor.attached_machine()
+    assert len(m.gpus) == len(hardware.describe().gpus) and m.cpu_ram_bytes > 0
+    options = advisor.fit("bigsmall-tiny", seq_len=256)  # machine=None: this one
+    assert options[0].fits
+    if not m.gpus:  # RAM available now: other processes move it between two reads (20 % stated tolerance)
+        assert set(options[0].capacity) == {"cpu"}
+        assert abs(options[0].capacity["cpu"] - m.cpu_ram_bytes) <= 0.2 * m.cpu_ram_bytes
+
+
+def test_float16_weights_are_planned_and_labelled():
+    options = advisor.fit("llama-3.2-1b", advisor.machine("2xL4"), seq_len=1024, dtype="float16")
+    assert options[0].dtype == "float16" and options[0].label.startswith("fp16 weights")
+    assert "torch.float16" in options[0].code
