@@ -332,7 +332,9 @@ def _repo(spec: ModelSpec) -> tuple[str, str | None]:
     preset = PRESETS.get(spec.name.strip().lower())
     if preset is None:
         path = Path(spec.name)
-        return (str(path.parent) if path.name == "config.json" else spec.name), None
+        if path.exists():
+            return (str(path.parent) if path.is_file() else str(path)), None
+        return f"path/to/{spec.name}", None  # a config dict or a lab model: where its checkpoint lies
     folder = str(Path(preset.config_file).parent)
     return preset.hub_id, (None if folder == "." else folder)
 
