@@ -17,7 +17,8 @@ where the weights go        ``placement.plan(spec, "auto", max_memory)`` (from_p
 diffusers pipelines         ``offload.plan`` / ``offload.pinned_memory_plan`` (model offload, group
                             offloading, sequential offload) on FLUX.1-dev's real configs
 every GPU used              one CUDA context (``estimates.RUNTIME_OVERHEAD``) per GPU a process uses;
-                            ``estimates.activation_bytes`` once, on the GPU that runs the layers
+                            ``estimates.activation_bytes`` once, on the first GPU that runs layers
+                            (with tensor parallelism once per rank's process: an upper bound)
 ==========================  =========================================================================
 
 Every byte of an option is a :class:`Part` (device, what, bytes, the planner call that gave it), so
@@ -53,7 +54,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from ._errors import LabError, closest, shown, whole_number
+from ._errors import LabError, closest, whole_number
 from ._units import GB, format_bytes, parse_size
 from .estimates import GPUS, RUNTIME_OVERHEAD, GpuModel, activation_bytes, longest_context, module_bytes, resolve
 from .zoo._configs import PRESETS, ModelSpec
@@ -314,7 +315,8 @@ def _quality(quant: str | None, cache: str | None, lossless: tuple[str, ...]) ->
 
 
 def _speed(factors: list[tuple[str, str, str, float]], unmeasured: list[str]) -> Speed:
-    """``factors``: (what, table section, key, exponent-like share) -> the product of measured ratios."""
+    """The product of the factors (what, table section, key, share), each 1 + share x (measured ratio - 1):
+    share 1 for a whole part (int8 weights), the fraction of the weights spilled for a CPU/disk spill."""
     table = measurements()["speed"]
     parts, ratio = [], 1.0
     for what, section, key, scale in factors:
