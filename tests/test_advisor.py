@@ -265,3 +265,20 @@ def test_float16_weights_are_planned_and_labelled():
     options = advisor.fit("llama-3.2-1b", advisor.machine("2xL4"), seq_len=1024, dtype="float16")
     assert options[0].dtype == "float16" and options[0].label.startswith("fp16 weights")
     assert "torch.float16" in options[0].code
+
+
+SETUPS = ("T4", "L4", "2xL4", "A100 80GB", "8xH100", "24GB")  # tools/bench_advisor.py times the same grid
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", sorted(__import__("bigsmall_lab").presets()))
+def test_every_preset_on_every_named_setup_adds_up(preset):
+    spec = estimates.resolve(preset)
+    for setup in SETUPS:
+        m = advisor.machine(setup, cpu_ram="64GB")
+        for option in advisor.fit(preset, m, seq_len=8192):
+            assert option.fits == all(n <= option.capacity[d] for d, n in option.bytes_per_device.items())
+            if spec.kind == "transformers":
+                _check_transformers(spec, m, option, 8192)
+            else:
+                _check_diffusers(spec, m, option)
