@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -162,3 +163,21 @@ def test_the_readme_puts_the_learner_first():
     assert re.findall(r"^(make \w+)$", developer, re.M) == ["make test"]
     assert _project.badges_markdown("01_memory_maths") in learner  # Colab and Binder, from pyproject's URL
     assert "docs/workshop.md" in learner
+
+
+@pytest.mark.timeout(1200)
+@pytest.mark.skipif(not os.environ.get("BSL_WHEELHOUSE"), reason="needs a kit: `make wheelhouse WHEELHOUSE=DIR` "
+                    "(network), then BSL_WHEELHOUSE=DIR pytest tests/test_workshop.py -k offline")
+def test_the_kit_installs_offline(tmp_path):
+    # what the doc tells a room without a network, in a fresh venv: every package from the kit, no index asked
+    import subprocess
+
+    kit = os.environ["BSL_WHEELHOUSE"]
+    env = {**os.environ, "PIP_NO_INDEX": "1", "PIP_CONFIG_FILE": os.devnull}
+    env.pop("PIP_FIND_LINKS", None)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, str(ROOT / "tools" / "install.py"), "--venv", str(venv), "--wheelhouse", kit],
+                   env=env, check=True, timeout=1100)
+    out = subprocess.run([str(venv / "bin" / "bigsmall-lab"), "check", "--short"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and out.stdout.startswith("environment ready"), out.stdout + out.stderr

@@ -7,7 +7,7 @@
 Each lesson runs as `make notebooks` runs it (nbclient, a fresh kernel, the lessons folder as working
 directory) but nothing is written back to the notebook. While it runs, a thread samples the kernel every
 0.2 s: its own peak resident memory (``VmHWM`` from /proc, exact: the kernel's high-water mark) and the sum of
-the resident memory of the kernel and every process it started (torchrun's ranks in lessons 06 and 08; a sum
+the resident memory of the kernel and every process it started (torchrun's ranks in lesson 06; a sum
 of samples, so a peak shorter than 0.2 s can be missed). The record (benchmarks/workshop.json) keeps the
 machine's banner and the versions; the guide's tables are made from it by :func:`render`, never typed, and
 ``tests/test_workshop.py`` builds them from a fake record.
@@ -285,8 +285,9 @@ def render(record: dict | None, material: dict[str, dict]) -> str:
         "",
         timing_table(record),
         "",
-        "Plan for a room of laptops with at least the largest peak free, plus the browser. Lessons 06 and 08 start "
-        "several processes (torchrun's ranks): their column 'kernel + its processes' is the one to plan for. The "
+        "Plan for a room of laptops with at least the largest peak free, plus the browser. A lesson that starts "
+        "processes (torchrun's ranks in lesson 06) counts more than one in the 'processes' column: its 'kernel + its "
+        "processes' figure is the one to plan for. The "
         "first run of a lesson that uses the real model converts it once into the cache; run `bigsmall-lab check` "
         "(it loads the real model) on every machine before the day.",
         "",
