@@ -86,14 +86,14 @@ def run_estimate(args: argparse.Namespace) -> int:
     wide = getattr(args, "wide", False)
     width = 10_000 if wide else WIDTH
 
-    def say(text: str) -> None:
-        print("\n".join(textwrap.wrap(text, width, subsequent_indent="  ")))
+    def say(text: str) -> None:  # "\0" joins words a line must not split ("T4 15.83 GB")
+        print("\n".join(textwrap.wrap(text, width, subsequent_indent="  ")).replace("\0", " "))
 
     first = results[0][0]
     say(f"Memory to load and run `{args.config}` ({first.parameters:,} parameters), "
         f"KV cache and activations for batch {first.batch_size} x {first.seq_len} tokens")
     print(_table(results, wide))
-    usable = ", ".join(f"{n} {g.usable_bytes / GB:.2f} GB" for n, g in GPUS.items())
+    usable = ", ".join(f"{n} {g.usable_bytes / GB:.2f} GB".replace(" ", "\0") for n, g in GPUS.items())
     if not wide:
         print("\n".join(_fits_lines(results, width)))
     say(f"{'GPU columns: does the total fit? ' if wide else ''}Memory torch sees on each card (before the CUDA "
