@@ -110,7 +110,10 @@ def test_the_estimate_fits_100_columns_and_wide_has_a_column_per_gpu(config, cap
 
 def test_every_command_that_prints_a_table_has_json():
     sub = next(a for a in cli._parser()._actions if a.dest == "command")
-    for name in ("presets", "estimate", "check"):
+    # every command but the two that print no table: `lab` (starts Jupyter) and `info` (one banner line)
+    tables = set(sub.choices) - {"lab", "info"}
+    assert {"presets", "estimate", "check"} <= tables
+    for name in sorted(tables):
         assert "--json" in sub.choices[name]._option_string_actions, f"{name} has --json"
 
 
