@@ -126,12 +126,14 @@ def preset_records() -> dict[str, dict]:
 
 
 def _preset_rows() -> dict[str, dict]:
-    """The shipped records when every config still hashes to what they were counted from, else counted now."""
+    """The shipped records when they cover every shipped config and each still hashes to what it was counted
+    from, else counted now."""
     import json
 
     try:
         records = json.loads(_PRESETS_FILE.read_text())["presets"]
-        if all(_config_hash(name) == r["config_sha256"] for name, r in records.items()):
+        same = {p.stem for p in _CONFIGS.glob("*.json")} == set(records)
+        if same and all(_config_hash(name) == r["config_sha256"] for name, r in records.items()):
             return records
     except (OSError, ValueError, KeyError, TypeError):
         pass

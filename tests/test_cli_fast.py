@@ -80,6 +80,11 @@ def test_a_stale_count_is_not_printed(tmp_path, monkeypatch):
     data["presets"]["llama-3.1-8b"]["config_sha256"] = cli._config_hash("llama-3.1-8b")
     stale.write_text(json.dumps(data))
     assert cli._preset_rows()["llama-3.1-8b"]["parameters"] == 1
+    # a preset whose config ships but which the file does not hold (added since): counted afresh, all of them
+    del data["presets"]["gemma-2-9b"]
+    stale.write_text(json.dumps(data))
+    rows = cli._preset_rows()
+    assert rows["gemma-2-9b"]["parameters"] == 9_241_705_984 and rows["llama-3.1-8b"]["parameters"] == 8_030_261_248
     monkeypatch.setattr(cli, "_PRESETS_FILE", tmp_path / "missing.json")
     assert cli._preset_rows()["llama-3.1-8b"]["parameters"] == 8_030_261_248
 
