@@ -185,12 +185,16 @@ os.environ[threaded.loader.switch] = "1"
 model, sequential = loading.load_bmi_phases(path, dtype="float32", forward=False)
 print(json.dumps({"parallel": [threaded.loader.parallel, sequential.loader.parallel], "ckpt": sequential.checkpoint_bytes,
                   "seq_peak": sequential.peak_bytes, "mapped": [threaded.mapped_bytes, sequential.mapped_bytes],
+                  "largest_shard": max(loading.shard_bytes(f) for f in loading.shard_files(path)),
                   "dtype": str(next(model.parameters()).dtype)}))
 """, small_checkpoint)
     assert got["parallel"] == [True, False] and got["dtype"] == "torch.float32"
     # one tensor at a time in the main thread: the float32 model (2 x the bf16 checkpoint) plus every shard mapped
     assert loading.within(got["seq_peak"], 3 * got["ckpt"], 0.10)
-    assert all(mapped >= 0.75 * got["ckpt"] for mapped in got["mapped"])  # threads or not, every shard mapped
+    # Threads or not, more than one shard's pages are resident at once (a shard loop holds one). How many of the
+    # mapped pages the kernel keeps resident varies on a busy machine (69-100 % of this small checkpoint measured),
+    # so the test asks for more than the largest shard, not for the whole checkpoint (the lesson shows 358 of 360 MiB).
+    assert all(mapped > 1.5 * got["largest_shard"] for mapped in got["mapped"]), (got["mapped"], got["largest_shard"])
 
 
 def test_from_pretrained_phases_marks_and_restores(small_checkpoint):
