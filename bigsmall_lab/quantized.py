@@ -558,6 +558,29 @@ def _bnb_layers(weight: torch.Tensor, dtype: torch.dtype):
     return dense.to(device).eval(), int8.to(device).eval(), nf4.to(device).eval(), portable.to(device).eval()
 
 
+_MAX_TIMED_TOKENS = 65_536  # a long prompt's rows; more is a memory request, not a timing
+
+
+def _token_counts(tokens: Any, in_features: int, dtype: torch.dtype) -> tuple[int, ...]:
+    """``tokens`` as whole numbers from 1 to 65,536, in one sentence otherwise: 0 rows crash bitsandbytes' CPU
+    int8 kernel with a division by zero (SIGFPE kills the Jupyter kernel), and 1e9 rows would allocate terabytes."""
+    allowed = f"use a tuple of whole numbers from 1 to {_MAX_TIMED_TOKENS:,}, e.g. (1, 128)"
+    if isinstance(tokens, (str, bytes)) or not hasattr(tokens, "__iter__"):
+        raise LabError.bad("tokens", tokens, allowed, verb="is not a tuple of token counts")
+    counts = tuple(tokens)
+    if not counts:
+        raise LabError.bad("tokens", counts, allowed, verb="is empty")
+    out = []
+    for n in counts:
+        n = whole_number(n, "tokens", minimum=1)
+        if n > _MAX_TIMED_TOKENS:
+            need = n * in_features * torch.empty((), dtype=dtype).element_size()
+            raise LabError.bad("tokens", n, allowed + f" ({n:,} rows of {in_features:,} would need "
+                               f"{need / 2**30:,.1f} GiB for the input alone)", verb="is too many rows")
+        out.append(n)
+    return tuple(out)
+
+
 @torch.no_grad()
 def linear_timings(weight: torch.Tensor, tokens: tuple[int, ...] = (1, 128), dtype: torch.dtype = torch.bfloat16,
                    repeat: int = 15) -> list[LinearTiming]:
@@ -572,6 +595,8 @@ def linear_timings(weight: torch.Tensor, tokens: tuple[int, ...] = (1, 128), dty
 
     if not isinstance(weight, torch.Tensor) or weight.ndim != 2:
         raise LabError(f"weight must be a 2-D weight matrix (out, in), not {type(weight).__name__}")
+    tokens = _token_counts(tokens, weight.shape[1], dtype)
+    repeat = whole_number(repeat, "repeat", minimum=1)
     dense, int8, nf4, portable = _bnb_layers(weight, dtype)
     device = dense.weight.device
     two_paths = device.type == "cpu" and bool(getattr(nf4, "support_avx512bf16_for_cpu", False))

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import bigsmall_lab as bsl
-from bigsmall_lab import bits, cli, kvcache, quant, tp_plan, views, zoo
+from bigsmall_lab import bits, cli, kvcache, quant, quantized, tp_plan, views, zoo
 from bigsmall_lab._errors import LabError
 from bigsmall_lab._units import format_bytes, parse_size
 from bigsmall_lab.estimates import Comparison, activation_bytes, estimate, kv_cache_bytes, weights_bytes, weights_table
@@ -191,6 +191,11 @@ CASES = [
     ("generation-guidance-nan", "guidance_scale", lambda p: Generation(guidance_scale=float("nan"))),
     ("generation-guidance-negative", "guidance_scale", lambda p: Generation(guidance_scale=-1)),
     ("generation-prompt-empty", "prompt", lambda p: Generation(prompt="  ")),
+    ("linear-timings-zero-rows", "tokens", lambda p: quantized.linear_timings(torch.randn(8, 64), tokens=(0,))),
+    ("linear-timings-billion-rows", "tokens", lambda p: quantized.linear_timings(torch.randn(8, 64), tokens=(10**9,))),
+    ("bnb-compute-dtype-int8", "bnb_4bit_compute_dtype", lambda p: bsl.load_model(
+        quantization_config=__import__("transformers").BitsAndBytesConfig(load_in_4bit=True,
+                                                                         bnb_4bit_compute_dtype=torch.int8))),
     # unbounded requests: refused with what they would need, before anything is allocated
     ("histogram-bins-billion", "bins", lambda p: quant.histogram(torch.zeros(4), bins=10**9)),
     ("generate-million-tokens", "max_new_tokens",

@@ -354,8 +354,20 @@ def load_model(name_or_path: str | os.PathLike | None = None, **from_pretrained_
         kwargs["dtype"] = torch_dtype(dtype_name(dtype, allowed=_BUILD_DTYPES))
     if "device_map" in kwargs:
         _check_device_map(kwargs["device_map"])
+    _check_compute_dtype(kwargs.get("quantization_config"))
     kwargs.setdefault("use_safetensors", True)
     return _from_pretrained(AutoModelForCausalLM, name_or_path, kwargs)
+
+
+def _check_compute_dtype(config: Any) -> None:
+    """bitsandbytes multiplies 4-bit weights in ``bnb_4bit_compute_dtype``; an integer dtype there loads without a
+    word and computes wrong numbers, so it is refused in one sentence."""
+    compute = getattr(config, "bnb_4bit_compute_dtype", None)
+    if isinstance(compute, str):
+        compute = getattr(torch, compute, compute)
+    if isinstance(compute, torch.dtype) and not compute.is_floating_point:
+        raise LabError.bad("bnb_4bit_compute_dtype", compute, "use torch.bfloat16, torch.float16 or torch.float32 "
+                           "(the dtype the 4-bit weights are multiplied in)", verb="is not a float dtype")
 
 
 _DEVICE_MAP_WORDS = ("auto", "balanced", "balanced_low_0", "sequential")
