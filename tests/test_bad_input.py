@@ -412,3 +412,21 @@ def test_a_full_disk_during_disk_offload_is_one_sentence_and_leaves_no_half_writ
     assert raised.value.errno == errno.ENOSPC and "filled up" in str(raised.value)
     assert len(str(raised.value)) < 300 and "\n" not in str(raised.value)
     assert len(calls) >= 3 and not [p for p in folder.rglob("*") if p.is_file()]  # nothing half-written stays
+
+
+VIEW_FUNCTIONS = [n for n in views.__all__ if callable(getattr(views, n)) and not isinstance(getattr(views, n), type)]
+
+
+@pytest.mark.parametrize("name", VIEW_FUNCTIONS)
+def test_a_view_given_a_plain_value_says_what_it_draws(name):
+    # a learner passes a text, a number or None where a chart draws a runner's result
+    for value in ("x", 5, None):
+        try:
+            getattr(views, name)(value)
+        except LabError as err:
+            import inspect
+
+            text = str(err)
+            named = [f"views.{name}", *inspect.signature(getattr(views, name)).parameters]  # the view or an argument
+            assert any(n.rstrip("s") in text for n in named) and len(text) < 300 and "\n" not in text, text
+        # a value a view accepts (a title, None for "no data") is fine: it must only never raise anything else

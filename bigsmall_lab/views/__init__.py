@@ -43,3 +43,49 @@ __all__ = [
     "bytes_per_token_chart", "cache_runs_chart", "cache_runs_table", "kv_context_chart", "kv_per_gpu_chart",
     "offload_chart", "recompute_chart", "residual_chart",
 ]
+
+
+def _one_sentence(view):
+    """``view`` as the lessons call it: given a plain value (a text, a number, None) where it draws a runner's
+    result, one sentence naming the argument and what it takes, not an AttributeError from inside plotly code."""
+    import functools
+    import inspect
+
+    from bigsmall_lab._errors import LabError, shown
+
+    signature = inspect.signature(view)
+
+    def plain_and_unexpected(parameter: inspect.Parameter, value) -> bool:
+        if not isinstance(value, (str, bytes, bool, int, float, type(None))):
+            return False
+        import re
+
+        outer = re.sub(r"\[.*\]", "", str(parameter.annotation))  # "Mapping[str, float]" takes a Mapping, not a str
+        return parameter.annotation is inspect.Parameter.empty or type(value).__name__ not in outer.replace(
+            "None", "NoneType")
+
+    @functools.wraps(view)
+    def call(*args, **kwargs):
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError as err:
+            raise LabError(f"views.{view.__name__}{signature}: {err}") from None
+        try:
+            return view(*args, **kwargs)
+        except (AttributeError, TypeError):
+            for name, value in bound.arguments.items():
+                parameter = signature.parameters[name]
+                if plain_and_unexpected(parameter, value):
+                    wanted = "" if parameter.annotation is inspect.Parameter.empty else f" {parameter.annotation}"
+                    raise LabError(f"{name} {shown(value)} is not what views.{view.__name__} draws; pass{wanted}, "
+                                   f"as the lab's runner returns it (help(views.{view.__name__}))") from None
+            raise
+
+    return call
+
+
+for _name in __all__:
+    _value = globals()[_name]
+    if callable(_value) and not isinstance(_value, type):
+        globals()[_name] = _one_sentence(_value)
+del _name, _value
