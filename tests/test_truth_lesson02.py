@@ -25,12 +25,9 @@ from bigsmall_lab.exercises import (check_disk_layers, check_largest_shard, chec
 from bigsmall_lab.loading import LoadRun, ShardStep, ShardSteps
 from bigsmall_lab.measure import MemoryReport
 
-# A Llama of 15.5M parameters, bf16 on disk: ~31 MB in shards of at most 8 MB (several shards, so "every shard
-# mapped" and "one shard in flight" differ by far more than the process's noise).
-SMALL = dict(model_type="llama", architectures=["LlamaForCausalLM"], vocab_size=8192, hidden_size=512,
-             intermediate_size=1408, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=2, head_dim=64,
-             tie_word_embeddings=True, max_position_embeddings=256, rms_norm_eps=1e-5, rope_theta=10000.0,
-             pad_token_id=0, bos_token_id=0, eos_token_id=0)
+# test_loading's Llama of 15.5M parameters, bf16 on disk: ~31 MB, here in shards of at most 8 MB (several shards, so
+# "every shard mapped" and "one shard in flight" differ by far more than the process's noise).
+from .test_loading import SMALL  # noqa: E402
 
 
 @pytest.fixture(scope="module")
