@@ -20,7 +20,7 @@ the table below (a module may import its own layer and the layers listed before 
 is a module inside a package, which otherwise takes its package's layer) and fails on a backward
 import:
 
-    base:     _compat _dtypes _errors _project _talk _units
+    base:     _compat _dtypes _errors _progress _project _talk _units
     planners: bits estimates placement quant tp_plan zoo._configs
     runners:  _nvml _paths _tp_worker advisor check hardware kvcache loading measure offload parallel quality quantized zoo
     views:    views
