@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import os
 import platform
+import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import psutil
@@ -28,8 +30,8 @@ from ._nvml import nvml, nvml_handle
 from ._units import format_bytes
 from .estimates import GPUS, GpuModel
 
-__all__ = ["GPUS", "GpuInfo", "GpuModel", "Hardware", "banner", "cuda_context_bytes", "describe", "has_cuda",
-           "needs_cuda"]
+__all__ = ["GPUS", "OPEN_CHECKPOINT", "GpuInfo", "GpuModel", "Hardware", "ModelChoice", "banner", "cuda_context_bytes",
+           "default_model", "describe", "has_cuda", "hub_reachable", "needs_cuda"]
 
 
 @dataclass(frozen=True)
@@ -185,3 +187,71 @@ def needs_cuda(what: str, instead: str) -> bool:
         return True
     print(f"This cell needs a CUDA GPU ({what}); on this CPU {instead}.")
     return False
+
+
+# A real, trained checkpoint for a GPU the size of Colab's free T4: Apache-2.0, not gated (no token), safetensors.
+# Its architecture is the lab's "smollm2-1.7b" preset (the base model's config): 1,711,376,384 parameters.
+OPEN_CHECKPOINT = "HuggingFaceTB/SmolLM2-1.7B-Instruct"
+_OPEN_PRESET = "smollm2-1.7b"
+_HEADROOM = 1.25  # float32 weights (lesson 03 loads that dtype) x 1.25 for activations, the KV cache and the context
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """The model a lesson's parameters cell starts with, and why: ``model`` is a hub id, or None (the
+    embedded bigsmall-tiny), or the lesson's own fallback."""
+
+    model: str | None
+    reason: str
+
+
+def hub_reachable(timeout_s: float = 2.0) -> bool:
+    """Whether huggingface.co answers on port 443 within ``timeout_s`` (False when HF_HUB_OFFLINE is set)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    try:
+        with socket.create_connection(("huggingface.co", 443), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def default_model(gpus: Sequence[GpuInfo] | None = None, online: bool | None = None,
+                  fallback: str | None = None) -> ModelChoice:
+    """The model to start a lesson with: the real open checkpoint :data:`OPEN_CHECKPOINT` when a GPU holds it
+    and the hub can be reached (a Colab T4), else ``fallback`` (None: the embedded bigsmall-tiny, which needs
+    neither). ``gpus`` and ``online`` default to what is attached (:func:`describe`) and :func:`hub_reachable`;
+    the network is asked only when a GPU would hold the checkpoint.
+
+    SmolLM2-1.7B in float32 is 6.85 GB; with 25 % headroom 8.56 GB, so a T4 (15.8 GB as torch sees it) holds it:
+
+    >>> t4 = GpuInfo(0, "Tesla T4", GPUS["T4"].usable_bytes, None, "torch")
+    >>> default_model([t4], online=True).model
+    'HuggingFaceTB/SmolLM2-1.7B-Instruct'
+    >>> print(default_model([t4], online=False).reason)
+    no network to download HuggingFaceTB/SmolLM2-1.7B-Instruct: the embedded bigsmall-tiny instead
+    """
+    from .zoo._configs import count_parameters
+
+    if fallback is not None and (not isinstance(fallback, str) or not fallback.strip()):
+        raise LabError.bad("fallback", fallback, "pass None (the embedded bigsmall-tiny) or a lab model's name")
+    instead = "the embedded bigsmall-tiny" if fallback is None else f"the lab's {fallback}"
+    gpus = describe().gpus if gpus is None else tuple(gpus)
+    if not all(isinstance(g, GpuInfo) for g in gpus):
+        raise LabError.bad("gpus", gpus, "pass a list of hardware.GpuInfo, e.g. describe().gpus")
+    needed = int(count_parameters(_OPEN_PRESET) * 4 * _HEADROOM)
+    if not gpus:
+        return ModelChoice(fallback, f"no CUDA GPU: {instead} (a GPU with {format_bytes(needed, 'GB', 1)} "
+                                     f"would take {OPEN_CHECKPOINT})")
+    best = max(gpus, key=lambda g: g.total_bytes)
+    if best.total_bytes < needed:
+        return ModelChoice(fallback, f"GPU {best.index} {best.name} has {format_bytes(best.total_bytes, 'GB', 1)}, "
+                                     f"less than the {format_bytes(needed, 'GB', 1)} {OPEN_CHECKPOINT} needs: {instead}")
+    if online is None:
+        online = hub_reachable()
+    if not online:
+        return ModelChoice(fallback, f"no network to download {OPEN_CHECKPOINT}: {instead} instead")
+    return ModelChoice(OPEN_CHECKPOINT,
+                       f"GPU {best.index} {best.name} ({format_bytes(best.total_bytes, 'GB', 1)}) holds "
+                       f"{OPEN_CHECKPOINT} (Apache-2.0, no token needed; {format_bytes(needed, 'GB', 1)} with "
+                       f"float32 weights and headroom): downloading it from the hub")

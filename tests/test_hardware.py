@@ -51,3 +51,50 @@ def test_cuda_context_is_not_a_number_without_cuda():
 def test_cuda_context_is_measured_on_a_gpu():
     context = bsl.hardware.cuda_context_bytes()
     assert context is not None and 50 * 2**20 < context < 4 * 2**30  # a context is hundreds of MiB
+
+
+# --- the model a parameters cell starts with (faked machines: a Colab T4, a small GPU, a CPU, offline) -------
+
+T4 = bsl.hardware.GpuInfo(0, "Tesla T4", GPUS["T4"].usable_bytes, None, "torch")
+SMALL_GPU = bsl.hardware.GpuInfo(0, "GeForce GTX 1650", 4 * 2**30, 4 * 2**30, "NVML")
+
+
+def test_a_t4_with_a_network_gets_the_open_checkpoint():
+    choice = bsl.hardware.default_model([T4], online=True)
+    assert choice.model == bsl.hardware.OPEN_CHECKPOINT == "HuggingFaceTB/SmolLM2-1.7B-Instruct"
+    assert "Tesla T4" in choice.reason and "no token" in choice.reason
+    # it fits with room to spare: float32 weights (6.85 GB) plus headroom stay under the T4's 15.8 GB
+    needed = bsl.count_parameters("smollm2-1.7b") * 4
+    assert needed * bsl.hardware._HEADROOM < T4.total_bytes
+    # and the biggest of several GPUs decides
+    assert bsl.hardware.default_model([SMALL_GPU, T4], online=True).model == bsl.hardware.OPEN_CHECKPOINT
+
+
+@pytest.mark.parametrize("gpus, online, why", [
+    ([T4], False, "no network"),
+    ([], True, "no CUDA GPU"),
+    ([SMALL_GPU], True, "less than"),
+])
+def test_otherwise_the_embedded_model_or_the_lessons_fallback(gpus, online, why):
+    choice = bsl.hardware.default_model(gpus, online=online)
+    assert choice.model is None and why in choice.reason and "bigsmall-tiny" in choice.reason
+    lab = bsl.hardware.default_model(gpus, online=online, fallback="smollm2-135m-instruct")
+    assert lab.model == "smollm2-135m-instruct" and "smollm2-135m-instruct" in lab.reason
+
+
+def test_the_network_is_asked_only_when_a_gpu_would_hold_the_checkpoint(monkeypatch):
+    asked = []
+    monkeypatch.setattr(bsl.hardware, "hub_reachable", lambda: asked.append(1) or False)
+    assert bsl.hardware.default_model([], online=None).model is None and asked == []
+    assert bsl.hardware.default_model([T4], online=None).model is None and asked == [1]
+
+
+def test_hf_hub_offline_means_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert bsl.hardware.hub_reachable() is False
+
+
+@pytest.mark.parametrize("kwargs, argument", [({"gpus": ["T4"]}, "gpus"), ({"fallback": ""}, "fallback")])
+def test_default_model_refuses_bad_input_in_one_sentence(kwargs, argument):
+    with pytest.raises(bsl.hardware.LabError, match=f"^{argument} "):
+        bsl.hardware.default_model(**{"online": False, **kwargs})
