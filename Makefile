@@ -45,6 +45,7 @@ check: install
 notebooks: install
 	$(PY) tools/run_lessons.py
 	$(PY) tools/claims.py
+	$(PY) tools/lesson_map.py
 
 benchmark: install
 	$(PY) tools/benchmark.py

