@@ -31,7 +31,7 @@ def load(path: str, dtype):
     """The one call being taught: each process of torchrun runs it and keeps its slice of every weight."""
     from transformers import AutoModelForCausalLM
 
-    from bigsmall_lab._compat import tensor_parallel_kwargs
+    from bigsmall_lab.parallel import tensor_parallel_kwargs
 
     # transformers >= 5: distributed_config=DistributedConfig(tp_plan="auto"); older: tp_plan="auto"
     return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **tensor_parallel_kwargs("auto"),

@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import asdict, dataclass
-from enum import Enum
 from typing import Any
 
 import torch
@@ -28,6 +27,8 @@ import torch
 from ._dtypes import bytes_per_element, dtype_name
 from ._errors import LabError, closest, shown, whole_number
 from ._units import GB, parse_size
+# bitsandbytes' format names live in the planner bnb_formats (one home); kept in __all__ here too.
+from .bnb_formats import Quantization
 from .zoo._configs import ModelSpec, resolve
 
 __all__ = ["GPUS", "RUNTIME_OVERHEAD", "Comparison", "GpuModel", "MemoryEstimate", "ModelSpec", "Quantization",
@@ -130,29 +131,6 @@ RUNTIME_OVERHEAD = _Assumption(
     "assumed 500 MB: a CUDA context + cuBLAS workspace is ~0.3-0.6 GB per process depending on GPU and driver "
     "(PyTorch CUDA semantics notes; tools/gpu_check.py measures it); on a GPU pass "
     "overhead_bytes=bsl.hardware.cuda_context_bytes()")
-
-
-class Quantization(str, Enum):
-    """bitsandbytes formats for nn.Linear weights, as ``BitsAndBytesConfig`` makes them."""
-
-    INT8 = "int8"  # load_in_8bit: int8 weight + one float32 scale per output row (SCB)
-    NF4 = "nf4"  # load_in_4bit, nf4: two 4-bit codes per byte + one float32 absmax per 64 weights
-    FP4 = "fp4"  # load_in_4bit, fp4: same storage as nf4, another 16-value code book
-    NF4_DOUBLE = "nf4-double"  # nf4 + bnb_4bit_use_double_quant: absmax itself stored in 8 bits
-
-    @classmethod
-    def parse(cls, value: str | Quantization | None) -> Quantization | None:
-        if value is None or isinstance(value, Quantization):
-            return value
-        allowed = ", ".join(q.value for q in cls)
-        if not isinstance(value, str):
-            raise LabError.bad("quantization", value, f"use None or one of: {allowed}", verb="is not a text")
-        try:
-            return cls(value.strip().lower())
-        except ValueError:
-            hint = closest(value.strip().lower(), [q.value for q in cls])
-            raise LabError.bad("quantization", value, f"use None or one of: {allowed}",
-                               verb="is not known" + hint) from None
 
 
 _BLOCK = 64  # bitsandbytes' 4-bit weight blocksize

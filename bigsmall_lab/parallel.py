@@ -37,9 +37,6 @@ import math
 import numbers
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import time
 import uuid
@@ -54,21 +51,19 @@ from ._dtypes import dtype_name, torch_dtype
 from ._errors import LabError, whole_number
 from ._paths import cache_dir
 from .tp_plan import TPPlan
+# The launcher (start torchrun, show progress, stop every process) is in _torchrun; run_tp calls these
+# names through this module, so tests can replace parallel._launch and parallel._free_port.
+from ._torchrun import TPRunError, _free_port, _launch
+# The public name of the from_pretrained keywords that ask for tensor parallelism in the installed
+# transformers (its code lives with the other version shims in _compat).
+from ._compat import tensor_parallel_kwargs
 
 __all__ = ["DEFAULT_PROMPT", "RankRun", "ReferenceRun", "TPResult", "TPRunError", "WeightOnRank", "run_tp",
-           "torchrun_command", "worker_source"]
+           "tensor_parallel_kwargs", "torchrun_command", "worker_source"]
 
 DEFAULT_PROMPT = "The with statement is used to"
 _DTYPES = ("float32", "bfloat16", "float16")
 _WORKER = "bigsmall_lab._tp_worker"
-_MAX_ERROR_CHARS = 220
-# Names a launch from inside another torchrun job would inherit and must not.
-_INHERITED = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "MASTER_ADDR",
-              "MASTER_PORT", "TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT", "TORCHELASTIC_MAX_RESTARTS")
-
-
-class TPRunError(RuntimeError):
-    """A tensor-parallel run failed or ran out of time; every one of its processes has been stopped."""
 
 
 @dataclass(frozen=True)
@@ -191,7 +186,7 @@ class TPResult:
         latency = sorted(r.allreduce_latency_s for r in self.ranks)[len(self.ranks) // 2]
         return self.allreduces_per_token * latency
 
-    def summary(self) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, Any]:
         """The figures as plain JSON-ready numbers (for benchmarks/*.json)."""
         return {
             "model": self.model, "nproc": self.nproc, "dtype": self.dtype, "device": self.device,
@@ -210,6 +205,10 @@ class TPResult:
             "allreduce_latency_us": round(1e6 * sorted(r.allreduce_latency_s for r in self.ranks)[self.nproc // 2], 1),
             "max_logit_diff": self.max_logit_diff, "tokens_identical": self.tokens_identical,
         }
+
+    # tools/benchmark.py still calls .summary(); the package's name is as_dict() (a summary() elsewhere is
+    # a line of text, hardware.Hardware.summary). Drop this alias once benchmark.py calls as_dict().
+    summary = as_dict
 
 
 def worker_source() -> str:
@@ -412,139 +411,6 @@ def _decode(tokenizer, ids) -> str:
     return tokenizer.decode(list(ids), skip_special_tokens=True) if tokenizer is not None else ""
 
 
-def _free_port() -> int:
-    # Port 0 asks the kernel for a free one; torchrun binds it a moment later.
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-# ---------------------------------------------------------------------------------------------
-# Launching and cleaning up
-
-
-def _child_env(device: str, run_dir: Path | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in _INHERITED}
-    if run_dir is not None:
-        # torchelastic makes its own torchelastic_* folders in the temp folder and leaves them behind: put them in
-        # the run's folder, which is removed after the run however it ends.
-        tmp = run_dir / "tmp"
-        tmp.mkdir(exist_ok=True)
-        env["TMPDIR"] = env["TMP"] = env["TEMP"] = str(tmp)
-    package_root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
-    env.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    env.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    env["HF_HUB_OFFLINE"] = "1"
-    env["TOKENIZERS_PARALLELISM"] = "false"
-    env["PYTHONUNBUFFERED"] = "1"
-    env["PYTHONWARNINGS"] = "ignore"
-    if device == "cpu":
-        # One thread per rank: N ranks on N cores, and no rank steals another's core.
-        env["OMP_NUM_THREADS"] = "1"
-        env["CUDA_VISIBLE_DEVICES"] = ""  # transformers picks the accelerator it sees: keep the run on gloo
-    return env
-
-
-def _launch(command: list[str], run_dir: Path, nproc: int, device: str, timeout_s: float, label: str) -> None:
-    import psutil
-
-    log_path = run_dir / "torchrun.log"
-    with open(log_path, "wb") as log:
-        # A session of its own: the whole run can be signalled without touching this process.
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=_child_env(device, run_dir), cwd=str(run_dir), start_new_session=True)
-    family: dict[int, psutil.Process] = {}
-    deadline = time.monotonic() + timeout_s
-    timed_out = False
-    try:
-        while proc.poll() is None:
-            # torchrun starts each worker in a session of its own: remember them to stop them by pid.
-            try:
-                for child in psutil.Process(proc.pid).children(recursive=True):
-                    family.setdefault(child.pid, child)
-            except psutil.Error:
-                pass
-            if time.monotonic() > deadline:
-                timed_out = True
-                break
-            time.sleep(0.1)
-    finally:
-        _stop(proc, family)
-    if timed_out:
-        raise TPRunError(f"the tensor-parallel run of {label} on {nproc} processes did not finish within "
-                         f"{timeout_s:g} s and every process of it was stopped; {_last_error(run_dir, log_path)}")
-    if proc.returncode != 0 or not all((run_dir / f"rank{r}.json").is_file() for r in range(nproc)):
-        raise TPRunError(f"the tensor-parallel run of {label} on {nproc} processes failed "
-                         f"{_last_error(run_dir, log_path)}; every process of it was stopped")
-
-
-def _stop(proc: subprocess.Popen, family: dict, grace_s: float = 3.0) -> None:
-    """Stop torchrun and every worker it started: SIGTERM to all at once, SIGKILL to what is left after
-    ``grace_s``. Each process is addressed by its pid (psutil checks it is still the same process)."""
-    import psutil
-
-    try:  # a last look: a worker started since the launcher's previous one
-        for child in psutil.Process(proc.pid).children(recursive=True):
-            family.setdefault(child.pid, child)
-    except psutil.Error:
-        pass
-    members = [p for p in family.values() if _alive(p)]
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)  # torchrun's own session: torchrun and anything it left in it
-        except OSError:
-            pass
-    for p in members:
-        try:
-            p.terminate()
-        except psutil.Error:
-            pass
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and (proc.poll() is None or any(_alive(p) for p in members)):
-        time.sleep(0.05)
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except OSError:
-            pass
-    for p in members:
-        if _alive(p):
-            try:
-                p.kill()
-            except psutil.Error:
-                pass
-    proc.wait()
-    psutil.wait_procs(members, timeout=grace_s)
-
-
-def _alive(p) -> bool:
-    import psutil
-
-    try:
-        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def _last_error(run_dir: Path, log_path: Path) -> str:
-    """'on rank R: <the exception line> (at file:line)' of the first rank that wrote an error, else the log's tail."""
-    errors = sorted(run_dir.glob("rank*.error"), key=lambda p: p.stat().st_mtime)
-    if errors:
-        rank = errors[0].stem.removeprefix("rank")
-        lines = [l.strip() for l in errors[0].read_text(errors="replace").splitlines() if l.strip()]
-        where = next((l for l in reversed(lines) if l.startswith("File ")), "")
-        where = where.replace(str(Path(__file__).parent) + os.sep, "") if where else ""
-        text = lines[-1] if lines else "no message"
-        return f"on rank {rank}: {_cut(text)}" + (f" ({_cut(where, 120)})" if where else "")
-    lines = [l.strip() for l in log_path.read_text(errors="replace").splitlines() if l.strip()] \
-        if log_path.is_file() else []
-    useful = [l for l in lines if "Error" in l or "error" in l] or lines
-    return f"(last output: {_cut(useful[-1])})" if useful else "(no output)"
-
-
-def _cut(text: str, limit: int = _MAX_ERROR_CHARS) -> str:
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 # ---------------------------------------------------------------------------------------------

@@ -63,7 +63,7 @@ from ._compat import quiet_libraries
 from ._dtypes import dtype_name, torch_dtype
 from ._errors import LabError, closest, shown, whole_number
 from ._units import parse_size
-from .estimates import Quantization
+from .bnb_formats import Quantization, bnb_config
 from .zoo._configs import PRESETS, config_dict, meta_model
 
 __all__ = ["DEVICE_ORDER", "Device", "LayerRange", "Plan", "Strategy", "fewest_gpus", "from_device_map", "plan"]
@@ -220,15 +220,10 @@ def _device_key(key: Any) -> Device:
 # --- the meta model, cached per config + dtype + quantization (the widget redraws from here) -----
 
 def _quantizer(quantization: Quantization):
-    from transformers import BitsAndBytesConfig
     from transformers.quantizers import AutoHfQuantizer
 
-    if quantization is Quantization.INT8:
-        config = BitsAndBytesConfig(load_in_8bit=True)
-    else:
-        config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="fp4" if quantization is Quantization.FP4
-                                    else "nf4", bnb_4bit_use_double_quant=quantization is Quantization.NF4_DOUBLE)
-    return AutoHfQuantizer.from_config(config, pre_quantized=False)
+    # the config from_pretrained would get (compute dtype left at transformers' default: sizes do not depend on it)
+    return AutoHfQuantizer.from_config(bnb_config(quantization, compute_dtype=None), pre_quantized=False)
 
 
 @lru_cache(maxsize=16)

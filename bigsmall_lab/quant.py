@@ -52,6 +52,7 @@ import torch
 
 from ._dtypes import bytes_per_element
 from ._errors import LabError, enum_value, whole_number
+from .bnb_formats import Quantization
 
 __all__ = [
     "Granularity", "Group", "Histogram", "Int8Vectorwise", "MappingReport", "Q41Recovery", "QuantError", "QuantSpec",
@@ -74,8 +75,9 @@ class Scheme(str, Enum):
     ASYMMETRIC = "asymmetric"  # scale + integer zero-point; the range [min, max] (0 included) fills all 2**bits codes
     SYMMETRIC = "symmetric"  # absmax: [-max|x|, max|x|] onto -(2**(bits-1) - 1) .. 2**(bits-1) - 1, zero-point 0
     MIN = "min"  # scale x q + min, q in 0 .. 2**bits - 1 (GGUF Q4_1 / Q8_1: the minimum is stored as a float)
-    NF4 = "nf4"  # absmax + 16 levels at normal quantiles (QLoRA's NormalFloat4, bitsandbytes nf4)
-    FP4 = "fp4"  # absmax + 16 levels of a 4-bit float: 1 sign, 2 exponent, 1 mantissa bit (bitsandbytes fp4)
+    # bitsandbytes' two code books, named as its formats are named (one home: bnb_formats.Quantization)
+    NF4 = Quantization.NF4.value  # absmax + 16 levels at normal quantiles (QLoRA's NormalFloat4, bitsandbytes nf4)
+    FP4 = Quantization.FP4.value  # absmax + 16 levels of a 4-bit float: 1 sign, 2 exponent, 1 mantissa bit (fp4)
 
     @property
     def is_codebook(self) -> bool:

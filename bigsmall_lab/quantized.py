@@ -6,10 +6,10 @@ state it leaves out), how far its next-token predictions move from the reference
 (:func:`bigsmall_lab.quality.compare`: KL, top-1 agreement, perplexities), how fast it generates and
 what it writes. :func:`linear_timings` takes one layer apart to show where the time of a quantized
 matmul goes, :func:`outlier_experiment` runs LLM.int8()'s outlier decomposition on real activations,
-and :func:`gguf_q4_1_blocks` reads the Q4_1 blocks SmolLM2 was shipped in, to check what
-:func:`bigsmall_lab.quant.recover_q4_1` finds in the bf16 weights.
+and :func:`four_bit_path` / :func:`model_matmul_path` read which kernel a loaded model's layers run.
 
-The maths lives in :mod:`bigsmall_lab.quant` (planner); this module only loads, runs and times.
+The maths lives in :mod:`bigsmall_lab.quant` and the formats' names, configs and kernel paths in
+:mod:`bigsmall_lab.bnb_formats` (planners); this module only loads, runs and times.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import math
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from enum import Enum
 from typing import Any
 
 import torch
@@ -29,74 +28,16 @@ import torch
 from . import quant
 from .measure import quant_state_tensors, stored_weight_bytes, unique_bytes
 from ._errors import LabError, closest, whole_number
+from .bnb_formats import FourBitPath, MatmulPath, estimator_name, matmul_path
+# Re-exported from their homes since issue 19 split planning from running, so old imports keep working:
+# import them from bigsmall_lab.bnb_formats (the planner of bitsandbytes' formats) and bigsmall_lab.gguf.
+from .bnb_formats import Variant, bnb_4bit_bytes, bnb_config  # noqa: F401
+from .gguf import GGUFBlocks, gguf_q4_1_blocks  # noqa: F401
 
-__all__ = ["Footprint", "FourBitPath", "GGUFBlocks", "LinearTiming", "MatmulPath", "OutlierRow", "Variant",
-           "VariantResult", "avx512_bf16", "bnb_4bit_bytes", "bnb_config", "capture_inputs", "check_supported", "estimator_name",
-           "footprint", "forward_seconds", "four_bit_path", "gguf_q4_1_blocks", "int8_integer_kernel",
-           "linear_timings", "matmul_path", "model_matmul_path", "outlier_experiment", "rejected_keyword",
-           "run_variants", "stored_bytes", "use_portable_4bit"]
-
-
-class Variant(str, Enum):
-    """The formats lesson 04b loads, named as the estimator names them."""
-
-    BF16 = "bf16"
-    INT8 = "int8"  # BitsAndBytesConfig(load_in_8bit=True): LLM.int8(), outlier threshold 6.0
-    NF4 = "nf4"  # load_in_4bit, bnb_4bit_quant_type="nf4"
-    FP4 = "fp4"  # load_in_4bit, bnb_4bit_quant_type="fp4"
-    NF4_DOUBLE = "nf4-double"  # nf4 + bnb_4bit_use_double_quant=True: the absmax values in 8 bits too
-
-
-def bnb_config(variant: Variant | str, compute_dtype: torch.dtype = torch.bfloat16):
-    """The ``BitsAndBytesConfig`` of a variant (None for bf16).
-
-    >>> bnb_config("nf4").bnb_4bit_quant_type
-    'nf4'
-    """
-    from transformers import BitsAndBytesConfig
-
-    key = variant.value if isinstance(variant, Variant) else str(variant).strip().lower()
-    names = [v.value for v in Variant]
-    if key not in names:
-        raise LabError.bad("variant", variant, f"use one of: {', '.join(names)}{closest(key, names)}",
-                           verb="is not known")
-    v = Variant(key)
-    if v is Variant.BF16:
-        return None
-    if v is Variant.INT8:
-        return BitsAndBytesConfig(load_in_8bit=True)
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="fp4" if v is Variant.FP4 else "nf4",
-                              bnb_4bit_use_double_quant=v is Variant.NF4_DOUBLE, bnb_4bit_compute_dtype=compute_dtype)
-
-
-def estimator_name(config) -> str | None:
-    """The estimator's quantization name for a ``BitsAndBytesConfig`` (None: not quantized, or a
-    combination the estimator does not count, such as fp4 with double quantization)."""
-    if config is None:
-        return None
-    if getattr(config, "load_in_8bit", False):
-        return "int8"
-    if getattr(config, "load_in_4bit", False):
-        kind = getattr(config, "bnb_4bit_quant_type", "fp4")
-        double = getattr(config, "bnb_4bit_use_double_quant", False)
-        if kind == "nf4":
-            return "nf4-double" if double else "nf4"
-        return None if double else "fp4"
-    return None
-
-
-def bnb_4bit_bytes(packed: torch.Tensor, state: Any) -> int:
-    """Bytes of what ``bitsandbytes.functional.quantize_4bit`` returned: the packed codes, the absmax of every
-    block and the 16-entry code book (with double quantization, the nested absmax, code book and offset too).
-
-    >>> import bitsandbytes.functional as F
-    >>> bnb_4bit_bytes(*F.quantize_4bit(torch.zeros(64, 64), blocksize=64))  # 2,048 + 64 x 4 + 16 x 4
-    2368
-    """
-    tensors = [packed, state.absmax, state.code]
-    if getattr(state, "nested", False):
-        tensors += [state.state2.absmax, state.state2.code, state.offset]
-    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+__all__ = ["Footprint", "LinearTiming", "OutlierRow", "VariantResult", "avx512_bf16", "capture_inputs",
+           "check_supported", "footprint", "forward_seconds", "four_bit_path", "int8_integer_kernel",
+           "linear_timings", "model_matmul_path", "outlier_experiment", "rejected_keyword", "run_variants",
+           "stored_bytes", "use_portable_4bit"]
 
 
 def check_supported(config, device: str | None = None) -> None:
@@ -146,24 +87,6 @@ def _quiet_bnb() -> Iterator[None]:
         logger.setLevel(level)
 
 
-# --- which 4-bit kernel runs ----------------------------------------------------------------------
-# bitsandbytes >= 0.49 has two CPU paths for 4-bit layers. On a CPU with AVX512-BF16 each Linear4bit
-# repacks its weight at its first forward pass (eval mode, no gradients) for a fused kernel that
-# multiplies without writing the dequantized weight out first, storing its absmax as bfloat16
-# (estimates.cpu_packed_weights_bytes). Elsewhere (and on GPUs, with their own fused kernels for one
-# token at a time) the layout stays as loaded. Read in bitsandbytes 0.50.2, nn/modules.py: the
-# choice is the layer's ``support_avx512bf16_for_cpu`` flag, set from the CPU when it is built.
-
-
-class FourBitPath(str, Enum):
-    """How a model's 4-bit layers run on this machine."""
-
-    NONE = "none"  # no 4-bit layers
-    PORTABLE = "portable"  # the layout as loaded: dequantize a block, then multiply (or a CUDA kernel)
-    PENDING = "avx512-bf16, not yet repacked"  # will repack at the first forward pass on this CPU
-    REPACKED = "avx512-bf16, repacked"  # repacked for the fused CPU kernel: absmax in bfloat16
-
-
 def _four_bit_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     return [m for m in model.modules() if type(m).__name__ in ("Linear4bit", "LinearNF4", "LinearFP4")]
 
@@ -203,82 +126,6 @@ def use_portable_4bit(model: torch.nn.Module) -> int:
             layer.support_avx512bf16_for_cpu = False
             switched += 1
     return switched
-
-
-# --- what a quantized layer's matmul does on this machine -----------------------------------------
-# Read in bitsandbytes 0.50.2 (autograd/_functions.py, backends/{default,cpu,cuda}/ops.py):
-# - 4-bit, portable layout (matmul_4bit -> gemm_4bit): no CPU kernel is registered for gemm_4bit, so the
-#   default one runs: dequantize_4bit (bitsandbytes' C kernel) writes the whole weight out in the compute
-#   dtype, then torch's F.linear multiplies. "Dequantize, then multiply" is literally true here.
-# - 4-bit, repacked on an AVX512-BF16 CPU (quant_state.packing_format_for_cpu): matmul_4bit calls
-#   gemv_4bit, whose CPU kernel multiplies bf16 activations straight from the 4-bit codes (a fused kernel:
-#   kernels-community's gemm_4bit_forward when the `kernels` package loads it, else bitsandbytes' own
-#   gemv_4bit_inference_cpu_{nf4,fp4}_bf16); no dequantized weight is ever written out.
-# - 4-bit on CUDA: gemm_4bit picks a fused kernel for few tokens (a per-GPU heuristic) and dequantize +
-#   F.linear for many.
-# - int8 (MatMul8bitLt, eval mode): the activations are quantized row by row to int8 (int8_vectorwise_quant,
-#   columns at or above the threshold kept aside), then int8_linear_matmul multiplies the integer codes:
-#   on a CPU whose torch runs AVX512 code bitsandbytes registers torch._int_mm (int8 x int8 -> int32);
-#   elsewhere the default kernel multiplies the codes as float32 and rounds back to int32. The int32 result
-#   is rescaled by both sets of absmax; outlier columns are added back in 16 bits (dequantized weight columns).
-
-
-@dataclass(frozen=True)
-class MatmulPath:
-    """How one quantized layer computes ``x @ W.T`` on this machine, as bitsandbytes dispatches it."""
-
-    fmt: str  # "bf16", "int8" or "4-bit"
-    fused: bool  # True: the weight is never dequantized to a whole 16-bit matrix first
-    kernel: str  # which code runs
-    steps: str  # what happens, in order
-
-
-def matmul_path(fmt: str, device: str = "cpu", four_bit: FourBitPath | str = FourBitPath.PORTABLE,
-                int8_integer: bool = False, cpu_hub_kernel: bool = False, quant_type: str = "nf4") -> MatmulPath:
-    """The path of a ``fmt`` layer ("bf16", "int8", "4-bit") on ``device``, given what bitsandbytes found:
-    ``four_bit`` (:func:`four_bit_path`), ``int8_integer`` (:func:`int8_integer_kernel`) and whether the
-    `kernels` package loaded the hub's fused CPU kernel; ``quant_type`` ("nf4" or "fp4") names the kernel.
-    Pure: :func:`model_matmul_path` reads the inputs from a loaded model and the installed bitsandbytes.
-
-    >>> matmul_path("4-bit", "cpu", FourBitPath.PORTABLE).fused
-    False
-    >>> matmul_path("4-bit", "cpu", FourBitPath.REPACKED).kernel
-    "bitsandbytes' gemv_4bit_inference_cpu_nf4_bf16 (C, AVX512-BF16)"
-    """
-    fmt = str(fmt).strip().lower()
-    allowed = ("bf16", "int8", "4-bit")
-    if fmt not in allowed:
-        raise LabError.bad("fmt", fmt, f"use one of: {', '.join(allowed)}")
-    device = str(device).split(":")[0]
-    if device not in ("cpu", "cuda"):
-        raise LabError.bad("device", device, "use 'cpu' or 'cuda'")
-    path = FourBitPath(four_bit)
-    if quant_type not in ("nf4", "fp4"):
-        raise LabError.bad("quant_type", quant_type, "use 'nf4' or 'fp4'")
-    if fmt == "bf16":
-        return MatmulPath(fmt, True, "torch F.linear", "multiply the 16-bit weight directly")
-    if fmt == "int8":
-        if device == "cuda":
-            kernel = "bitsandbytes' CUDA int8 matmul (int8 x int8 -> int32)"
-        elif int8_integer:
-            kernel = "torch._int_mm (int8 x int8 -> int32, AVX512)"
-        else:
-            kernel = "bitsandbytes' default int8_linear_matmul (the int8 codes multiplied as float32)"
-        return MatmulPath(fmt, True, kernel,
-                          "quantize the activations to int8 row by row (outlier columns set aside), multiply the "
-                          "int8 codes, rescale the int32 result by both absmax; add the outlier columns in 16 bits")
-    if device == "cuda":
-        return MatmulPath(fmt, False, "bitsandbytes' CUDA gemm_4bit",
-                          "a fused 4-bit kernel for a few tokens (a per-GPU heuristic decides), else dequantize the "
-                          "whole weight, then F.linear")
-    if path is FourBitPath.REPACKED or path is FourBitPath.PENDING:
-        kernel = ("kernels-community's gemm_4bit_forward (AVX512-BF16)" if cpu_hub_kernel else
-                  f"bitsandbytes' gemv_4bit_inference_cpu_{quant_type}_bf16 (C, AVX512-BF16)")
-        return MatmulPath(fmt, True, kernel,
-                          "multiply bf16 activations straight from the repacked 4-bit codes; no dequantized weight "
-                          "is written out")
-    return MatmulPath(fmt, False, "bitsandbytes' dequantize_4bit (C), then torch F.linear",
-                      "dequantize the whole weight to the compute dtype, then multiply")
 
 
 def int8_integer_kernel(device: str = "cpu") -> bool:
@@ -707,141 +554,3 @@ def outlier_experiment(weight: torch.Tensor, x: torch.Tensor, threshold: float =
             label = "Linear8bitLt, threshold=0 (vector-wise)" if th == 0 else f"Linear8bitLt, threshold={th:g}"
             rows.append(OutlierRow(label, "bitsandbytes", *_errors(y, ref), cols if th else None))
     return rows
-
-
-# --- GGUF Q4_1 blocks -----------------------------------------------------------------------------
-
-# transformers' names of SmolLM2's (Llama) linear layers -> llama.cpp's; q and k are left out:
-# llama.cpp's converter permutes their rows (rotary layout), so rows would not line up.
-_GGUF_NAMES = {"mlp.up_proj": "ffn_up", "mlp.gate_proj": "ffn_gate", "mlp.down_proj": "ffn_down",
-               "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output"}
-_Q4_1_BLOCK = 32
-_Q4_1_BYTES = 20  # float16 scale d, float16 min m, 16 bytes of 32 4-bit codes
-
-
-@dataclass(frozen=True)
-class GGUFBlocks:
-    """The Q4_1 blocks of one tensor as the GGUF file stores them: value = scale x q + min."""
-
-    name: str  # the tensor's name in the file
-    scales: torch.Tensor  # float32 (rows, blocks per row), stored as float16
-    mins: torch.Tensor  # float32 (rows, blocks per row), stored as float16
-    q: torch.Tensor  # uint8 (rows, cols), 0 .. 15
-
-    def dequantize(self) -> torch.Tensor:
-        rows, blocks = self.scales.shape
-        q = self.q.reshape(rows, blocks, _Q4_1_BLOCK).float()
-        return (q * self.scales.unsqueeze(-1) + self.mins.unsqueeze(-1)).reshape(self.q.shape)
-
-
-def gguf_q4_1_blocks(module_name: str, path: str | None = None) -> GGUFBlocks:
-    """Read one linear layer's Q4_1 blocks from SmolLM2's GGUF file (``model.layers.3.mlp.up_proj``).
-
-    Block layout (llama.cpp ``block_q4_1``): float16 d, float16 m, then 16 bytes whose low nibbles
-    are values 0..15 of the block and high nibbles values 16..31.
-    """
-    import numpy as np
-
-    parts = module_name.removesuffix(".weight").split(".")
-    suffix = ".".join(parts[-2:])
-    if len(parts) != 5 or parts[:2] != ["model", "layers"] or not parts[2].isdigit() or suffix not in _GGUF_NAMES:
-        raise LabError.bad("module_name", module_name,
-                           "use model.layers.N.<mlp.up_proj | mlp.gate_proj | mlp.down_proj | self_attn.v_proj | "
-                           "self_attn.o_proj> (q and k rows are permuted in the file)",
-                           verb="has no Q4_1 block to compare")
-    name = f"blk.{parts[2]}.{_GGUF_NAMES[suffix]}.weight"
-    if path is None:
-        from .zoo import gguf_path
-
-        path = gguf_path()
-    kind, dims, raw = _gguf_tensor(str(path), name)
-    if kind != _GGML_Q4_1:
-        raise LabError(f"tensor {name!r} is stored as ggml type {kind}, not Q4_1 ({_GGML_Q4_1})")
-    cols, rows = dims[0], int(np.prod(dims[1:]))  # ggml lists the fastest-moving dimension first
-    blocks = np.asarray(raw).reshape(rows, cols // _Q4_1_BLOCK, _Q4_1_BYTES)
-    d = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)
-    m = blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32)
-    packed = blocks[..., 4:]
-    q = np.concatenate([packed & 0x0F, packed >> 4], axis=-1)  # low nibbles: 0..15, high: 16..31
-    return GGUFBlocks(name, torch.from_numpy(d), torch.from_numpy(m), torch.from_numpy(q.reshape(rows, cols).copy()))
-
-
-_GGML_Q4_1 = 3  # ggml_type of Q4_1
-_GGML_BLOCK_BYTES = {_GGML_Q4_1: (_Q4_1_BLOCK, _Q4_1_BYTES)}
-# GGUF metadata value types -> struct format of a scalar (8: string, 9: array are read apart)
-_GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
-
-
-def _gguf_tensor(path: str, name: str):
-    """(ggml type, dims, raw bytes) of one tensor of a GGUF v2/v3 file, read from its header.
-
-    A minimal reader: the gguf package's GGUFReader parses every metadata value (SmolLM2's 49,152-token
-    vocabulary and its merges) into numpy views, which takes seconds; here the metadata is skipped.
-    """
-    import struct
-
-    import numpy as np
-
-    data = np.memmap(path, dtype=np.uint8, mode="r")
-    buf = memoryview(data)
-    pos = 0
-
-    def read(fmt: str):
-        nonlocal pos
-        values = struct.unpack_from("<" + fmt, buf, pos)
-        pos += struct.calcsize("<" + fmt)
-        return values[0] if len(values) == 1 else values
-
-    def string() -> str:
-        nonlocal pos
-        n = read("Q")
-        text = bytes(buf[pos:pos + n]).decode("utf-8", errors="replace")
-        pos += n
-        return text
-
-    def skip(kind: int) -> None:
-        nonlocal pos
-        if kind == 8:
-            n = read("Q")  # read first: `pos += read(...)` would add to the old pos
-            pos += n
-        elif kind == 9:
-            item, count = read("I"), read("Q")
-            if item in _GGUF_SCALARS:
-                pos += struct.calcsize("<" + _GGUF_SCALARS[item]) * count
-            else:
-                for _ in range(count):
-                    skip(item)
-        else:
-            read(_GGUF_SCALARS[kind])
-
-    if bytes(buf[:4]) != b"GGUF":
-        raise LabError(f"path {path!r} is not a GGUF file (it does not start with 'GGUF')")
-    pos = 4
-    version = read("I")
-    if version not in (2, 3):
-        raise LabError(f"path {path!r} is GGUF version {version}; this reader knows versions 2 and 3")
-    n_tensors, n_kv = read("Q"), read("Q")
-    alignment = 32
-    for _ in range(n_kv):
-        key, kind = string(), read("I")
-        if key == "general.alignment" and kind == 4:
-            alignment = read("I")
-        else:
-            skip(kind)
-    found = None
-    for _ in range(n_tensors):
-        tname = string()
-        n_dims = read("I")
-        dims = [read("Q") for _ in range(n_dims)]
-        kind, offset = read("I"), read("Q")
-        if tname == name:
-            found = (kind, dims, offset)
-    if found is None:
-        raise LabError(f"name {name!r} is not a tensor of {path}")
-    start = pos + (-pos % alignment)
-    kind, dims, offset = found
-    if kind not in _GGML_BLOCK_BYTES:
-        return kind, dims, None
-    per_block, block_bytes = _GGML_BLOCK_BYTES[kind]
-    n_bytes = int(np.prod(dims)) // per_block * block_bytes
-    return kind, dims, data[start + offset:start + offset + n_bytes]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import socket
+import sys
 import time
 
 import psutil
@@ -96,7 +97,8 @@ def test_layer_out_of_range():
 
 def test_tensor_parallel_kwargs_use_distributed_config(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    kwargs = _compat.tensor_parallel_kwargs("auto")
+    assert parallel.tensor_parallel_kwargs is _compat.tensor_parallel_kwargs  # the public name of the shim
+    kwargs = parallel.tensor_parallel_kwargs("auto")
     assert list(kwargs) == ["distributed_config"] and kwargs["distributed_config"].tp_plan == "auto"
 
 
@@ -108,7 +110,7 @@ def test_tensor_parallel_kwargs_fall_back_to_tp_plan(monkeypatch):
         enable_expert_parallel: bool = False
 
     monkeypatch.setattr(transformers, "DistributedConfig", ExpertsOnly)
-    assert _compat.tensor_parallel_kwargs("auto") == {"tp_plan": "auto"}
+    assert parallel.tensor_parallel_kwargs("auto") == {"tp_plan": "auto"}
 
 
 def test_model_tp_plan_reads_the_models_rules():
@@ -372,6 +374,16 @@ def test_each_rank_holds_exactly_the_planned_half(tiny_run):
 
 
 @pytest.mark.slow
+def test_as_dict_gives_the_runs_figures_as_json_ready_numbers(tiny_run):
+    import json
+
+    d = tiny_run.as_dict()
+    assert json.loads(json.dumps(d)) == d  # plain numbers, lists and texts only
+    assert d["rank_param_bytes"] == list(tiny_run.rank_bytes) == d["predicted_rank_param_bytes"]
+    assert d["nproc"] == 2 and d["tokens_identical"] is True and d["collectives_per_forward"] == tiny_run.collectives
+
+
+@pytest.mark.slow
 def test_views_draw_the_run(tiny_run):
     from bigsmall_lab import views
 
@@ -449,6 +461,47 @@ def test_count_collectives_counts_each_kind_once_per_call():
     finally:
         if started:
             dist.destroy_process_group()
+
+
+def test_the_worker_imports_only_public_names_of_the_lab():
+    # lesson 06 prints the worker's load() (worker_source): what a learner copies must not reach a private module
+    import re
+
+    source = parallel.worker_source()
+    assert "from bigsmall_lab.parallel import tensor_parallel_kwargs" in source
+    assert not re.search(r"bigsmall_lab\._\w+|from \._", source)
+
+
+# ---------------------------------------------------------------------------------------------
+# The launcher's progress line (no torch in the child: a fake job that writes the ranks' files)
+
+
+def _fake_job(script: str) -> list[str]:
+    return [sys.executable, "-c", script]
+
+
+def test_the_launch_shows_each_rank_as_it_finishes(tmp_path, capsys):
+    from bigsmall_lab import _torchrun
+
+    script = ("import pathlib, time\n"
+              "for r in range(2):\n"
+              "    time.sleep(0.3)\n"
+              "    pathlib.Path(f'rank{r}.json').write_text('{}')\n")
+    _torchrun._launch(_fake_job(script), tmp_path, nproc=2, device="cpu", timeout_s=60, label="fake")
+    err = capsys.readouterr().err
+    assert "tensor-parallel run of fake: " in err and "starting 2 processes" in err
+    assert err.rstrip().splitlines()[-1].startswith("tensor-parallel run of fake: done in ")
+    assert err.rstrip().endswith("(2 ranks)")
+
+
+def test_a_failed_launch_says_so_on_the_progress_line_and_raises(tmp_path, capsys):
+    from bigsmall_lab import _torchrun
+
+    script = "import pathlib; pathlib.Path('rank0.json').write_text('{}'); raise SystemExit(1)"
+    with pytest.raises(parallel.TPRunError, match="the tensor-parallel run of fake on 2 processes failed"):
+        _torchrun._launch(_fake_job(script), tmp_path, nproc=2, device="cpu", timeout_s=60, label="fake")
+    last = capsys.readouterr().err.rstrip().splitlines()[-1]
+    assert last.startswith("tensor-parallel run of fake: failed after ") and "1/2 ranks done" in last
 
 
 def test_the_worker_does_not_use_comm_debug_mode():

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import bigsmall_lab as bsl
-from bigsmall_lab import exercises, quant, quantized, views
+from bigsmall_lab import bnb_formats, exercises, gguf, quant, quantized, views
 from bigsmall_lab._errors import LabError
 
 import bitsandbytes as bnb  # noqa: E402  (required by pyproject: missing, it must fail, not skip 38 tests)
@@ -232,7 +232,7 @@ def test_gguf_reader_and_recovery_match_the_file():
     from safetensors import safe_open
 
     name = "model.layers.2.mlp.down_proj"
-    blocks = quantized.gguf_q4_1_blocks(name)
+    blocks = gguf.gguf_q4_1_blocks(name)
     reader = gguf.GGUFReader(str(path))
     tensor = next(t for t in reader.tensors if t.name == blocks.name)
     theirs = torch.from_numpy(np.array(gguf.quants.dequantize(tensor.data, tensor.tensor_type)))
@@ -264,7 +264,7 @@ _BY_HAND = {
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", ["int8", "nf4", "nf4-double"])
 def test_footprint_is_memory_footprint_plus_the_quant_state(variant):
-    model = bsl.load_model(dtype=torch.bfloat16, quantization_config=quantized.bnb_config(variant))
+    model = bsl.load_model(dtype=torch.bfloat16, quantization_config=bnb_formats.bnb_config(variant))
     fp = quantized.footprint(model)
     assert fp.quant_state_bytes == _BY_HAND[variant]
     assert fp.total_bytes == model.get_memory_footprint() + _BY_HAND[variant]
@@ -282,7 +282,7 @@ def test_agreement_from_logprobs_equals_quality_compare():
 
     ids = quality.heldout_ids("bigsmall-tiny", 64)
     ref = bsl.load_model(dtype=torch.float32)
-    cand = bsl.load_model(dtype=torch.float32, quantization_config=quantized.bnb_config("nf4", torch.float32))
+    cand = bsl.load_model(dtype=torch.float32, quantization_config=bnb_formats.bnb_config("nf4", torch.float32))
     expected = quality.compare(ref, cand, ids)
     got = quality.agreement(quality.next_token_logprobs(ref, ids), quality.next_token_logprobs(cand, ids), ids)
     assert got.n_tokens == expected.n_tokens and got.top1_agreement == expected.top1_agreement
@@ -367,10 +367,10 @@ def test_a_quantization_this_hardware_cannot_run_is_one_sentence():
                                torch.ones(1, 4, dtype=torch.long), "x", device="cpu")
     _sentence(exc, "FineGrainedFP8Config")
     with pytest.raises(LabError) as exc:
-        quantized.gguf_q4_1_blocks("model.layers.0.self_attn.q_proj")
+        gguf.gguf_q4_1_blocks("model.layers.0.self_attn.q_proj")
     _sentence(exc, "module_name", "permuted")
     with pytest.raises(LabError) as exc:
-        quantized.bnb_config("nf8")
+        bnb_formats.bnb_config("nf8")
     _sentence(exc, "variant 'nf8'", "nf4")
 
 

@@ -12,16 +12,16 @@ import pytest
 import torch
 
 import bigsmall_lab as bsl
-from bigsmall_lab import quantized, zoo
+from bigsmall_lab import bnb_formats, estimates, placement, quant, quantized, zoo
 from bigsmall_lab._errors import LabError
 from bigsmall_lab.estimates import cpu_packed_weights_bytes, weights_bytes
-from bigsmall_lab.quantized import FourBitPath
+from bigsmall_lab.bnb_formats import FourBitPath, Quantization, Variant
 
 FOUR_BIT = ["nf4", "fp4", "nf4-double"]
 
 
 def load(variant):
-    return bsl.load_model(dtype=torch.bfloat16, quantization_config=quantized.bnb_config(variant))
+    return bsl.load_model(dtype=torch.bfloat16, quantization_config=bnb_formats.bnb_config(variant))
 
 
 def forward(model):
@@ -93,3 +93,36 @@ def test_both_paths_compute_the_same_layer_within_bf16_rounding():
 def test_the_cpu_packed_estimate_is_the_plain_one_for_int8_and_unquantized():
     for q in (None, "int8"):
         assert cpu_packed_weights_bytes("llama-3.2-1b", "bfloat16", q) == weights_bytes("llama-3.2-1b", "bfloat16", q)
+
+
+# --- one home for bitsandbytes' format names (issue 19) -------------------------------------------------
+
+def test_the_format_names_have_one_home_and_every_other_name_reads_it():
+    assert estimates.Quantization is Quantization  # the estimator re-exports the one enum
+    assert [v.value for v in Variant] == ["bf16", *(q.value for q in Quantization)]
+    assert [v.quantization for v in Variant] == [None, *Quantization]
+    assert {quant.Scheme.NF4.value, quant.Scheme.FP4.value} == {Quantization.NF4.value, Quantization.FP4.value}
+    # every format's config is named back the same way by the estimator's reading of it
+    assert [bnb_formats.estimator_name(bnb_formats.bnb_config(q)) for q in Quantization] == [q.value for q in Quantization]
+    # the old import paths still work, and give the same objects
+    assert quantized.bnb_config is bnb_formats.bnb_config and quantized.Variant is Variant
+
+
+@pytest.mark.parametrize("quantization", list(Quantization))
+def test_the_placement_planner_builds_the_config_from_pretrained_would_get(quantization):
+    # what placement built before bnb_formats existed: transformers' default compute dtype (float32)
+    from transformers import BitsAndBytesConfig
+
+    if quantization is Quantization.INT8:
+        before = BitsAndBytesConfig(load_in_8bit=True)
+    else:
+        before = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="fp4" if quantization is Quantization.FP4
+                                    else "nf4", bnb_4bit_use_double_quant=quantization is Quantization.NF4_DOUBLE)
+    assert placement._quantizer(quantization).quantization_config.to_dict() == before.to_dict()
+
+
+def test_a_config_is_asked_for_by_enum_or_text_and_a_typo_is_one_sentence():
+    assert bnb_formats.bnb_config(Quantization.FP4).bnb_4bit_quant_type == "fp4"
+    assert bnb_formats.bnb_config(Variant.BF16) is None
+    with pytest.raises(LabError, match="variant 'nf5' is not known; use one of: bf16, int8, nf4, fp4, nf4-double"):
+        bnb_formats.bnb_config("nf5")
