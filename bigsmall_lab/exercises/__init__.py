@@ -19,6 +19,8 @@ from ._lesson06 import check_allreduces, check_rank_bytes, check_smallest_nproc
 from ._lesson07 import check_bytes_on_gpu, check_fewest_gpus, check_layers_on_cpu, check_layers_on_gpu0
 from ._lesson08 import (check_blog_kv_heads, check_cache_bytes, check_kv_cache_gib, check_kv_per_gpu,
                         check_recomputed_positions)
+from ._lesson09 import (check_fewest_fitting_gpus, check_fit_run_peak, check_option_gpu_bytes, check_top_option,
+                        options_to_pick)
 
 __all__ = [
     "Exercise", "Slip", "Verdict", "ask", "byte_unit_slips", "check_value",
@@ -41,4 +43,6 @@ __all__ = [
     "check_bytes_on_gpu", "check_fewest_gpus", "check_layers_on_cpu", "check_layers_on_gpu0",
     # lesson 08
     "check_blog_kv_heads", "check_cache_bytes", "check_kv_cache_gib", "check_kv_per_gpu", "check_recomputed_positions",
+    # lesson 09
+    "check_fewest_fitting_gpus", "check_fit_run_peak", "check_option_gpu_bytes", "check_top_option", "options_to_pick",
 ]

@@ -5,6 +5,8 @@
 '1'
 """
 
+from bigsmall_lab.views._advisor import (FIT_MODELS, FitWidget, fit_option, fit_run_chart, fit_table,
+                                         fit_widget)
 from bigsmall_lab.views._bits import DEFAULT_FORMATS, BitLayout, precision_chart
 from bigsmall_lab.views._estimates import comparison_table, estimate_stack, weights_bars, weights_table_html
 from bigsmall_lab.views._kvcache import (bytes_per_token_chart, cache_runs_chart, cache_runs_table, kv_context_chart,
@@ -42,6 +44,8 @@ __all__ = [
     # lesson 08: KV cache
     "bytes_per_token_chart", "cache_runs_chart", "cache_runs_table", "kv_context_chart", "kv_per_gpu_chart",
     "offload_chart", "recompute_chart", "residual_chart",
+    # lesson 09: fit it (the advisor)
+    "FIT_MODELS", "FitWidget", "fit_option", "fit_run_chart", "fit_table", "fit_widget",
 ]
 
 
