@@ -13,12 +13,18 @@ KV cache: dynamic,          ``kvcache.expected_cache_bytes`` (the quantized wind
 quanto int4 / int2,         ``kvcache.offload_plan`` (two layers on the GPU, the rest in CPU RAM)
 offloaded
 where the weights go        ``placement.plan(spec, "auto", max_memory)`` (from_pretrained's own
-(GPUs, CPU RAM, disk)       device_map), or ``tp_plan.plan(...).rank_bytes`` for tensor parallelism
+(GPUs, CPU RAM, disk)       device_map), or ``tp_plan.plan(...).rank_bytes`` for tensor parallelism;
+                            bitsandbytes beside a CPU / disk spill: quantized on the GPUs, 16-bit off
+                            them (``llm_int8_enable_fp32_cpu_offload``); TP never spills (transformers
+                            refuses a device_map with it)
 diffusers pipelines         ``offload.plan`` / ``offload.pinned_memory_plan`` (model offload, group
                             offloading, sequential offload) on FLUX.1-dev's real configs
 every GPU used              one CUDA context (``estimates.RUNTIME_OVERHEAD``) per GPU a process uses;
-                            ``estimates.activation_bytes`` once, on the first GPU that runs layers
+                            ``estimates.activation_bytes`` (a FLUX transformer's:
+                            :func:`diffusion_activation_bytes`) once, on the first GPU that runs layers
                             (with tensor parallelism once per rank's process: an upper bound)
+the machine                 named GPUs bring their host's RAM (:data:`HOST_RAM`: a free Colab T4's,
+                            labelled assumptions for the others) unless ``cpu_ram=`` says otherwise
 ==========================  =========================================================================
 
 Every byte of an option is a :class:`Part` (device, what, bytes, the planner call that gave it), so
@@ -30,11 +36,14 @@ benchmarks and the lessons' stored outputs; no figure is typed in here). ``code`
 runs it. Ranked: options that fit first, then least quality lost, then fastest.
 
 Llama 3.1 8B on a free Colab T4 at 8,192 tokens: bf16 weights alone (16.06 GB) exceed the card's
-15.83 GB, so the first option that fits quantizes:
+15.83 GB. With Colab's 12.7 GB of RAM, the option that loses no quality spills 4.1 GB of layers to the
+CPU (and pays for it in time); the first that stays on the GPU quantizes:
 
->>> best = fit("llama-3.1-8b", "T4", seq_len=8192)[0]
->>> best.fits, best.label
-(True, 'int8 weights, dynamic cache, GPU 0')
+>>> options = fit("llama-3.1-8b", "T4", seq_len=8192)
+>>> options[0].label, next(o.label for o in options if o.fits and o.placement == "gpu")
+('bf16 weights, dynamic cache, GPU 0 + 4.1 GB on CPU', 'int8 weights, dynamic cache, GPU 0')
+>>> fit("llama-3.1-8b", machine("T4", cpu_ram=0), seq_len=8192)[0].label
+'int8 weights, dynamic cache, GPU 0'
 
 Where it lives: its maths is all planners', but the KV-cache and offloading planners sit in runner
 modules (``kvcache``, ``offload``: their planning halves have not been split off yet), so this module
@@ -59,8 +68,8 @@ from ._units import GB, format_bytes, parse_size
 from .estimates import GPUS, RUNTIME_OVERHEAD, GpuModel, activation_bytes, longest_context, module_bytes, resolve
 from .zoo._configs import PRESETS, ModelSpec
 
-__all__ = ["Change", "Cost", "Machine", "Option", "Part", "Speed", "attached_machine", "changes", "fit", "machine",
-           "measurements", "smallest_change"]
+__all__ = ["HOST_RAM", "Change", "Cost", "HostRam", "Machine", "Option", "Part", "Speed", "attached_machine", "changes",
+           "diffusion_activation_bytes", "fit", "host_ram", "machine", "measurements", "smallest_change"]
 
 _DATA = Path(__file__).parent / "data" / "advisor_measurements.json"
 DTYPES = ("bfloat16", "float16")  # 16-bit formats the weights load in (float32 doubles memory for nothing here)
@@ -71,6 +80,7 @@ CACHES = ("dynamic", "quanto-int4", "quanto-int2", "offloaded")
 # device_map plan costs a placement call (0.1-0.3 s for 405B): fit() stays under 3 s.
 _NOT_SPLIT = ("offloaded", "quanto-int2")
 MAX_GPUS = 8  # GPUs one machine holds: "more GPUs" is looked for up to here
+CONTEXT_STEP = 512  # "a shorter context" is the longest that fits to this many tokens (a fit() call per halving)
 Device = int | str  # a GPU index, "cpu" or "disk"
 
 
@@ -80,12 +90,14 @@ Device = int | str  # a GPU index, "cpu" or "disk"
 class Machine:
     """GPUs (entries of ``estimates.GPUS``, or a size given as "24GB"), CPU RAM and disk, in bytes.
 
-    ``cpu_ram_bytes`` / ``disk_bytes`` 0: not given, so no option spills weights there.
+    ``cpu_ram_bytes`` / ``disk_bytes`` 0: none, so no option spills weights there. ``ram_source``:
+    where the RAM figure comes from (a :data:`HOST_RAM` default names its source; "" when given).
     """
 
     gpus: tuple[GpuModel, ...]
     cpu_ram_bytes: int = 0
     disk_bytes: int = 0
+    ram_source: str = ""
 
     @property
     def label(self) -> str:
@@ -105,6 +117,50 @@ class Machine:
         if device == "disk":
             return self.disk_bytes
         return self.gpus[device].usable_bytes
+
+
+@dataclass(frozen=True)
+class HostRam:
+    """The CPU RAM a machine with one such GPU has when nobody says: ``cpu_ram_bytes`` per GPU and where the
+    figure comes from. ``assumed``: True where it is a typical machine's, not a measurement of one."""
+
+    cpu_ram_bytes: int
+    source: str
+    assumed: bool = True
+
+
+# Host RAM that goes with each GPU of :data:`~bigsmall_lab.estimates.GPUS` when ``machine(gpu)`` is not given
+# ``cpu_ram=``: per GPU, so "2xL4" has twice an L4's. Each figure is read as 10**9 bytes per GB (the smaller
+# reading of the "GB" these pages print). Only the T4 figure is what a real runtime reports; the others are
+# the smallest Google Cloud machine type that carries the card (a rented card's host varies: pass cpu_ram=).
+# No disk default: Colab's and the clouds' disks vary with the runtime and what is attached (pass disk=).
+HOST_RAM: dict[str, HostRam] = {
+    "T4": HostRam(12_700_000_000, "a free Colab T4 runtime: Colab's resources panel reports 12.7 GB of system RAM "
+                  "(linux-blog.anracom.com, 'Google Colab, RAM, VRAM and GPU usage limits', 2023-05-04; about 1 GB "
+                  "of it is taken by the VM itself)", assumed=False),
+    "L4": HostRam(16 * GB, "assumed: Google Cloud g2-standard-4, the smallest machine type with one L4 (16 GB)"),
+    "RTX 4090": HostRam(64 * GB, "assumed: a desktop with 64 GB of RAM (an RTX 4090 is a consumer card; no "
+                        "standard host)"),
+    "A100 40GB": HostRam(85 * GB, "assumed: Google Cloud a2-highgpu-1g, one A100 40GB and 85 GB"),
+    "A100 80GB": HostRam(170 * GB, "assumed: Google Cloud a2-ultragpu-1g, one A100 80GB and 170 GB"),
+    "H100": HostRam(234 * GB, "assumed: Google Cloud a3-highgpu-8g's 1,872 GB for 8 H100s, per GPU"),
+    "H200": HostRam(369 * GB, "assumed: Google Cloud a3-ultragpu-8g's 2,952 GB for 8 H200s, per GPU"),
+}
+
+
+def host_ram(gpus: tuple[GpuModel, ...]) -> tuple[int, str]:
+    """(bytes, source) of the CPU RAM :data:`HOST_RAM` gives ``gpus``: the sum over the GPUs when each is a
+    named card, else (0, "") (a GPU given as a size has no usual host).
+
+    >>> host_ram(machine("2xL4").gpus)[0] == 2 * HOST_RAM["L4"].cpu_ram_bytes
+    True
+    """
+    rows = [HOST_RAM.get(g.name) if GPUS.get(g.name) is g else None for g in gpus]
+    if not gpus or any(r is None for r in rows):
+        return 0, ""
+    names = list(dict.fromkeys(g.name for g in gpus))
+    count = "" if len(gpus) == 1 else f"{len(gpus)} x " if len(names) == 1 else "per GPU: "
+    return sum(r.cpu_ram_bytes for r in rows), f"{count}{'; '.join(HOST_RAM[n].source for n in names)}"
 
 
 _COUNT = re.compile(r"^\s*(\d+)\s*[xX×*]\s*(.+?)\s*$")
@@ -140,9 +196,15 @@ def machine(gpu: str | Machine | None = None, cpu_ram: str | int | None = None, 
     """A :class:`Machine` from text: "T4", "2xL4", "8xH100", "A100 80GB", "24GB" (a GPU of that size),
     several joined by "+" ("H100+2xL4"), or None / "cpu" for no GPU; ``cpu_ram`` and ``disk`` are sizes.
 
+    Named GPUs bring their host's RAM (:data:`HOST_RAM`: a free Colab T4's 12.7 GB, a labelled assumption
+    for the others) unless ``cpu_ram`` is given (``cpu_ram=0``: none); a given size wins. No disk unless
+    ``disk`` is given. A :class:`Machine` passed in keeps its own RAM and disk.
+
     >>> m = machine("2xL4", cpu_ram="64GB")
     >>> m.label, [g.usable_bytes for g in m.gpus] == [GPUS["L4"].usable_bytes] * 2
     ('2 x L4, 64 GB RAM', True)
+    >>> machine("T4").label, machine("T4", cpu_ram=0).label
+    ('T4, 13 GB RAM', 'T4')
     """
     if isinstance(gpu, Machine):
         base = gpu
@@ -161,9 +223,14 @@ def machine(gpu: str | Machine | None = None, cpu_ram: str | int | None = None, 
     else:
         raise LabError.bad("machine", gpu, f"use a GPU name ({', '.join(GPUS)}), '2xL4', a size like '24GB', a "
                            "Machine, or None for the attached machine", verb="is not a machine")
-    ram = parse_size(cpu_ram, argument="cpu_ram") if cpu_ram is not None else (base.cpu_ram_bytes if base else 0)
+    if cpu_ram is not None:
+        ram, source = parse_size(cpu_ram, argument="cpu_ram"), ""
+    elif base is not None:
+        ram, source = base.cpu_ram_bytes, base.ram_source
+    else:
+        ram, source = host_ram(gpus)
     space = parse_size(disk, argument="disk") if disk is not None else (base.disk_bytes if base else 0)
-    return Machine(gpus, ram, space)
+    return Machine(gpus, ram, space, source)
 
 
 def attached_machine() -> Machine:
@@ -184,7 +251,73 @@ def attached_machine() -> Machine:
                       and abs(g.smi_bytes - info.total_bytes) <= 0.01 * g.smi_bytes), None)
         gpus.append(known or GpuModel(info.name, f"{info.total_bytes / GB:.0f} GB", info.total_bytes // 2**20,
                                       info.total_bytes, f"read on this machine ({info.memory_source} total)"))
-    return Machine(tuple(gpus), hw.ram_available_bytes, 0)
+    return Machine(tuple(gpus), hw.ram_available_bytes, 0, "the RAM available now on this machine (psutil)")
+
+
+# --- a diffusion transformer's activations ------------------------------------------------------
+
+FLUX_TEXT_TOKENS = 512  # FluxPipeline pads every prompt to max_sequence_length, 512 by default (FLUX.1-dev's limit)
+FLUX_MLP_RATIO = 4  # diffusers' FluxSingleTransformerBlock(mlp_ratio=4.0): not in the config
+
+
+def _image_size(image_size: Any) -> tuple[int, int]:
+    """(height, width) in pixels from 1024 or (768, 1360); multiples of 16 (FLUX's VAE shrinks 8x and its
+    transformer packs 2 x 2 latent patches)."""
+    pair = tuple(image_size) if isinstance(image_size, (tuple, list)) else (image_size, image_size)
+    if len(pair) != 2:
+        raise LabError.bad("image_size", image_size, "use pixels like 1024 or (height, width) like (768, 1360)",
+                           verb="is not an image size")
+    out = []
+    for value in pair:
+        n = whole_number(value, "image_size", 16)
+        if n % 16:
+            raise LabError.bad("image_size", image_size, "use multiples of 16 pixels, e.g. 1024 or (768, 1360)",
+                               verb="does not fit FLUX's patches")
+        out.append(n)
+    return out[0], out[1]
+
+
+def diffusion_activation_bytes(config: Any, image_size: int | tuple[int, int] = 1024,
+                               text_tokens: int = FLUX_TEXT_TOKENS, batch_size: int = 1,
+                               dtype: str = "bfloat16") -> int:
+    """A FLUX-style transformer's transient memory in one denoising step (inference, no gradients), in ``dtype``.
+
+    It sees ``tokens = (height / 16) x (width / 16) + text_tokens`` (image latents packed 2 x 2, and the
+    T5 prompt padded to 512 tokens). Like ``estimates.activation_bytes`` it counts one block at a time:
+    the single-stream block's peak holds the residual stream, its normed copy, the attention output, the
+    MLP's activation (``mlp_ratio`` x hidden), their concatenation (1 + ``mlp_ratio``) and ``proj_out``'s
+    result: ``(4 + 2 x mlp_ratio + 1) x hidden`` per token, 13 x 3,072 for FLUX.1-dev; plus the inputs
+    (latents and T5 embeddings) and the rotary table (float32 cos and sin per token and head dim).
+    SDPA does not hold the tokens x tokens scores. FLUX.1-dev is guidance-distilled: one pass per step,
+    no classifier-free-guidance batch of 2. Not counted: the VAE decoding the image at the end (one
+    component at a time: it runs after the transformer), float32 copies inside the norms and kernel
+    workspaces.
+
+    1024 x 1024 pixels: 4,096 image + 512 text tokens; the block 4,608 x 13 x 3,072 x 2 B = 368 MB:
+
+    >>> round(diffusion_activation_bytes("flux.1-dev-transformer", 1024) / 1e6)
+    377
+    """
+    spec = resolve(config)
+    height, width = _image_size(image_size)
+    text_tokens = whole_number(text_tokens, "text_tokens")
+    batch_size = whole_number(batch_size, "batch_size")
+    cfg = spec.config
+    if spec.kind != "diffusers" or cfg.get("_class_name") != "FluxTransformer2DModel":
+        raise LabError.bad("config", spec.name, "give a FluxTransformer2DModel config (the preset "
+                           "'flux.1-dev-transformer'); other diffusion models' activations are not modelled",
+                           verb="is not a FLUX transformer")
+    from ._dtypes import bytes_per_element
+
+    size = bytes_per_element(dtype)
+    head_dim = cfg["attention_head_dim"]
+    hidden = cfg["num_attention_heads"] * head_dim
+    image_tokens = (height // 16) * (width // 16)
+    tokens = image_tokens + text_tokens
+    block = tokens * (4 + 2 * FLUX_MLP_RATIO + 1) * hidden * size
+    inputs = (image_tokens * cfg["in_channels"] + text_tokens * cfg["joint_attention_dim"]) * size
+    rotary = 2 * tokens * head_dim * 4  # float32 cos and sin
+    return int(batch_size * (block + inputs) + rotary)
 
 
 # --- what an option holds, costs and runs --------------------------------------------------------
@@ -370,6 +503,33 @@ def _packed(indent: int, head: str, items: list[str], tail: str) -> list[str]:
     return lines
 
 
+_NUMBERED = re.compile(r"^(.*\.)(\d+)$")
+
+
+def _device_map_lines(device_map: Mapping[str, Device]) -> list[str]:
+    """``device_map = {...}`` as Python, runs of numbered modules on one device written as a comprehension:
+    ``**{f"model.layers.{i}": 0 for i in range(0, 25)}``; evaluating it gives ``device_map`` back."""
+    items, entries, i = list(device_map.items()), [], 0
+    while i < len(items):
+        key, dev = items[i]
+        match = _NUMBERED.match(key)
+        j = i + 1
+        if match:
+            prefix, start = match.group(1), int(match.group(2))
+            while j < len(items):
+                nxt = _NUMBERED.match(items[j][0])
+                if not (nxt and nxt.group(1) == prefix and int(nxt.group(2)) == start + (j - i) and items[j][1] == dev):
+                    break
+                j += 1
+        if j - i > 1:
+            entries.append('**{f"' + prefix + '{i}": ' + json.dumps(dev) + f" for i in range({start}, {start + j - i})}}")
+        else:
+            entries.append(f"{json.dumps(key)}: {json.dumps(dev)}")
+            j = i + 1
+        i = j
+    return _packed(0, "device_map = {", entries, "}")
+
+
 def _size_text(n_bytes: int) -> str:
     return f'"{max(n_bytes, 0) // 2**20}MiB"'
 
@@ -385,7 +545,9 @@ def _transformers_code(spec: ModelSpec, dtype: str, quant: str | None, cache: st
     imports = ["import torch", f"from transformers import {cls}" + (", AutoTokenizer" if generates else "")
                + (", BitsAndBytesConfig" if quant else "")
                + (", DistributedConfig" if tp > 1 and _compat.TRANSFORMERS_5 else "")]
-    lines = [*imports, "", f"model = {cls}.from_pretrained(", f'    "{repo}",']
+    mapped = isinstance(device_map, Mapping)
+    lines = [*imports, "", *(_device_map_lines(device_map) if mapped else []),
+             f"model = {cls}.from_pretrained(", f'    "{repo}",']
     if subfolder:
         lines.append(f'    subfolder="{subfolder}",')
     lines.append(f"    {'dtype' if _compat.TRANSFORMERS_5 else 'torch_dtype'}=torch.{dtype},")
@@ -393,13 +555,15 @@ def _transformers_code(spec: ModelSpec, dtype: str, quant: str | None, cache: st
         lines.append('    distributed_config=DistributedConfig(tp_plan="auto"),' if _compat.TRANSFORMERS_5
                      else '    tp_plan="auto",')
     else:
-        lines.append(f"    device_map={json.dumps(device_map)},")
+        lines.append(f"    device_map={'device_map' if mapped else json.dumps(device_map)},")
     if max_memory:
         lines += _packed(4, "max_memory={", [f"{json.dumps(k)}: {_size_text(v)}" for k, v in max_memory.items()], "},")
-        if "disk" in max_memory:
-            lines.append('    offload_folder="offload",')
+    if "disk" in (max_memory or {}) or (mapped and "disk" in device_map.values()):
+        lines.append('    offload_folder="offload",')
     if quant:
-        lines += _packed(4, "quantization_config=BitsAndBytesConfig(", _bnb_args(quant, dtype), "),")
+        spills = mapped and any(d in ("cpu", "disk") for d in device_map.values())
+        args = _bnb_args(quant, dtype) + (["llm_int8_enable_fp32_cpu_offload=True"] if spills else [])
+        lines += _packed(4, "quantization_config=BitsAndBytesConfig(", args, "),")
     lines.append(")")
     if generates:
         kwargs = {} if cache == "dynamic" else CacheSettings.parse(cache).generate_kwargs()
@@ -447,6 +611,16 @@ def _diffusers_code(spec: ModelSpec, settings, pipeline: bool) -> str:
     if pipeline:
         lines += ['image = pipe("a photo of a cat", num_inference_steps=28).images[0]']
     return "\n".join(lines)
+
+
+# Why no tensor-parallel option spills or quantizes, read in transformers 5.25: distributed/mixin.py
+# (prepare_distribute_model) raises "Tensor parallelism and `device_map` are mutually exclusive." for tp_size > 1
+# with any device_map, so a TP rank cannot offload layers to the CPU or disk; and its TP layers have a local path
+# for quantized weights only where a quantizer marks them (_hf_quantized_needs_local_tp: torchao and fine-grained
+# fp8), which the bitsandbytes quantizers do not.
+_TP_NO_SPILL = ("no CPU or disk spill with tensor parallelism: transformers refuses a device_map beside it "
+                "('Tensor parallelism and `device_map` are mutually exclusive'), and its TP layers have no "
+                "bitsandbytes path")
 
 
 # --- the options ---------------------------------------------------------------------------------
@@ -500,6 +674,26 @@ def _label(quant: str | None, dtype: str, cache: str | None, where: str) -> str:
     return ", ".join([weights] + ([f"{cache} cache"] if cache else []) + [where])
 
 
+# Read in transformers 5.25 (quantizers/quantizer_bnb_4bit.py and quantizer_bnb_8bit.py, the same code in both):
+# validate_environment raises "Some modules are dispatched on the CPU or the disk ..." for a device map with
+# "cpu" or "disk" beside GPUs unless BitsAndBytesConfig(llm_int8_enable_fp32_cpu_offload=True); with it and a
+# dict device_map, _process_model_before_weight_loading adds every module mapped to "cpu" or "disk" to
+# modules_to_not_convert, so those stay in the loading dtype. device_map="auto" hands the quantizer a string
+# there, so the advisor writes the planned map out as a dict.
+_BNB_SPILL_NOTE = ("bitsandbytes quantizes only the layers on GPUs: the ones the map sends to the CPU or disk stay "
+                   "{dtype} (BitsAndBytesConfig(llm_int8_enable_fp32_cpu_offload=True) with a dict device_map, "
+                   "as transformers asks; without the flag from_pretrained raises ValueError); the quality "
+                   "figure is the all-quantized one, an upper bound")
+
+
+@lru_cache(maxsize=64)
+def _quant_ratio(spec: ModelSpec, dtype: str, quant: str) -> float:
+    """The smallest quantized / 16-bit byte ratio over the model's modules (a decoder layer's, about 0.53
+    for int8): RAM for 16-bit layers, given to a planner that counts them quantized, shrinks by it."""
+    q, full = module_bytes(spec, dtype, quant), module_bytes(spec, dtype, None)
+    return min((q[k] / n for k, n in full.items() if n and k in q), default=1.0)
+
+
 def _plan_spill(spec, dtype, quant, budgets):
     from .placement import plan
 
@@ -526,12 +720,10 @@ def _transformers_options(spec: ModelSpec, m: Machine, seq_len: int, batch_size:
     first = gpus[0] if gpus else "cpu"
 
     def option(quant, cache, placement, parts, devices, code, notes=(), lossless=(), speed=(), unmeasured=(),
-               device_map=None, n_gpus=1, where="", no_spill=False):
+               device_map=None, n_gpus=1, where=""):
         where = where or (f"GPU {first}" if isinstance(first, int) else "CPU")
         devices = list(dict.fromkeys([*devices, *(p.device for p in parts)]))
         capacity = _capacity(m, devices)
-        if no_spill:  # from_pretrained refuses bitsandbytes layers on the CPU or disk: they hold nothing here
-            capacity.update({d: 0 for d in ("cpu", "disk") if d in capacity})
         options.append(Option(
             _label(quant, dtype, cache, where), spec.name, "transformers", dtype, quant, cache, placement, n_gpus,
             tuple(parts), capacity, _quality(quant, cache, lossless),
@@ -577,7 +769,9 @@ def _transformers_options(spec: ModelSpec, m: Machine, seq_len: int, batch_size:
                 if cache in _NOT_SPLIT:
                     continue
                 kv_total, kv_source = kv[cache] if cache else (0, "")
-                spill = [] if quant else spill_targets  # bitsandbytes keeps quantized layers on GPUs
+                # bitsandbytes spills only beside GPUs: on a machine without one, the layers a map sends to the
+                # disk would stay 16-bit and the rest too (transformers skips every "cpu" and "disk" module).
+                spill = spill_targets if gpus or not quant else []
                 if len(gpus) < 2 and not spill:
                     continue
                 # Weights and cache that fit one GPU gain nothing from a split (same quality, more traffic):
@@ -606,17 +800,28 @@ def _transformers_options(spec: ModelSpec, m: Machine, seq_len: int, batch_size:
                 for d in spill:
                     if d not in budgets:
                         budgets[d] = m.capacity(d) - (kv_total + act if d == "cpu" and not gpus else 0)
+                # bitsandbytes with a spill: the layers on the CPU or disk are not quantized (see below), so they
+                # hold 16-bit bytes; the planner, which counts every layer quantized, gets the RAM and disk
+                # scaled by the most compressed module's ratio, so that their 16-bit bytes fit what is there.
+                planned = dict(budgets)
+                if quant and spill:
+                    ratio = _quant_ratio(spec, dtype, quant)
+                    planned.update({d: int(budgets[d] * ratio) for d in spill})
                 try:
-                    p = _plan_spill(spec, dtype, quant, budgets)
+                    p = _plan_spill(spec, dtype, quant, planned)
                 except LabError:
                     continue  # not even one layer fits anywhere: the single-device options say how short it is
-                w = sizes[quant]
+                w, full = sizes[quant], sizes[None]
                 per: dict[Device, int] = {}
                 for key, dev in p.device_map.items():
-                    per[dev] = per.get(dev, 0) + w.get(key, 0)
+                    per[dev] = per.get(dev, 0) + (full if quant and dev in ("cpu", "disk") else w).get(key, 0)
                 runs = {d: p.layers_run_on(d) for d in compute}
                 used_gpus = [d for d in gpus if per.get(d) or runs.get(d)]
-                parts = [Part(d, "weights", n, f"placement.plan('auto', max_memory) x estimates.module_bytes({quant!r})")
+                spilled = {d: per.get(d, 0) for d in ("cpu", "disk") if gpus or d == "disk"}
+                mixed = bool(quant) and any(spilled.values())  # quantized on the GPUs, 16-bit on CPU / disk
+                source = f"placement.plan('auto', max_memory) x estimates.module_bytes({quant!r})"
+                parts = [Part(d, "weights", n, source.replace(repr(quant), "None") + ": its modules stay "
+                              f"{dtype} off the GPUs" if mixed and d in ("cpu", "disk") else source)
                          for d, n in per.items() if n]
                 head = next((d for d in compute if runs.get(d)), compute[0])
                 if cache:
@@ -625,8 +830,7 @@ def _transformers_options(spec: ModelSpec, m: Machine, seq_len: int, batch_size:
                 parts.append(Part(head, "activations", act, act_source))
                 parts += _context(used_gpus)
                 devices = [*used_gpus, *[d for d in ("cpu", "disk") if per.get(d)]] or [head]
-                spilled = {d: per.get(d, 0) for d in ("cpu", "disk") if gpus or d == "disk"}
-                total_w = w[""] or 1
+                total_w = sum(per.values()) or 1
                 where = (f"device_map over {len(used_gpus)} GPUs" if len(used_gpus) > 1 else f"GPU {head}" if gpus else "CPU")
                 if any(spilled.values()):
                     where += " + " + " + ".join(f"{format_bytes(n, 'GB', 1)} on {'CPU' if d == 'cpu' else 'disk'}"
@@ -643,12 +847,16 @@ def _transformers_options(spec: ModelSpec, m: Machine, seq_len: int, batch_size:
                 notes = list(p.notes)
                 if spec.kind == "transformers" and generates and (cache and cache.startswith("quanto")):
                     notes.append("the cache is split by layers run, in proportion (exact for models without sliding windows)")
-                code = _transformers_code(spec, dtype, quant, cache, "auto", {d: b for d, b in budgets.items()}, 1, seq_len)
+                if mixed:  # the planner's "from_pretrained refuses this plan" is what the dict and the flag answer
+                    notes = [n for n in notes if not n.startswith("from_pretrained refuses this plan")]
+                    notes.append(_BNB_SPILL_NOTE.format(dtype=dtype))
+                    code = _transformers_code(spec, dtype, quant, cache, dict(p.device_map), None, 1, seq_len)
+                else:
+                    code = _transformers_code(spec, dtype, quant, cache, "auto", dict(budgets), 1, seq_len)
                 option(quant, cache, "device_map", parts, devices, code, notes,
                        lossless=("spill",) if any(spilled.values()) else (), speed=speed,
                        unmeasured=[f"layers split over {len(used_gpus)} GPUs (not timed by the lab)"] if len(used_gpus) > 1 else [],
-                       device_map=dict(p.device_map), n_gpus=max(len(used_gpus), 1), where=where,
-                       no_spill=bool(quant) and any(spilled.values()))
+                       device_map=dict(p.device_map), n_gpus=max(len(used_gpus), 1), where=where)
 
     # 3. Tensor parallelism over the most GPUs that split the heads evenly (bf16/fp16, dynamic cache).
     if len(gpus) > 1 and generates:
@@ -673,14 +881,15 @@ def _transformers_options(spec: ModelSpec, m: Machine, seq_len: int, batch_size:
             parts += _context(range(nproc))
             code = _transformers_code(spec, dtype, None, "dynamic", None, None, nproc, seq_len)
             option(None, "dynamic", "tensor_parallel", parts, list(range(nproc)), code,
-                   ["one process per GPU (torchrun); bitsandbytes and quantized caches are not planned with TP here"],
+                   ["one process per GPU (torchrun); bitsandbytes and quantized caches are not planned with TP here",
+                    _TP_NO_SPILL],
                    lossless=("tensor_parallel",),
                    unmeasured=[f"tensor parallelism over {nproc} GPUs (timed by the lab on CPUs only)"],
                    n_gpus=nproc, where=f"tensor parallel over {nproc} GPUs")
     return options
 
 
-def _diffusers_options(spec: ModelSpec, m: Machine, dtype: str) -> list[Option]:
+def _diffusers_options(spec: ModelSpec, m: Machine, dtype: str, image_size: tuple[int, int], batch_size: int) -> list[Option]:
     from . import offload
     from .offload import OffloadSettings, Strategy
 
@@ -696,8 +905,18 @@ def _diffusers_options(spec: ModelSpec, m: Machine, dtype: str) -> list[Option]:
                   ("leaf_level+stream", OffloadSettings("leaf_level", use_stream=True), "leaf_level+stream"),
                   ("sequential", OffloadSettings("sequential"), "sequential")]
     first = 0 if m.gpus else "cpu"
-    notes = ["activations (which depend on image size and steps) are not modelled: the parts are weights and "
-             "the CUDA context only"]
+    height, width = image_size
+    try:
+        act = diffusion_activation_bytes(spec, image_size, FLUX_TEXT_TOKENS, batch_size, dtype)
+        act_source = (f"advisor.diffusion_activation_bytes(image_size=({height}, {width}), text_tokens="
+                      f"{FLUX_TEXT_TOKENS}, batch_size={batch_size}): the transformer's step, once on the computing device")
+        notes = [f"activations: the transformer's denoising step at {height} x {width} pixels with a "
+                 f"{FLUX_TEXT_TOKENS}-token prompt (the pipeline pads every prompt to it; seq_len is not used), "
+                 "counted once on the device that computes; the VAE's decoding at the end is not counted"]
+    except LabError:
+        act, act_source = 0, ""
+        notes = ["activations of this diffusion model are not modelled (only FLUX transformers are): the parts "
+                 "are weights and the CUDA context only"]
     if pipeline:
         notes.append("FLUX.1-dev's whole pipeline is planned (transformer, T5-XXL, CLIP-L, VAE from their real "
                      "configs): it runs one component at a time")
@@ -719,6 +938,8 @@ def _diffusers_options(spec: ModelSpec, m: Machine, dtype: str) -> list[Option]:
                 parts.append(Part("cpu", "weights", p.total_bytes - p.device_bytes,
                                   "offload.plan: total_bytes - device_bytes, waiting in CPU RAM"))
             devices.append("cpu")
+        if act:
+            parts.append(Part(first, "activations", act, act_source))
         parts += _context([first])
         table = measurements()["speed"]["diffusers"]
         speed = _speed([(settings.label, "diffusers", speed_key, 1.0)] if speed_key in table else [], [])
@@ -736,7 +957,7 @@ def _rank(options: list[Option]) -> list[Option]:
 
 
 def fit(model: Any, machine: str | Machine | None = None, seq_len: int = 4096, batch_size: int = 1,
-        dtype: str = "bfloat16") -> list[Option]:
+        dtype: str = "bfloat16", image_size: int | tuple[int, int] = 1024) -> list[Option]:
     """Every option the lab can plan for ``model`` on ``machine`` at ``seq_len`` tokens, ranked: those
     that fit first, then least quality lost, then fastest.
 
@@ -744,14 +965,17 @@ def fit(model: Any, machine: str | Machine | None = None, seq_len: int = 4096, b
     :class:`Machine`, text for :func:`machine` ("T4", "2xL4", "24GB"; no CPU RAM or disk then, so
     nothing spills: build one with ``machine("T4", cpu_ram="12GB")`` for that), or None for the
     attached machine (:func:`attached_machine`). When nothing fits, every option is still returned
-    (none fitting) and :func:`smallest_change` names what would make one fit.
+    (none fitting) and :func:`smallest_change` names what would make one fit. ``image_size``: pixels
+    (1024, or (height, width)) a diffusion model generates; its activations come from
+    :func:`diffusion_activation_bytes` (``seq_len`` is for language models).
     """
     spec, seq_len, batch_size, dtype = _checked(model, seq_len, batch_size, dtype)
+    size = _image_size(image_size)
     m = _machine(machine)
     if spec.kind == "transformers":
         options = _transformers_options(spec, m, seq_len, batch_size, dtype)
     else:
-        options = _diffusers_options(spec, m, dtype)
+        options = _diffusers_options(spec, m, dtype, size, batch_size)
     return _rank(options)
 
 
@@ -775,20 +999,22 @@ class Change:
     option: Option
 
 
-def _first_fit(model, m: Machine, seq_len: int, batch_size: int, dtype: str) -> Option | None:
-    options = fit(model, m, seq_len, batch_size, dtype)
+def _first_fit(model, m: Machine, seq_len: int, batch_size: int, dtype: str, image_size=1024) -> Option | None:
+    options = fit(model, m, seq_len, batch_size, dtype, image_size)
     return options[0] if options and options[0].fits else None
 
 
 def changes(model: Any, machine: str | Machine | None = None, seq_len: int = 4096, batch_size: int = 1,
-            dtype: str = "bfloat16") -> list[Change]:
+            dtype: str = "bfloat16", image_size: int | tuple[int, int] = 1024) -> list[Change]:
     """The changes that would make an option fit, each checked by running :func:`fit` with it: the
     smallest named GPU of :data:`~bigsmall_lab.estimates.GPUS`; more GPUs of the machine's kind (up to
-    8); more CPU RAM; a shorter context (``estimates.longest_context`` on the machine's first GPU).
+    8); more CPU RAM; a shorter context (at least ``estimates.longest_context`` on the machine's first GPU,
+    then the longest that fits with spills and other caches, to :data:`CONTEXT_STEP` tokens).
     Empty when an option already fits."""
     spec, seq_len, batch_size, dtype = _checked(model, seq_len, batch_size, dtype)
+    image_size = _image_size(image_size)
     m = _machine(machine)
-    options = fit(spec, m, seq_len, batch_size, dtype)
+    options = fit(spec, m, seq_len, batch_size, dtype, image_size)
     if any(o.fits for o in options):
         return []
     found: list[Change] = []
@@ -799,7 +1025,7 @@ def changes(model: Any, machine: str | Machine | None = None, seq_len: int = 409
     for gpu in sorted(GPUS.values(), key=lambda g: g.usable_bytes):
         if need is not None and gpu.usable_bytes >= need:
             candidate = replace(m, gpus=(gpu,))
-            best = _first_fit(spec, candidate, seq_len, batch_size, dtype)
+            best = _first_fit(spec, candidate, seq_len, batch_size, dtype, image_size)
             if best:
                 found.append(Change("gpu", f"one {gpu.name} ({gpu.marketed}): {best.label}", candidate, seq_len, best))
                 break
@@ -807,20 +1033,20 @@ def changes(model: Any, machine: str | Machine | None = None, seq_len: int = 409
     if m.gpus:
         for n in range(len(m.gpus) + 1, MAX_GPUS + 1):
             candidate = replace(m, gpus=(m.gpus[0],) * n)
-            best = _first_fit(spec, candidate, seq_len, batch_size, dtype)
+            best = _first_fit(spec, candidate, seq_len, batch_size, dtype, image_size)
             if best:
                 found.append(Change("more_gpus", f"{n} x {m.gpus[0].name}: {best.label}", candidate, seq_len, best))
                 break
     # More CPU RAM: the least RAM a plan that fits with plenty asks for, rounded up to whole GB.
     if m.gpus:
         plenty = max(m.cpu_ram_bytes, 2 * module_bytes(spec, dtype)[""])
-        spilled = [o for o in fit(spec, replace(m, cpu_ram_bytes=plenty), seq_len, batch_size, dtype)
+        spilled = [o for o in fit(spec, replace(m, cpu_ram_bytes=plenty), seq_len, batch_size, dtype, image_size)
                    if o.fits and o.bytes_per_device.get("cpu")]
         if spilled:
             ram = min(o.bytes_per_device["cpu"] for o in spilled)
             for extra in (0, max(o.bytes_per_device["cpu"] for o in spilled) - ram):
                 candidate = replace(m, cpu_ram_bytes=math.ceil((ram + extra) / GB) * GB)
-                again = _first_fit(spec, candidate, seq_len, batch_size, dtype)
+                again = _first_fit(spec, candidate, seq_len, batch_size, dtype, image_size)
                 if again:
                     found.append(Change("cpu_ram", f"{format_bytes(candidate.cpu_ram_bytes, 'GB', 0)} of CPU RAM: "
                                         f"{again.label}", candidate, seq_len, again))
@@ -832,16 +1058,27 @@ def changes(model: Any, machine: str | Machine | None = None, seq_len: int = 409
         for quant in WEIGHTS:
             n = longest_context(spec, capacity, dtype, quant, batch_size)
             best_n = max(best_n, min(n, seq_len - 1))
-        if best_n >= 1:
-            best = _first_fit(spec, m, best_n, batch_size, dtype)
-            if best:
-                found.append(Change("seq_len", f"a context of {best_n:,} tokens: {best.label}", m, best_n, best))
+        best = _first_fit(spec, m, best_n, batch_size, dtype, image_size) if best_n >= 1 else None
+        if best:
+            # longest_context counts one GPU's weights only; spilling layers to CPU RAM, an offloaded or a
+            # quantized cache fit longer contexts: bisect on multiples of CONTEXT_STEP (a call of fit each).
+            low, high = best_n, seq_len
+            while high - low > CONTEXT_STEP:
+                mid = (low + high) // 2 // CONTEXT_STEP * CONTEXT_STEP
+                if mid <= low:
+                    break
+                again = _first_fit(spec, m, mid, batch_size, dtype, image_size)
+                if again:
+                    low, best = mid, again
+                else:
+                    high = mid
+            found.append(Change("seq_len", f"a context of {low:,} tokens: {best.label}", m, low, best))
     return found
 
 
 def smallest_change(model: Any, machine: str | Machine | None = None, seq_len: int = 4096, batch_size: int = 1,
-                    dtype: str = "bfloat16") -> Change | None:
+                    dtype: str = "bfloat16", image_size: int | tuple[int, int] = 1024) -> Change | None:
     """The first of :func:`changes` (a named GPU before more GPUs, more RAM, a shorter context); None when
     an option fits already or no change the advisor tries helps (say a model past 8 of the largest GPUs)."""
-    found = changes(model, machine, seq_len, batch_size, dtype)
+    found = changes(model, machine, seq_len, batch_size, dtype, image_size)
     return found[0] if found else None
