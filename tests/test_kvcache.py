@@ -19,12 +19,12 @@ import torch
 from transformers import DynamicCache
 
 import bigsmall_lab as bsl
-from bigsmall_lab import _compat, kvcache, quality
+from bigsmall_lab import _compat, kv_plan, kvcache, quality
 from bigsmall_lab._errors import LabError
 from bigsmall_lab.exercises import (check_blog_kv_heads, check_kv_cache_gib, check_kv_per_gpu,
                                     check_recomputed_positions)
 from bigsmall_lab.exercises import _core
-from bigsmall_lab.kvcache import CacheSettings
+from bigsmall_lab.kv_plan import CacheSettings
 
 PER_TOKEN = 2 * 6 * 4 * 32 * 4  # bigsmall-tiny, float32: 6,144 bytes per token and sequence
 
@@ -93,7 +93,7 @@ def test_quantized_caches_hold_fewer_bytes_past_residual_length_and_exactly_what
     assert run.cache.total_bytes == run.expected_bytes
     if name != "fp8":
         # 12 decode updates with a window of 8: flushed at the 8th, 4 tokens wait in full precision
-        assert run.cache.residual_tokens == kvcache.residual_tokens_after([64] + [1] * 12, 8) == 4
+        assert run.cache.residual_tokens == kv_plan.residual_tokens_after([64] + [1] * 12, 8) == 4
         assert run.cache.full_precision_bytes == 4 * PER_TOKEN
 
 
@@ -105,17 +105,17 @@ def test_quanto_pads_its_last_byte_row_as_counted(tiny, ids, name):
     assert run.cache.total_bytes == run.expected_bytes
     rows = 71 * 128 // 64
     bits = 2 if name.endswith("int2") else 4
-    assert kvcache._packed_bytes(kvcache.QuantBackend.QUANTO, bits, rows * 64, 64) == -(-rows * bits // 8) * 64
+    assert kv_plan._packed_bytes(kv_plan.QuantBackend.QUANTO, bits, rows * 64, 64) == -(-rows * bits // 8) * 64
 
 
 def test_quantized_bytes_worked_out_by_hand():
     # quanto int4 on bigsmall-tiny, float32, 200 quantized tokens + 4 in the window, per layer and tensor:
     # 200 x 128 values at 4 bits = 12,800 bytes; 400 groups of 64 x (scale + shift) x 4 bytes = 3,200;
     # the window 4 x 128 x 4 = 2,048. Times 2 tensors x 6 layers:
-    assert kvcache.expected_cache_bytes("bigsmall-tiny", "quanto-int4", 204, dtype="float32",
+    assert kv_plan.expected_cache_bytes("bigsmall-tiny", "quanto-int4", 204, dtype="float32",
                                         residual_tokens=4) == 12 * (12_800 + 3_200 + 2_048)
     # fp8: one byte per value + one float32 scale per tensor: 204 x 128 + 4, x 12
-    assert kvcache.expected_cache_bytes("bigsmall-tiny", "fp8", 204, dtype="float32") == 12 * (204 * 128 + 4)
+    assert kv_plan.expected_cache_bytes("bigsmall-tiny", "fp8", 204, dtype="float32") == 12 * (204 * 128 + 4)
 
 
 @pytest.mark.slow
@@ -125,16 +125,16 @@ def test_the_window_of_a_quantized_cache_follows_residual_length(tiny, ids):
         run = kvcache.generate(tiny, ids[:, :64], CacheSettings.parse("quanto-int4", residual_length=window),
                                max_new_tokens=31, trace_bytes=True)
         sizes[window] = run.cache.total_bytes
-        assert run.cache.residual_tokens == kvcache.residual_tokens_after([64] + [1] * 30, window)
+        assert run.cache.residual_tokens == kv_plan.residual_tokens_after([64] + [1] * 30, window)
         assert min(run.bytes_trace) < run.bytes_trace[-1] or window == 64  # flushes drop the bytes (saw-tooth)
     assert sizes[4] < sizes[16] < sizes[64]  # a longer full-precision window holds more
 
 
 def test_the_prompt_is_quantized_at_once_whatever_the_window():
     # transformers 5.24: the first update is quantized whole; only later tokens wait in the window.
-    assert kvcache.residual_tokens_after([1000], 128) == 0
-    assert kvcache.residual_tokens_after([10, 1, 1, 1], 128) == 3
-    assert kvcache.residual_tokens_after([10] + [1] * 130, 128) == 2  # flushed once, at 128
+    assert kv_plan.residual_tokens_after([1000], 128) == 0
+    assert kv_plan.residual_tokens_after([10, 1, 1, 1], 128) == 3
+    assert kv_plan.residual_tokens_after([10] + [1] * 130, 128) == 2  # flushed once, at 128
 
 
 def test_shared_prefill_gives_the_same_cache_as_a_full_generate(tiny, ids):
@@ -152,7 +152,7 @@ def test_shared_prefill_gives_the_same_cache_as_a_full_generate(tiny, ids):
 def test_compare_orders_the_caches_by_how_much_they_change_the_model(tiny, ids):
     caches = ["dynamic", "static", CacheSettings.parse("quanto-int4", residual_length=16),
               CacheSettings.parse("quanto-int2", residual_length=16)]
-    runs = kvcache.compare(tiny, ids, caches, prompt_tokens=96, scored_tokens=48, chunk_tokens=16, new_tokens=4)
+    runs = kvcache.compare_caches(tiny, ids, caches, prompt_tokens=96, scored_tokens=48, chunk_tokens=16, new_tokens=4)
     kl = {r.label.split(",")[0]: r.agreement.kl_nats for r in runs}
     assert kl["dynamic"] == 0.0 and runs[0].agreement.top1_agreement == 1.0
     assert kl["static (148 tokens)"] < 1e-6
@@ -185,19 +185,19 @@ def test_the_published_llama_31_table():
 
 
 def test_kv_heads_decide_the_cache_mha_gqa_mqa():
-    variants = kvcache.attention_variants("llama-3.1-8b")
-    points = kvcache.kv_curve(variants, [1024, 4096])
+    variants = kv_plan.attention_variants("llama-3.1-8b")
+    points = kv_plan.kv_curve(variants, [1024, 4096])
     by = {(p.label, p.seq_len): p.kv_bytes for p in points}
     mha, gqa, mqa = variants
     assert by[(mha, 1024)] == 4 * by[(gqa, 1024)] == 32 * by[(mqa, 1024)]  # 32 : 8 : 1 KV heads
     assert by[(gqa, 4096)] == 4 * by[(gqa, 1024)]  # linear in the context
     assert by[(gqa, 1024)] == bsl.kv_cache_bytes("llama-3.1-8b", 1024)
-    batch = kvcache.kv_curve(["llama-3.1-8b"], [1024], batch_sizes=[1, 8])
+    batch = kv_plan.kv_curve(["llama-3.1-8b"], [1024], batch_sizes=[1, 8])
     assert batch[1].kv_bytes == 8 * batch[0].kv_bytes
 
 
 def test_per_gpu_cache_stops_shrinking_when_ranks_outnumber_kv_heads():
-    points = kvcache.kv_per_rank_curve(["llama-3.1-405b"], 128_000, [1, 2, 4, 8, 16, 32])
+    points = kv_plan.kv_per_rank_curve(["llama-3.1-405b"], 128_000, [1, 2, 4, 8, 16, 32])
     per_gpu = [p.kv_bytes for p in points]
     assert per_gpu[:4] == [per_gpu[0] // tp for tp in (1, 2, 4, 8)]  # 8 KV heads split 1, 2, 4, 8 ways
     assert per_gpu[3] == per_gpu[4] == per_gpu[5]  # 16 and 32 GPUs: each still holds one whole KV head
@@ -205,7 +205,7 @@ def test_per_gpu_cache_stops_shrinking_when_ranks_outnumber_kv_heads():
 
 
 def test_offload_plan_keeps_two_layers_on_the_gpu():
-    plan = kvcache.offload_plan("llama-3.1-8b", 131_072)
+    plan = kv_plan.plan_cache_offload("llama-3.1-8b", 131_072)
     assert plan.total_bytes == bsl.kv_cache_bytes("llama-3.1-8b", 131_072)
     assert plan.gpu_bytes * 16 == plan.total_bytes  # 2 of 32 layers
     assert plan.gpu_bytes + plan.cpu_bytes == plan.total_bytes
@@ -244,13 +244,13 @@ def test_an_unknown_cache_lists_them():
 
 
 def test_a_backend_that_is_not_installed_names_the_extra(monkeypatch):
-    monkeypatch.setattr(kvcache, "_installed", lambda module: False)
+    monkeypatch.setattr(kv_plan, "_installed", lambda module: False)
     for name, package in (("quanto-int4", "optimum-quanto"), ("hqq-int2", "hqq")):
         with pytest.raises(LabError) as err:
             CacheSettings.parse(name)
         text = one_sentence(err)
         assert package in text and 'pip install "bigsmall-lab[kvcache]"' in text
-    assert CacheSettings.parse("fp8").backend is kvcache.QuantBackend.FP8  # torch alone
+    assert CacheSettings.parse("fp8").backend is kv_plan.QuantBackend.FP8  # torch alone
 
 
 @pytest.mark.parametrize("kwargs, words", [
@@ -280,7 +280,7 @@ def test_settings_of_one_cache_given_to_another():
 def test_the_offloaded_cache_on_a_cpu_is_one_sentence(tiny, ids):
     with pytest.raises(LabError) as err:
         kvcache.generate(tiny, ids[:, :10], "offloaded", max_new_tokens=2)
-    assert "needs a CUDA GPU" in one_sentence(err) and "offload_plan" in str(err.value)
+    assert "needs a CUDA GPU" in one_sentence(err) and "plan_cache_offload" in str(err.value)
 
 
 def test_a_group_size_that_does_not_divide_the_heads(tiny):
@@ -362,26 +362,26 @@ def test_recomputed_positions(fresh_questions):
 def test_views_draw_the_numbers_they_are_given(tiny, ids):
     from bigsmall_lab import views
 
-    runs = kvcache.compare(tiny, ids, ["dynamic", "fp8"], prompt_tokens=64, scored_tokens=16, chunk_tokens=8,
+    runs = kvcache.compare_caches(tiny, ids, ["dynamic", "fp8"], prompt_tokens=64, scored_tokens=16, chunk_tokens=8,
                            new_tokens=3)
     fig = views.cache_runs_chart(runs)
     bars = fig.data[0]
     assert list(bars.x) == [r.generation.cache.total_bytes / 2**20 for r in runs]
     html = views.cache_runs_table(runs).data
     assert "fp8 (e4m3)" in html and f"{runs[1].agreement.kl_nats:.4f}" in html
-    points = kvcache.kv_curve(kvcache.attention_variants("llama-3.1-8b"), [1024, 8192])
+    points = kv_plan.kv_curve(kv_plan.attention_variants("llama-3.1-8b"), [1024, 8192])
     chart = views.kv_context_chart(points, reference_lines={"weights": bsl.weights_bytes("llama-3.1-8b")})
     assert len(chart.data) == 3 and chart.data[0].y[0] == points[0].kv_bytes / 2**30
-    rank = views.kv_per_gpu_chart(kvcache.kv_per_rank_curve(["llama-3.1-405b"], 1024, [1, 8, 16]))
+    rank = views.kv_per_gpu_chart(kv_plan.kv_per_rank_curve(["llama-3.1-405b"], 1024, [1, 8, 16]))
     assert rank.data[0].y[1] == rank.data[0].y[2]
     traced = kvcache.generate(tiny, ids[:, :20], "dynamic", 4, trace_bytes=True)
     assert list(views.bytes_per_token_chart([traced]).data[0].y) == [b / 2**20 for b in traced.bytes_trace]
     result = kvcache.recompute_vs_cache(tiny, ids[:, :16], 4)
     assert len(views.recompute_chart(result).data) == 2
     # 2 of 32 layers on the GPU: 2 layers x 2 (K and V) x 8 KV heads x 128 dims x 8,192 tokens x 2 bytes
-    on_gpu = views.offload_chart([kvcache.offload_plan("llama-3.1-8b", 8192)]).data[1].y[0]
+    on_gpu = views.offload_chart([kv_plan.plan_cache_offload("llama-3.1-8b", 8192)]).data[1].y[0]
     assert on_gpu == 2 * 2 * 8 * 128 * 8192 * 2 / 2**30
-    res = kvcache.compare(tiny, ids, [CacheSettings.parse("quanto-int2", residual_length=r) for r in (32, 4)],
+    res = kvcache.compare_caches(tiny, ids, [CacheSettings.parse("quanto-int2", residual_length=r) for r in (32, 4)],
                           prompt_tokens=64, scored_tokens=32, chunk_tokens=4, new_tokens=0)
     chart = views.residual_chart(res)
     assert list(chart.data[0].x) == ["4", "32"] and res[0].generation is None
@@ -394,7 +394,15 @@ def test_runnable_names_a_cache_this_installation_lacks_instead_of_raising(monke
     from bigsmall_lab import _compat
 
     monkeypatch.setattr(_compat, "quantized_cache_backends", lambda: ("quanto", "hqq"))  # transformers 5.17's set
-    kept = kvcache.runnable(["dynamic", "fp8", "quanto-int4"])
+    kept = kv_plan.runnable(["dynamic", "fp8", "quanto-int4"])
     assert [s.name for s in kept] == ["dynamic", "quanto-int4"]
     said = capsys.readouterr().out
     assert "skipped 'fp8'" in said and "backend 'fp8'" in said and said.count("\n") == 1
+
+
+def test_the_old_compare_name_warns_and_runs_compare_caches(monkeypatch):
+    # kvcache.compare is kept for one release; quality.compare (two models) keeps the short name.
+    monkeypatch.setattr(kvcache, "compare_caches", lambda *args, **kwargs: ("compared", args, kwargs))
+    with pytest.warns(DeprecationWarning, match="compare_caches"):
+        assert kvcache.compare("model", "ids", ["dynamic"], prompt_tokens=4) == (
+            "compared", ("model", "ids", ["dynamic"]), {"prompt_tokens": 4})

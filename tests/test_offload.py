@@ -11,10 +11,11 @@ import pytest
 import torch
 
 import bigsmall_lab as bsl
-from bigsmall_lab import offload, views
+from bigsmall_lab import offload, offload_plan, views
 from bigsmall_lab._errors import LabError
 from bigsmall_lab.exercises import _core, _lesson05
-from bigsmall_lab.offload import Generation, OffloadSettings, OffloadWarning, Strategy
+from bigsmall_lab.offload import OffloadWarning
+from bigsmall_lab.offload_plan import ImageSettings, OffloadSettings, OffloadStrategy
 
 CPU_ONLY = not torch.cuda.is_available()
 
@@ -54,7 +55,7 @@ def test_bad_settings_get_one_sentence(kwargs, words):
 
 def test_settings_normalise_and_name_the_call():
     s = OffloadSettings("BLOCK_LEVEL")
-    assert s.strategy is Strategy.BLOCK_LEVEL and s.num_blocks_per_group == 1  # diffusers requires a number
+    assert s.strategy is OffloadStrategy.BLOCK_LEVEL and s.num_blocks_per_group == 1  # diffusers requires a number
     assert OffloadSettings("leaf_level", exclude="vae").exclude == ("vae",)
     assert s.call("cuda") == ('apply_group_offloading(component, onload_device="cuda", offload_device="cpu", '
                               'offload_type="block_level", num_blocks_per_group=1)')
@@ -71,7 +72,7 @@ def test_settings_normalise_and_name_the_call():
 def test_what_needs_an_accelerator_is_refused_before_anything_loads(settings, words, monkeypatch):
     monkeypatch.setattr(offload, "_load", lambda *a: pytest.fail("the pipeline was loaded"))
     with pytest.raises(LabError) as err:
-        offload.run(settings, pipeline="tiny")
+        offload.run("tiny", settings)
     for word in words:
         assert word in one_sentence(err.value)
 
@@ -82,7 +83,7 @@ def test_an_offload_path_that_is_not_writable_is_refused_before_anything_loads(t
     monkeypatch.setattr(offload, "_load", lambda *a: pytest.fail("the pipeline was loaded"))
     settings = OffloadSettings("block_level", offload_to_disk_path=blocker / "offload")
     with pytest.raises(LabError) as err:
-        offload.run(settings, pipeline="tiny", device="cpu")
+        offload.run("tiny", settings, device="cpu")
     text = one_sentence(err.value)
     assert "offload_to_disk_path" in text and "not writable" in text and "a-file" in text
 
@@ -92,13 +93,13 @@ def test_an_offload_path_that_is_not_writable_is_refused_before_anything_loads(t
     (dict(pipeline="tiny", dtype="auto"), ["dtype 'auto'", "float32"]),
     (dict(pipeline="tiny", dtype="int8"), ["dtype 'int8'"]),
     (dict(pipeline="tiny", device="tpu"), ["device 'tpu'"]),
-    (dict(pipeline="tiny", generation={"height": 16}), ["generation", "Generation"]),
+    (dict(pipeline="tiny", image_settings={"height": 16}), ["image_settings", "ImageSettings"]),
     (dict(pipeline="tiny", on_phase="mark"), ["on_phase 'mark' is not callable", "live chart's mark"]),
 ])
 def test_bad_run_arguments_get_one_sentence(kwargs, words, monkeypatch):
     monkeypatch.setattr(offload, "_load", lambda *a: pytest.fail("the pipeline was loaded"))
     with pytest.raises(ValueError) as err:
-        offload.run(OffloadSettings("none"), **kwargs)
+        offload.run(settings=OffloadSettings("none"), **kwargs)
     for word in words:
         assert word in one_sentence(err.value)
 
@@ -115,9 +116,39 @@ def test_run_names_its_phases_for_a_live_chart():
 
 def test_generation_sizes_fit_flux_patches():
     with pytest.raises(LabError, match="height 20"):
-        Generation(height=20)
+        ImageSettings(height=20)
     with pytest.raises(LabError, match="num_inference_steps 0"):
-        Generation(num_inference_steps=0)
+        ImageSettings(num_inference_steps=0)
+
+
+class _Stop(Exception):
+    """Raised where run reads its pipeline: the arguments are settled by then, nothing is loaded."""
+
+
+def test_old_names_and_argument_order_keep_working_for_one_release(monkeypatch):
+    from bigsmall_lab import kv_plan, kvcache
+
+    assert offload.Strategy is OffloadStrategy and offload.Generation is ImageSettings
+    assert offload.plan is offload_plan.plan_offload and offload.weights_bytes is offload_plan.module_tensor_bytes
+    assert kvcache.OffloadPlan is kv_plan.CacheOffloadPlan and kvcache.offload_plan is kv_plan.plan_cache_offload
+    assert kvcache.CacheSettings is kv_plan.CacheSettings and kvcache.kv_curve is kv_plan.kv_curve
+
+    def stop(pipeline):
+        raise _Stop(pipeline)
+
+    monkeypatch.setattr(offload, "pipeline_folder", stop)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)  # the new order warns nothing
+        with pytest.raises(_Stop, match="tiny"):
+            offload.run("tiny", OffloadSettings("model"), device="cpu")
+    with pytest.warns(DeprecationWarning, match="pipeline first"), pytest.raises(_Stop, match="tiny"):
+        offload.run(OffloadSettings("model"), "tiny", device="cpu")  # the old order, put back
+    with pytest.warns(DeprecationWarning), pytest.raises(_Stop, match="small"):
+        offload.run("model", device="cpu")  # old order, settings alone: the default pipeline
+    with pytest.warns(DeprecationWarning), pytest.raises(_Stop, match="tiny"):
+        offload.compare(["model"], "tiny", device="cpu")  # the old name and order of compare_strategies
+    with pytest.raises(LabError, match="list of settings"):
+        offload.compare_strategies("tiny", "model", device="cpu")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -138,37 +169,37 @@ def toy() -> torch.nn.Module:
 
 def test_plan_of_each_strategy_by_hand():
     parts = {"a": toy()}
-    assert offload.weights_bytes(parts["a"]) == 1472
-    none = offload.plan(parts, "none")
+    assert offload_plan.module_tensor_bytes(parts["a"]) == 1472
+    none = offload_plan.plan_offload(parts, "none")
     assert (none.total_bytes, none.device_bytes, none.offloaded_to) == (1472, 1472, "nothing")
-    block2 = offload.plan(parts, OffloadSettings("block_level", num_blocks_per_group=2))
+    block2 = offload_plan.plan_offload(parts, OffloadSettings("block_level", num_blocks_per_group=2))
     assert (block2.device_bytes, block2.n_groups) == (320 + 2 * 288, 2 + 1)  # the rest + one group of 2 blocks
-    block1 = offload.plan(parts, OffloadSettings("block_level", num_blocks_per_group=1))
+    block1 = offload_plan.plan_offload(parts, OffloadSettings("block_level", num_blocks_per_group=1))
     assert (block1.device_bytes, block1.n_groups) == (320 + 288, 4 + 1)
-    stream = offload.plan(parts, OffloadSettings("block_level", use_stream=True))
+    stream = offload_plan.plan_offload(parts, OffloadSettings("block_level", use_stream=True))
     assert stream.device_bytes == 320 + 2 * 288  # the next block is prefetched while one computes
-    leaf = offload.plan(parts, OffloadSettings("leaf_level"))
+    leaf = offload_plan.plan_offload(parts, OffloadSettings("leaf_level"))
     assert (leaf.device_bytes, leaf.n_groups) == (320, 5)  # the largest leaf, the embedding
-    seq = offload.plan(parts, OffloadSettings("sequential"))
+    seq = offload_plan.plan_offload(parts, OffloadSettings("sequential"))
     assert seq.device_bytes == 320
 
 
 def test_components_run_one_at_a_time_and_excluded_ones_stay():
     parts = {"a": toy(), "b": torch.nn.Linear(16, 16)}  # b: 16 x 16 + 16 = 272 parameters = 1,088 bytes
-    assert offload.plan(parts, "none").device_bytes == 1472 + 1088
-    model = offload.plan(parts, "model")
+    assert offload_plan.plan_offload(parts, "none").device_bytes == 1472 + 1088
+    model = offload_plan.plan_offload(parts, "model")
     assert (model.device_bytes, model.largest) == (1472, "a")
-    kept = offload.plan(parts, OffloadSettings("leaf_level", exclude=("a",)))
+    kept = offload_plan.plan_offload(parts, OffloadSettings("leaf_level", exclude=("a",)))
     assert kept.device_bytes == 1472 + 1088  # a stays whole; b's one leaf is all of b
     with pytest.raises(LabError, match="exclude 'c'"):
-        offload.plan(parts, OffloadSettings("leaf_level", exclude=("c",)))
+        offload_plan.plan_offload(parts, OffloadSettings("leaf_level", exclude=("c",)))
 
 
 def test_on_a_cpu_only_disk_offloading_lowers_the_plan(tmp_path):
     parts = {"a": toy()}
     for strategy in ("model", OffloadSettings("block_level"), OffloadSettings("leaf_level")):
-        assert offload.plan(parts, strategy, device="cpu").device_bytes == 1472  # RAM to RAM saves nothing
-    disk = offload.plan(parts, OffloadSettings("block_level", offload_to_disk_path=tmp_path), device="cpu")
+        assert offload_plan.plan_offload(parts, strategy, device="cpu").device_bytes == 1472  # RAM to RAM saves nothing
+    disk = offload_plan.plan_offload(parts, OffloadSettings("block_level", offload_to_disk_path=tmp_path), device="cpu")
     assert (disk.device_bytes, disk.offloaded_to) == (320 + 288, "disk")
 
 
@@ -176,40 +207,40 @@ def test_tied_leaves_are_found():
     emb = torch.nn.Embedding(10, 4)
     head = torch.nn.Linear(4, 10, bias=False)
     head.weight = emb.weight
-    assert offload.tied_leaf_parameters(torch.nn.ModuleDict({"emb": emb, "head": head})) == [
+    assert offload_plan.tied_leaf_parameters(torch.nn.ModuleDict({"emb": emb, "head": head})) == [
         ("emb.weight", "head.weight")]
-    assert offload.tied_leaf_parameters(toy()) == []
+    assert offload_plan.tied_leaf_parameters(toy()) == []
 
 
 @pytest.mark.slow
 def test_flux_dev_counted_from_its_real_configs():
     # Published sizes: FLUX.1-dev's transformer 11.9B (model card; 11,901,408,320 in its safetensors
     # index), T5-XXL's encoder with the shared embedding once, CLIP-L's text model, the VAE (FACTS.md).
-    sizes = {c.name: c.parameters for c in offload.component_sizes()}
+    sizes = {c.name: c.parameters for c in offload_plan.component_sizes()}
     assert sizes == {"transformer": 11_901_408_320, "text_encoder_2": 4_762_310_656,
                      "text_encoder": 123_060_480, "vae": 83_819_683}
-    bf16 = {c.name: c.weights_bytes for c in offload.component_sizes(dtype="bfloat16")}
+    bf16 = {c.name: c.weights_bytes for c in offload_plan.component_sizes(dtype="bfloat16")}
     assert bf16["transformer"] == 2 * 11_901_408_320
 
 
 @pytest.mark.slow
 def test_flux_dev_plans():
-    flux = offload.flux_dev_components()
-    sizes = {c.name: c.weights_bytes for c in offload.component_sizes(dtype="bfloat16")}
-    model = offload.plan(flux, "model")
+    flux = offload_plan.flux_dev_components()
+    sizes = {c.name: c.weights_bytes for c in offload_plan.component_sizes(dtype="bfloat16")}
+    model = offload_plan.plan_offload(flux, "model")
     assert (model.device_bytes, model.largest) == (sizes["transformer"], "transformer")
     # T5EncoderModel keeps its blocks at encoder.block, not in a top-level ModuleList: block level
     # moves it whole, so it sets the block-level peak.
-    block = offload.plan(flux, OffloadSettings("block_level", num_blocks_per_group=2))
+    block = offload_plan.plan_offload(flux, OffloadSettings("block_level", num_blocks_per_group=2))
     assert block.by_component["text_encoder_2"] == sizes["text_encoder_2"]
     assert block.by_component["transformer"] < sizes["transformer"] / 10
-    assert offload.plan({"transformer": flux["transformer"]},
+    assert offload_plan.plan_offload({"transformer": flux["transformer"]},
                         OffloadSettings("block_level", num_blocks_per_group=2)).n_groups == 10 + 19 + 1
-    problems = offload.known_problems(flux, OffloadSettings("leaf_level", offload_to_disk_path="/tmp/x"))
+    problems = offload_plan.known_problems(flux, OffloadSettings("leaf_level", offload_to_disk_path="/tmp/x"))
     assert len(problems) == 1 and "text_encoder_2" in problems[0] and "shared.weight" in problems[0]
-    assert offload.known_problems(flux, OffloadSettings("block_level", offload_to_disk_path="/tmp/x")) == []
+    assert offload_plan.known_problems(flux, OffloadSettings("block_level", offload_to_disk_path="/tmp/x")) == []
     leaf = OffloadSettings("leaf_level", offload_to_disk_path="/tmp/x", exclude=("text_encoder_2",))
-    assert offload.known_problems(flux, leaf) == []
+    assert offload_plan.known_problems(flux, leaf) == []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -245,7 +276,7 @@ def tiny_results(tmp_path_factory, one_thread):
                 OffloadSettings("leaf_level", offload_to_disk_path=disk, exclude=("text_encoder_2",))]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        results = offload.compare(settings, pipeline=folder, generation=Generation(num_inference_steps=2))
+        results = offload.compare_strategies(folder, settings, image_settings=ImageSettings(num_inference_steps=2))
     return results, [w for w in caught if issubclass(w.category, OffloadWarning)], disk
 
 
@@ -267,7 +298,7 @@ def test_image_tolerance_separates_alignment_noise_from_the_tied_weight_bug():
 def test_every_strategy_a_cpu_runs_gives_the_baseline_image(tiny_results):
     results, warned, disk = tiny_results
     baseline = results[0]
-    assert baseline.settings.strategy is Strategy.NONE and baseline.image is not None
+    assert baseline.settings.strategy is OffloadStrategy.NONE and baseline.image is not None
     by_label = {r.label: r for r in results}
     broken = by_label["group offloading, leaf level + disk"]
     for r in results:
@@ -305,7 +336,7 @@ def test_disk_offloading_lowers_the_peak_in_one_run(tmp_path, small_folder, one_
     disk = OffloadSettings("block_level", num_blocks_per_group=1, offload_to_disk_path=tmp_path / "offload")
     live = views.LiveMemory(interval=0.01, device="cpu")
     with live:
-        baseline, on_disk = offload.compare([disk], pipeline=small_folder, device="cpu", on_phase=live.mark)
+        baseline, on_disk = offload.compare_strategies(small_folder, [disk], device="cpu", on_phase=live.mark)
     assert on_disk.equal
     assert on_disk.peak_bytes < baseline.peak_bytes
     assert on_disk.held_bytes < baseline.held_bytes
@@ -358,11 +389,11 @@ def test_views_draw_the_results(tiny_results):
 
 def test_plan_bars_and_components_table():
     parts = {"a": toy()}
-    plans = [offload.plan(parts, s) for s in ("none", "model", OffloadSettings("leaf_level"))]
+    plans = [offload_plan.plan_offload(parts, s) for s in ("none", "model", OffloadSettings("leaf_level"))]
     fig = views.plan_bars(plans)
     assert list(fig.data[0].y) == [p.device_bytes / 1e9 for p in plans]
     assert list(fig.data[0].x) == ["no offloading", "model offload", "group offloading, leaf level"]
-    table = views.components_table(offload.component_sizes()).data
+    table = views.components_table(offload_plan.component_sizes()).data
     assert "11,901,408,320" in table and "all together" in table
 
 
@@ -409,7 +440,7 @@ def test_gpu_every_strategy_matches_and_offloading_lowers_the_peak(tmp_path):
                 OffloadSettings("leaf_level"), OffloadSettings("block_level", use_stream=True),
                 OffloadSettings("leaf_level", use_stream=True),
                 OffloadSettings("block_level", use_stream=True, offload_to_disk_path=disk)]
-    results = offload.compare(settings, pipeline=folder, device="cuda", dtype=torch.bfloat16)
+    results = offload.compare_strategies(folder, settings, device="cuda", dtype=torch.bfloat16)
     by = {r.label: r for r in results}
     assert all(r.ran for r in results)
     for r in results[1:]:
@@ -427,5 +458,5 @@ def test_gpu_leaf_level_disk_offloading_of_t5_is_caught(tmp_path):
     folder = bsl.tiny_flux_pipeline(path=tmp_path / "tiny", load=False)
     broken = OffloadSettings("leaf_level", offload_to_disk_path=tmp_path / "offload")
     with pytest.warns(OffloadWarning, match="text_encoder_2"):
-        baseline, result = offload.compare([broken], pipeline=folder, device="cuda")
+        baseline, result = offload.compare_strategies(folder, [broken], device="cuda")
     assert result.problems and not result.equal and result.note.startswith("WRONG image")

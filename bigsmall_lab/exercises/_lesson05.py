@@ -14,8 +14,8 @@ import torch
 
 from .._dtypes import bytes_per_element, dtype_name
 from .._units import GB, MiB
-from ..offload import (OffloadResult, OffloadSettings, component_sizes, flux_dev_components, pipeline_components,
-                       plan, plan_groups)
+from ..offload import OffloadResult, pipeline_components
+from ..offload_plan import OffloadSettings, component_sizes, flux_dev_components, plan_groups, plan_offload
 from ._core import Exercise, Slip, Verdict, ask, byte_unit_slips, distinct_slips
 
 __all__ = ["DISK_PEAK_TOLERANCE", "check_cpu_offload_saving", "check_disk_peak", "check_flux_transformer_bytes",
@@ -70,9 +70,9 @@ def check_model_offload_bytes(answer: float | None, dtype: str = "bfloat16") -> 
 
     def build() -> Exercise:
         components = flux_dev_components(dtype)
-        right = plan(components, OffloadSettings("model"), device="cuda")
+        right = plan_offload(components, OffloadSettings("model"), device="cuda")
         sizes = {name: b for name, b in right.by_component.items()}
-        none = plan(components, OffloadSettings("none"), device="cuda").device_bytes
+        none = plan_offload(components, OffloadSettings("none"), device="cuda").device_bytes
         text = sizes["text_encoder"] + sizes["text_encoder_2"]
         slips = [Slip(none, "that is every component at once: no offloading"),
                  Slip(text, "that is both text encoders together; they run one after the other, and the "
@@ -106,7 +106,7 @@ def check_group_count(answer: float | None, num_blocks_per_group: int = 2) -> Ve
     def build() -> Exercise:
         transformer = flux_dev_components(torch.bfloat16)["transformer"]
         settings = OffloadSettings("block_level", num_blocks_per_group=num_blocks_per_group)
-        expected = plan({"transformer": transformer}, settings, device="cuda").n_groups
+        expected = plan_offload({"transformer": transformer}, settings, device="cuda").n_groups
         lists = [len(c) for c in transformer.children() if isinstance(c, (torch.nn.ModuleList, torch.nn.Sequential))]
         blocks = sum(lists)
         per_list = sum(math.ceil(n / num_blocks_per_group) for n in lists)
@@ -136,9 +136,9 @@ def check_cpu_offload_saving(answer: float | None, pipeline: str = "small") -> V
     """
     def build() -> Exercise:
         components = pipeline_components(pipeline, torch.float32)
-        none = plan(components, OffloadSettings("none"), device="cpu").device_bytes
-        on_cpu = plan(components, OffloadSettings("model"), device="cpu").device_bytes
-        on_gpu = plan(components, OffloadSettings("model"), device="cuda")
+        none = plan_offload(components, OffloadSettings("none"), device="cpu").device_bytes
+        on_cpu = plan_offload(components, OffloadSettings("model"), device="cpu").device_bytes
+        on_gpu = plan_offload(components, OffloadSettings("model"), device="cuda")
         expected = none - on_cpu
         text = sum(b for name, b in on_gpu.by_component.items() if name.startswith("text_encoder"))
         slips = [Slip(none - on_gpu.device_bytes, "that is what it saves on a GPU; on a CPU the offload device is "
@@ -191,7 +191,7 @@ def check_disk_peak(answer: float | None, result: OffloadResult) -> Verdict:
         components = pipeline_components(result.pipeline, result.dtype)
 
         def planned(**kw) -> float:
-            return plan(components, OffloadSettings("block_level", offload_to_disk_path=settings.offload_to_disk_path,
+            return plan_offload(components, OffloadSettings("block_level", offload_to_disk_path=settings.offload_to_disk_path,
                                                     **kw), device).device_bytes / MiB
 
         largest = result.plan.largest
@@ -199,7 +199,7 @@ def check_disk_peak(answer: float | None, result: OffloadResult) -> Verdict:
         slips = [Slip(planned(num_blocks_per_group=2), "that is about the peak with 2 blocks per group (the run "
                                                        f"above); this run has {n}"),
                  Slip(planned(num_blocks_per_group=1), f"that is about one block per group; this run has {n}"),
-                 Slip(plan(components, OffloadSettings("none"), device).device_bytes / MiB,
+                 Slip(plan_offload(components, OffloadSettings("none"), device).device_bytes / MiB,
                       "that is every weight: with disk offloading only the groups in use stay in memory"),
                  Slip(max(chunks, default=0) / MiB, f"that is the largest group of blocks alone; the {largest}'s "
                                                     "other layers (its unmatched group) stay in memory during its "

@@ -21,7 +21,7 @@ from .._dtypes import bytes_per_element, dtype_name
 from .._errors import LabError, whole_number
 from .._units import GB, GiB, MiB
 from ..estimates import kv_cache_bytes
-from ..kvcache import kv_bytes_per_rank, positions_processed
+from ..kv_plan import kv_bytes_per_rank, positions_processed
 from ._core import Exercise, Slip, Verdict, ask, byte_unit_slips, config_layout, distinct_slips
 
 __all__ = ["check_blog_kv_heads", "check_cache_bytes", "check_kv_cache_gib", "check_kv_per_gpu",

@@ -15,7 +15,8 @@ from plotly.subplots import make_subplots
 
 from .._units import GiB as _GiB
 from .._units import MiB as _MiB
-from ..kvcache import CacheRun, GenerationRun, KVPoint, OffloadPlan, RankPoint, RecomputeResult
+from ..kv_plan import CacheOffloadPlan, KVPoint, RankPoint
+from ..kvcache import CacheRun, GenerationRun, RecomputeResult
 from ._estimates import html_table
 
 __all__ = ["bytes_per_token_chart", "cache_runs_chart", "cache_runs_table", "kv_context_chart", "kv_per_gpu_chart",
@@ -216,7 +217,7 @@ def recompute_chart(result: RecomputeResult, title: str | None = None) -> go.Fig
     return fig
 
 
-def offload_chart(plans: Sequence[OffloadPlan], title: str | None = None) -> go.Figure:
+def offload_chart(plans: Sequence[CacheOffloadPlan], title: str | None = None) -> go.Figure:
     """Where an offloaded cache keeps its bytes: two layers on the GPU, the rest in CPU memory,
     next to the whole cache a dynamic one keeps on the GPU."""
     labels = [p.label for p in plans]

@@ -9,7 +9,8 @@ import plotly.graph_objects as go
 import math
 
 from .._units import GB, GiB, MiB
-from ..offload import ComponentSize, OffloadPlan, OffloadResult, PinnedPlan, PlannedGroup, PublishedFigure, time_ratio
+from ..offload import OffloadResult, time_ratio
+from ..offload_plan import ComponentSize, OffloadPlan, PinnedPlan, PlannedGroup, PublishedFigure
 from ._estimates import _gpu_lines, html_table
 
 __all__ = ["components_table", "groups_table", "offload_table", "offload_timelines", "pinned_table", "plan_bars",
