@@ -50,11 +50,13 @@ def run_fit(args: argparse.Namespace) -> int:
     m = advisor.machine(args.gpu, cpu_ram=args.cpu_ram, disk=args.disk) if args.gpu is not None else \
         advisor.attached_machine() if args.cpu_ram is None and args.disk is None else \
         advisor.machine(advisor.attached_machine(), cpu_ram=args.cpu_ram, disk=args.disk)
-    options = advisor.fit(args.config, m, seq_len=args.seq_len, batch_size=args.batch_size, dtype=args.dtype)
+    image_size = getattr(args, "image_size", 1024)
+    options = advisor.fit(args.config, m, seq_len=args.seq_len, batch_size=args.batch_size, dtype=args.dtype,
+                          image_size=image_size)
     change = None if any(o.fits for o in options) else advisor.smallest_change(
-        args.config, m, seq_len=args.seq_len, batch_size=args.batch_size, dtype=args.dtype)
+        args.config, m, seq_len=args.seq_len, batch_size=args.batch_size, dtype=args.dtype, image_size=image_size)
     if args.json:
-        print(json.dumps({"model": args.config, "machine": m.label, "seq_len": args.seq_len,
+        print(json.dumps({"model": args.config, "machine": m.label, "ram_source": m.ram_source, "seq_len": args.seq_len,
                           "batch_size": args.batch_size, "options": [o.as_dict() for o in options],
                           "smallest_change": None if change is None else
                           {"kind": change.kind, "text": change.text, "machine": change.machine.label,
@@ -62,6 +64,9 @@ def run_fit(args: argparse.Namespace) -> int:
         return 0
     print(f"{args.config} on {m.label}, {args.seq_len:,} tokens x {args.batch_size}: {len(options)} options, "
           f"{sum(o.fits for o in options)} fit")
+    if m.ram_source and args.cpu_ram is None:  # a default the learner did not type: say where it comes from
+        for line in _wrap(f"CPU RAM {m.cpu_ram_bytes / 1e9:.1f} GB: {m.ram_source} (--cpu-ram to change)", ""):
+            print(line)
     print(table(options, None if args.all else 12))
     print("GPU GB: the fullest GPU, used / what torch sees; KL: nats/token lost (measured on a small model);")
     print("time x: per token against bf16 on one GPU ('?': a part not timed by the lab, counted 1.0)")

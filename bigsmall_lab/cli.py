@@ -7,7 +7,7 @@
     bigsmall-lab estimate <preset|config.json> [--dtype D] [--quantization Q] [--seq-len N] [--batch-size N]
                           [--json] [--wide]
     bigsmall-lab fit <preset|config.json> [--gpu 2xL4] [--cpu-ram 64GB] [--disk 1TB] [--seq-len N]
-                     [--batch-size N] [--dtype D] [--all] [--json]
+                     [--batch-size N] [--image-size PX] [--dtype D] [--all] [--json]
 
 The CLI imports planners and runners only, never widgets: a terminal needs no ipywidgets. Bad input
 (the lab's :class:`~bigsmall_lab._errors.LabError`, a missing file or cache folder) is one sentence on
@@ -207,10 +207,14 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("config", help="a preset name (see 'bigsmall-lab presets') or a path to a config.json")
     fit.add_argument("--gpu", default=None, help="'T4', '2xL4', '8xH100', 'A100 80GB' or a size like '24GB' "
                                                  "(default: this machine's GPUs and RAM)")
-    fit.add_argument("--cpu-ram", default=None, help="CPU RAM weights may spill to, e.g. '64GB' (default with --gpu: none)")
+    fit.add_argument("--cpu-ram", default=None, help="CPU RAM weights may spill to, e.g. '64GB'; 0 for none (default "
+                                                     "with --gpu: the named GPUs' usual host, e.g. a free Colab T4's "
+                                                     "12.7 GB, see advisor.HOST_RAM; a size like '24GB': none)")
     fit.add_argument("--disk", default=None, help="disk weights may spill to, e.g. '1TB' (default: none)")
     fit.add_argument("--seq-len", type=int, default=4096, help="tokens of context (default 4096)")
     fit.add_argument("--batch-size", type=int, default=1, help="sequences at once (default 1)")
+    fit.add_argument("--image-size", type=int, default=1024, help="pixels a side a diffusion model generates "
+                                                                  "(default 1024; its activations depend on it)")
     fit.add_argument("--dtype", default="bfloat16", help="bfloat16 or float16: the weights' 16-bit format")
     fit.add_argument("--all", action="store_true", help="list every option (default: the first 12)")
     fit.add_argument("--json", action="store_true", help="print the options as JSON")
