@@ -30,6 +30,7 @@ import torch
 
 from . import _compat
 from ._errors import LabError, token_ids, whole_number
+from ._progress import Progress
 from ._units import MiB
 from .estimates import kv_cache_bytes, resolve
 from .kv_plan import CacheImplementation, CacheSettings, QuantBackend, expected_cache_bytes, residual_tokens_after
@@ -578,25 +579,32 @@ def compare_caches(model: torch.nn.Module, ids: torch.Tensor, caches: Sequence[s
     fed = ids[:, prompt_tokens:prompt_tokens + scored_tokens]
     scored_ids = ids[:, prompt_tokens:prompt_tokens + scored_tokens + 1].cpu()  # fed tokens + each one's next
     scored: list[tuple[CacheSettings, torch.Tensor, float, GenerationRun | None, int, float]] = []
-    for s in settings:
-        _sync(ids.device)
-        start = time.perf_counter()
-        cache_obj = _fill(make_cache(model, s), pre)
-        _sync(ids.device)
-        fill_s = time.perf_counter() - start
-        start = time.perf_counter()
-        logprobs, sizes, peak = _score(model, cache_obj, fed, chunk_tokens, weigh=True)
-        scoring_s = time.perf_counter() - start  # weighing included: a few ms per chunk
-        run = None
-        if new_tokens:
-            run = _continue(model, s, ids[:, :prompt_tokens + scored_tokens], cache_obj, logprobs[:, -1],
-                            new_tokens, tokenizer, [pre.cached_tokens, *sizes], pre.seconds)
-            peak = max(peak, run.cache.total_bytes)
-        scored.append((s, logprobs, scoring_s, run, peak, fill_s))
-    # The reference is the default cache's predictions: scored above when it was asked for, else now.
-    reference = next((lp for s, lp, *_ in scored if s == CacheSettings()), None)
-    if reference is None:
-        reference, _, _ = _score(model, _fill(make_cache(model, CacheSettings()), pre), fed, chunk_tokens)
+    doing = f"scoring {scored_tokens} tokens" + (f", generating {new_tokens}" if new_tokens else "")
+    # Each cache takes seconds on a CPU (a whole comparison, minutes): one line says which one runs.
+    with Progress("comparing KV caches", total=len(settings) + (CacheSettings() not in settings), unit="cache") as bar:
+        for s in settings:
+            bar.note(f"{s.label}: {doing}")
+            _sync(ids.device)
+            start = time.perf_counter()
+            cache_obj = _fill(make_cache(model, s), pre)
+            _sync(ids.device)
+            fill_s = time.perf_counter() - start
+            start = time.perf_counter()
+            logprobs, sizes, peak = _score(model, cache_obj, fed, chunk_tokens, weigh=True)
+            scoring_s = time.perf_counter() - start  # weighing included: a few ms per chunk
+            run = None
+            if new_tokens:
+                run = _continue(model, s, ids[:, :prompt_tokens + scored_tokens], cache_obj, logprobs[:, -1],
+                                new_tokens, tokenizer, [pre.cached_tokens, *sizes], pre.seconds)
+                peak = max(peak, run.cache.total_bytes)
+            scored.append((s, logprobs, scoring_s, run, peak, fill_s))
+            bar.advance(detail=f"{s.label} done")
+        # The reference is the default cache's predictions: scored above when it was asked for, else now.
+        reference = next((lp for s, lp, *_ in scored if s == CacheSettings()), None)
+        if reference is None:
+            bar.note("the dynamic cache's predictions, the reference")
+            reference, _, _ = _score(model, _fill(make_cache(model, CacheSettings()), pre), fed, chunk_tokens)
+            bar.advance(detail="reference done")
     return [CacheRun(s, agreement(reference, lp, scored_ids), t, run, peak, fill)
             for s, lp, t, run, peak, fill in scored]
 
@@ -638,15 +646,18 @@ def recompute_vs_cache(model: torch.nn.Module, ids: torch.Tensor, max_new_tokens
     ids = token_ids(ids, minimum=1).to(_device(model))
     n_new = _new_tokens(model, ids, max_new_tokens)
     results = []
-    for use_cache in (True, False):
-        clock = _StepClock()
-        _sync(ids.device)
-        start = time.perf_counter()
-        out = model.generate(ids, use_cache=use_cache, stopping_criteria=_stopping(clock),
-                             **_greedy_kwargs(model, n_new))
-        _sync(ids.device)
-        wall = time.perf_counter() - start
-        results.append((out, wall, [b - a for a, b in zip(clock.times, clock.times[1:])]))
+    with Progress("greedy generation with and without the cache", total=2, unit="run") as bar:
+        for use_cache in (True, False):
+            bar.note(f"{n_new} tokens {'with the cache' if use_cache else 'recomputing everything (use_cache=False)'}")
+            clock = _StepClock()
+            _sync(ids.device)
+            start = time.perf_counter()
+            out = model.generate(ids, use_cache=use_cache, stopping_criteria=_stopping(clock),
+                                 **_greedy_kwargs(model, n_new))
+            _sync(ids.device)
+            wall = time.perf_counter() - start
+            results.append((out, wall, [b - a for a, b in zip(clock.times, clock.times[1:])]))
+            bar.advance(detail=f"{'cached' if use_cache else 'recomputed'}: {wall:.1f} s")
     (cached, cached_s, cached_steps), (again, recomputed_s, recomputed_steps) = results
     return RecomputeResult(int(ids.shape[1]), n_new, cached_s, recomputed_s, cached_steps, recomputed_steps,
                            bool(torch.equal(cached, again)))

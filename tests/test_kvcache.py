@@ -359,11 +359,15 @@ def test_recomputed_positions(fresh_questions):
 # --- views: built from results, no browser --------------------------------------------------------
 
 @pytest.mark.slow
-def test_views_draw_the_numbers_they_are_given(tiny, ids):
+def test_views_draw_the_numbers_they_are_given(tiny, ids, capsys):
     from bigsmall_lab import views
 
     runs = kvcache.compare_caches(tiny, ids, ["dynamic", "fp8"], prompt_tokens=64, scored_tokens=16, chunk_tokens=8,
-                           new_tokens=3)
+                                  new_tokens=3)
+    # a long comparison shows one progress line (stderr in a terminal): which cache runs, then how long it took
+    shown = capsys.readouterr().err
+    assert "comparing KV caches: 0/2 caches" in shown and "comparing KV caches: done in" in shown, shown
+    assert shown.rstrip().endswith("(2 caches)")
     fig = views.cache_runs_chart(runs)
     bars = fig.data[0]
     assert list(bars.x) == [r.generation.cache.total_bytes / 2**20 for r in runs]
