@@ -22,7 +22,7 @@ import:
 
     base:     _compat _dtypes _errors _lessons _progress _project _talk _units
     planners: bits bnb_formats estimates kv_plan offload_plan placement quant tp_plan zoo._configs
-    runners:  _nvml _paths _torchrun _tp_worker advisor check gguf hardware kvcache loading measure offload parallel quality quantized zoo
+    runners:  _nvml _paths _torchrun _tp_worker advisor check gguf_file hardware kvcache loading measure offload parallel quality quantized zoo
     views:    views
     edges:    __init__ _estimate_cli _fit_cli _ipython cli exercises
 
@@ -86,7 +86,7 @@ __all__ = [
     "count_parameters", "describe", "estimate", "has_cuda", "kv_cache_bytes", "load_model", "load_tokenizer",
     "needs_cuda", "presets", "stored_weight_bytes", "tiny_flux_pipeline", "track", "weights_bytes", "weights_table",
     # modules
-    "advisor", "bits", "bnb_formats", "check", "cli", "estimates", "exercises", "gguf", "hardware", "kv_plan",
+    "advisor", "bits", "bnb_formats", "check", "cli", "estimates", "exercises", "gguf_file", "hardware", "kv_plan",
     "kvcache", "loading", "measure", "offload", "offload_plan", "parallel", "placement", "quality", "quant",
     "quantized", "tp_plan", "views", "zoo",
 ]
