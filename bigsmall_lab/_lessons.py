@@ -74,7 +74,7 @@ LESSON_MAP: tuple[Lesson, ...] = (
     _L("03_dtypes", "dtypes", planners=("bits", "estimates", "quant"), runners=("measure", "quality", "quantized"),
        views=("BitLayout", "formats_table", "peaks_bar", "precision_chart", "rounding_table", "weights_vs_formats"),
        exercises=("check_fp8_rmse_ratio", "check_gap", "check_load_peak_ratio", "check_stored")),
-    _L("04a_quantization_maps", "Quantization maps", planners=("bnb_formats", "quant"), runners=("gguf",),
+    _L("04a_quantization_maps", "Quantization maps", planners=("bnb_formats", "quant"), runners=("gguf_file",),
        views=("QuantMap", "codebook_chart", "scheme_table"),
        exercises=("check_4bit_bytes", "check_blocksize_bytes", "check_scale", "check_zero_point")),
     _L("04b_bitsandbytes", "bitsandbytes on a real model", planners=("bnb_formats", "estimates", "quant"),

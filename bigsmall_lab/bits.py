@@ -24,6 +24,11 @@ float8_e5m2    1/5/2    inf           1.0           57344
 70144.0
 >>> decompose(1 + 2**-8, "bfloat16").value
 1.0
+
+Why one file of ~670 lines (the lab's rule is 600): it is pure, and lesson 03's one subject: a format's
+fields, a value's bits, the spacing and rounding of a format, and the text a learner types and reads
+(``parse_value``, ``value_text``, ``range_note``: the widget and the exercises share them, so they
+live with the maths they describe rather than in a view).
 """
 
 from __future__ import annotations

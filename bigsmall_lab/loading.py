@@ -22,7 +22,14 @@ the phases on it::
     with live:
         cmp = compare_loads(path, on_phase=live.mark)
 
-Runner functions here touch memory, files and devices; every number they report is measured.
+Runner functions here touch memory, files and devices; every number they report is measured. What to
+expect is planned elsewhere (:mod:`bigsmall_lab.placement` the device map, :mod:`bigsmall_lab.estimates`
+the bytes): nothing here plans.
+
+Why one file of ~780 lines (the lab's rule is 600): every load here (naive, Big Model Inference, shard
+by shard, with a device map) runs inside the same measuring frame (``_Phases``, the device and folder
+checks, the release of a model between runs) and returns result types the views draw side by side;
+lessons 02 and 07 call them as ``bsl.loading.*``, lines a learner copies and the talk's claims quote.
 """
 
 from __future__ import annotations

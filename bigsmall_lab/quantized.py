@@ -30,14 +30,14 @@ from .measure import quant_state_tensors, stored_weight_bytes, unique_bytes
 from ._errors import LabError, closest, whole_number
 from .bnb_formats import FourBitPath, MatmulPath, estimator_name, matmul_path
 # Re-exported from their homes since issue 19 split planning from running, so old imports keep working:
-# import them from bigsmall_lab.bnb_formats (the planner of bitsandbytes' formats) and bigsmall_lab.gguf.
+# import them from bigsmall_lab.bnb_formats (the planner of bitsandbytes' formats) and bigsmall_lab.gguf_file.
 from .bnb_formats import Variant, bnb_4bit_bytes, bnb_config  # noqa: F401
-from .gguf import GGUFBlocks, gguf_q4_1_blocks  # noqa: F401
+from .gguf_file import GGUFBlocks, gguf_q4_1_blocks  # noqa: F401
 
 __all__ = ["Footprint", "LinearTiming", "OutlierRow", "VariantResult", "avx512_bf16", "capture_inputs",
            "check_supported", "footprint", "forward_seconds", "four_bit_path", "int8_integer_kernel",
            "linear_timings", "model_matmul_path", "outlier_experiment", "rejected_keyword", "run_variants",
-           "stored_bytes", "use_portable_4bit"]
+           "use_portable_4bit"]
 
 
 def check_supported(config, device: str | None = None) -> None:
@@ -193,10 +193,9 @@ def footprint(model: torch.nn.Module) -> Footprint:
     return Footprint(int(model.get_memory_footprint()), unique_bytes(quant_state_tensors(model)))
 
 
-def stored_bytes(model: torch.nn.Module) -> int:
-    """Parameters + quantization state, each storage once: what the estimator's ``weights_bytes`` predicts
-    (buffers such as rotary tables are not weights). The same count as ``bsl.stored_weight_bytes``."""
-    return stored_weight_bytes(model)
+# The old name of measure.stored_weight_bytes (parameters + quantization state, each storage once: what the
+# estimator's weights_bytes predicts), kept so old code runs: one count, one name, bsl.stored_weight_bytes.
+stored_bytes = stored_weight_bytes
 
 
 # --- the variants, measured -----------------------------------------------------------------------
@@ -209,7 +208,7 @@ class VariantResult:
     quantization: str | None  # the estimator's name ("int8", "nf4", ...), None for the reference
     footprint: Footprint
     estimate_bytes: int | None  # bsl.weights_bytes(model, dtype, quantization): weights + quant state
-    stored_bytes: int  # parameters + quant state (:func:`stored_bytes`): what the estimate predicts
+    stored_bytes: int  # parameters + quant state (``bsl.stored_weight_bytes``): what the estimate predicts
     stored_after_forward_bytes: int  # the same after the first forward passes (bitsandbytes may repack 4-bit)
     four_bit_path: FourBitPath  # which 4-bit path ran (REPACKED: the AVX512-BF16 CPU kernel)
     estimate_after_forward_bytes: int | None  # the estimate for that path (estimates.cpu_packed_weights_bytes)
@@ -332,9 +331,9 @@ def run_variants(model_name: str, configs: Mapping[str, Any], ids: torch.Tensor,
                 model_name, dtype=dtype, device_map=device, quantization_config=config)
             load_s = time.perf_counter() - start
             # footprint before any forward pass: what loading put in memory
-            held, stored = footprint(model), stored_bytes(model)
+            held, stored = footprint(model), stored_weight_bytes(model)
             logprobs = quality.next_token_logprobs(model, ids)
-            after, path_taken = stored_bytes(model), four_bit_path(model)
+            after, path_taken = stored_weight_bytes(model), four_bit_path(model)
             if reference_logprobs is None:  # the reference is scored once, not once per variant
                 reference_logprobs, agreement, ppl = logprobs, None, quality.agreement(logprobs, logprobs, ids).reference_ppl
             else:

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import bigsmall_lab as bsl
-from bigsmall_lab import bnb_formats, exercises, gguf, quant, quantized, views
+from bigsmall_lab import bnb_formats, exercises, gguf_file, quant, quantized, views
 from bigsmall_lab._errors import LabError
 
 import bitsandbytes as bnb  # noqa: E402  (required by pyproject: missing, it must fail, not skip 38 tests)
@@ -232,7 +232,7 @@ def test_gguf_reader_and_recovery_match_the_file():
     from safetensors import safe_open
 
     name = "model.layers.2.mlp.down_proj"
-    blocks = gguf.gguf_q4_1_blocks(name)
+    blocks = gguf_file.gguf_q4_1_blocks(name)
     reader = gguf.GGUFReader(str(path))
     tensor = next(t for t in reader.tensors if t.name == blocks.name)
     theirs = torch.from_numpy(np.array(gguf.quants.dequantize(tensor.data, tensor.tensor_type)))
@@ -269,7 +269,7 @@ def test_footprint_is_memory_footprint_plus_the_quant_state(variant):
     assert fp.quant_state_bytes == _BY_HAND[variant]
     assert fp.total_bytes == model.get_memory_footprint() + _BY_HAND[variant]
     # the estimator, which counts from the config alone, agrees with what is held
-    assert quantized.stored_bytes(model) == bsl.weights_bytes(bsl.zoo.model_path(), "bfloat16", variant)
+    assert bsl.stored_weight_bytes(model) == bsl.weights_bytes(bsl.zoo.model_path(), "bfloat16", variant)
     quantized.use_portable_4bit(model)  # the layout every CPU keeps (the AVX512-BF16 repack: test_quantization_paths)
     with torch.no_grad():
         model(torch.tensor([[1, 2, 3]]))  # bitsandbytes moves int8 scales to the module's state here
@@ -367,7 +367,7 @@ def test_a_quantization_this_hardware_cannot_run_is_one_sentence():
                                torch.ones(1, 4, dtype=torch.long), "x", device="cpu")
     _sentence(exc, "FineGrainedFP8Config")
     with pytest.raises(LabError) as exc:
-        gguf.gguf_q4_1_blocks("model.layers.0.self_attn.q_proj")
+        gguf_file.gguf_q4_1_blocks("model.layers.0.self_attn.q_proj")
     _sentence(exc, "module_name", "permuted")
     with pytest.raises(LabError) as exc:
         bnb_formats.bnb_config("nf8")
