@@ -85,7 +85,9 @@ def test_binder_installs_the_lock_with_cpu_torch_and_the_model_without_its_depen
 
 def test_colab_installs_with_the_lock_but_keeps_its_own_torch():
     colab = pins(ROOT / _project.COLAB_CONSTRAINTS)
-    assert colab == {k: v for k, v in pins(LOCK).items() if k != "torch"}
+    kept = {"torch", *_project.COLAB_OWNS}  # Colab's CUDA torch and its Jupyter/widget stack (ipywidgets 7.7.1) stay
+    assert colab == {k: v for k, v in pins(LOCK).items() if k.replace("_", "-") not in kept}
+    assert "ipywidgets" not in colab and "traitlets" not in colab
     command = _project.colab_install_command()
     assert f"-c {_project.raw_url(_project.COLAB_CONSTRAINTS)}" in command
 

@@ -64,7 +64,7 @@ def test_lesson_follows_the_template(path):
     assert cells[0].cell_type == "markdown" and cells[0].source.startswith("# ")
     assert _project.badges_markdown(path.stem) in cells[0].source
     setup = cells[1].source
-    assert '"google.colab" in sys.modules' in setup and _project.colab_install_command() in setup
+    assert '"google.colab" in sys.modules' in setup and setup == _project.colab_setup_cell(), "run tools/colab_cells.py"
     code = [c for c in cells if c.cell_type == "code"]
     assert any("bsl.banner()" in c.source for c in code[:3]), "the hardware banner comes first"
     tagged = [c for c in code if "parameters" in c.metadata.get("tags", [])]

@@ -226,8 +226,13 @@ def write_pins(lines: list[str]) -> None:
     BINDER.write_text("\n".join(binder + [p for p in pins if not p.startswith(REAL_MODEL + "==")]) + "\n")
     # Colab keeps its own CUDA build of torch: the lock without its torch line, as constraints.
     colab = ["# Colab's setup cell installs the lab with these constraints: the lock without torch (Colab's own",
-             "# CUDA build is kept). Written by `make lock`: tests/test_install.py checks it against the lock."]
-    COLAB.write_text("\n".join(colab + [p for p in pins if not p.startswith("torch==")]) + "\n")
+             "# CUDA build is kept) and without Colab's Jupyter/widget stack (bigsmall_lab._project.COLAB_OWNS: ipywidgets",
+             "# 7.7.1 stays). Written by `make lock`: tests/test_install.py checks it against the lock."]
+    sys.path.insert(0, str(ROOT))  # the lab's project facts are plain Python (no dependency needed)
+    from bigsmall_lab import _project
+
+    kept = {"torch", *_project.COLAB_OWNS}
+    COLAB.write_text("\n".join(colab + [p for p in pins if _project._name(p) not in kept]) + "\n")
     print(f"wrote {LOCK.relative_to(ROOT)} ({len(pins)} packages), {BINDER.relative_to(ROOT)} and "
           f"{COLAB.relative_to(ROOT)}")
 
