@@ -293,17 +293,10 @@ def _kv_layout(spec: ModelSpec) -> tuple[int, int, list[int | None]]:
     if callable(can_generate) and not can_generate():
         raise LabError(f"config {shown(spec.name)} is an encoder ({type(spec.meta).__name__}): it reads the whole "
                        "input at once and keeps no KV cache")
-    text = spec.text_config
-    n_heads = text.num_attention_heads
-    n_kv_heads = getattr(text, "num_key_value_heads", None) or n_heads
-    head_dim = getattr(text, "head_dim", None) or text.hidden_size // n_heads
-    layer_types = getattr(text, "layer_types", None)
-    window = getattr(text, "sliding_window", None)
-    if layer_types is None:
-        layer_types = ["sliding_attention" if window is not None else "full_attention"] * text.num_hidden_layers
-    windows = [window if t in ("sliding_attention", "chunked_attention") and window is not None else None
-               for t in layer_types]
-    return n_kv_heads, head_dim, windows
+    layout = spec.attention  # derived once, in the zoo, with the defaults every planner shares
+    if layout is None:
+        raise LabError(f"config {shown(spec.name)} has no attention heads: it keeps no KV cache")
+    return layout.kv_heads, layout.head_dim, list(layout.windows)
 
 
 def kv_cache_bytes(config: Any, seq_len: int, batch_size: int = 1, dtype: str | torch.dtype = "bfloat16") -> int:

@@ -42,7 +42,7 @@ import torch
 from ._compat import model_tp_plan
 from ._dtypes import bytes_per_element, dtype_name
 from ._errors import LabError, whole_number
-from .zoo._configs import config_dict, meta_model, transformers_config
+from .zoo._configs import meta_model, resolve, transformers_config
 
 __all__ = ["Placement", "TPPlan", "WeightPlan", "check_nproc", "heads", "plan", "shard_sizes", "valid_nproc"]
 
@@ -179,12 +179,14 @@ def heads(config: Any) -> tuple[int, int]:
     >>> heads("llama-3.1-8b")
     (32, 8)
     """
-    cfg = transformers_config(config).get_text_config()
-    n_heads = getattr(cfg, "num_attention_heads", None)
-    if not n_heads:
+    spec = resolve(config)
+    if spec.kind != "transformers":
+        transformers_config(spec)  # refuses a diffusers config in its own sentence
+    layout = spec.attention  # derived once, in the zoo (ModelSpec.attention)
+    if layout is None or not layout.heads:
         raise LabError.bad("model", _label(config), "tensor parallelism splits attention heads; "
                            "use a decoder with num_attention_heads in its config", verb="has no attention heads")
-    return int(n_heads), int(getattr(cfg, "num_key_value_heads", None) or n_heads)
+    return layout.heads, layout.kv_heads
 
 
 def valid_nproc(config: Any, up_to: int = 16) -> list[int]:
@@ -226,13 +228,14 @@ def plan(config: Any, nproc: int = 2, dtype: str | torch.dtype = "float32", name
     """
     dtype = dtype_name(dtype, allowed=_DTYPES)
     label = name or _label(config)
-    cfg = config_dict(config)
+    spec = resolve(config)  # once: the heads below read its layout
+    cfg = spec.config
     rules, params, modules = _meta(_key(cfg))
     if not rules:
         raise LabError.bad("model", label, "transformers has no tensor-parallel plan for its architecture "
                            f"({cfg.get('model_type')}); split it with device_map instead (lesson 07)",
                            verb="cannot be split by tensor parallelism")
-    nproc = check_nproc(cfg, nproc, name=label)
+    nproc = check_nproc(spec, nproc, name=label)
     nbytes = bytes_per_element(dtype)
     weights, unknown = [], set()
     for name, shape in params:
@@ -252,7 +255,7 @@ def plan(config: Any, nproc: int = 2, dtype: str | torch.dtype = "float32", name
             kind = _COLLECTIVE.get(_rule(name, rules, is_param=False))
             if kind:
                 collectives[kind] += 1
-    n_heads, n_kv = heads(cfg)
+    n_heads, n_kv = heads(spec)
     text = transformers_config(cfg).get_text_config()
     return TPPlan(label, nproc, dtype, n_heads, n_kv, int(text.num_hidden_layers), int(text.hidden_size),
                   dict(rules), tuple(weights), collectives, tuple(sorted(unknown)))

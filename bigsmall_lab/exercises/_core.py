@@ -35,6 +35,7 @@ import numbers
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
+from .._errors import LabError
 from .._units import GB, GiB
 
 __all__ = ["Exercise", "Slip", "Verdict", "ask", "byte_unit_slips", "config_layout", "distinct_slips"]
@@ -214,12 +215,14 @@ def distinct_slips(expected: float, slips, gap: float = 0.0, allow_infinite: boo
 
 def config_layout(config) -> tuple[dict, int, int, int, int]:
     """(config dict, layers, attention heads, KV heads, head dim) as a learner reads them from config.json
-    (a multimodal config's text part; KV heads default to the heads, head dim to hidden / heads)."""
-    from ..zoo import config_dict
+    (a multimodal config's text part), from the layout the planners read (``ModelSpec.attention``: KV heads
+    default to the heads, head dim to hidden / heads)."""
+    from ..zoo._configs import resolve
 
-    cfg = config_dict(config)
-    cfg = cfg.get("text_config", cfg)
-    n_heads = cfg["num_attention_heads"]
-    n_kv = cfg.get("num_key_value_heads") or n_heads
-    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // n_heads
-    return cfg, cfg["num_hidden_layers"], n_heads, n_kv, head_dim
+    spec = resolve(config)
+    cfg = spec.config.get("text_config", spec.config)
+    layout = spec.attention
+    if layout is None:
+        raise LabError.bad("config", spec.name, "use a decoder's config (a transformers config.json)",
+                           verb="is a diffusers model, with no attention layers to count")
+    return dict(cfg), layout.layers, layout.heads, layout.kv_heads, layout.head_dim

@@ -16,7 +16,7 @@ import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ import torch
 
 from .._errors import LabError, closest, shown, whole_number
 
-__all__ = ["LAB_MODELS", "PRESETS", "ModelSpec", "Preset", "config_dict", "count_parameters", "instantiate",
+__all__ = ["LAB_MODELS", "PRESETS", "AttentionLayout", "ModelSpec", "Preset", "config_dict", "count_parameters", "instantiate",
            "meta_model", "presets", "register_config_source", "resolve", "transformers_config"]
 
 _CONFIGS = Path(__file__).parent / "configs"
@@ -41,40 +41,22 @@ class Preset:
     published: str  # the size its model card / safetensors index states
 
 
-PRESETS: dict[str, Preset] = {
-    p.name: p
-    for p in (
-        Preset("llama-3.1-8b", "meta-llama/Llama-3.1-8B", "config.json", "8.03B"),
-        Preset("llama-3.1-70b", "meta-llama/Llama-3.1-70B", "config.json", "70.6B"),
-        Preset("llama-3.1-405b", "meta-llama/Llama-3.1-405B", "config.json", "406B"),
-        Preset("llama-3.2-1b", "meta-llama/Llama-3.2-1B", "config.json", "1.24B"),
-        Preset("llama-3.2-3b", "meta-llama/Llama-3.2-3B", "config.json", "3.21B"),
-        Preset("mistral-7b-v0.3", "mistralai/Mistral-7B-v0.3", "config.json", "7.25B"),
-        Preset("qwen2.5-7b", "Qwen/Qwen2.5-7B", "config.json", "7.62B"),
-        Preset("gemma-2-9b", "google/gemma-2-9b", "config.json", "9.24B"),
-        Preset("smollm2-1.7b", "HuggingFaceTB/SmolLM2-1.7B", "config.json", "1.71B"),
-        Preset("flux.1-dev-transformer", "black-forest-labs/FLUX.1-dev", "transformer/config.json", "11.9B"),
-        Preset("t5-v1.1-xxl-encoder", "black-forest-labs/FLUX.1-dev", "text_encoder_2/config.json", "4.76B"),
-        Preset("clip-vit-l-14-text", "black-forest-labs/FLUX.1-dev", "text_encoder/config.json", "123M"),
-    )
-}
-
-
+# The model table is data: bigsmall_lab/data/models.json (the presets' hub ids and published sizes, the lab's own
+# models and the sizes of the "small" rung of the scale ladder).
+_MODELS = json.loads((Path(__file__).parent.parent / "data" / "models.json").read_text())
+PRESETS: dict[str, Preset] = {name: Preset(name, **fields) for name, fields in _MODELS["presets"].items()}
 # The lab's own models: the trained embedded one, and a random-weight "small" rung of the scale ladder
-# that shares its tokenizer (~190M parameters, ~380 MB in bf16: big enough that loading it moves
-# a CPU's memory visibly, small enough for a laptop).
-LAB_MODELS = ("bigsmall-tiny", "bigsmall-small")
+# that shares its tokenizer.
+LAB_MODELS = tuple(_MODELS["lab_models"])
+_TOKEN_KEYS = ("vocab_size", "bos_token_id", "eos_token_id", "pad_token_id")
 
 
 def _lab_config(name: str) -> dict:
     tiny = json.loads((TINY_DIR / "config.json").read_text())
     if name == "bigsmall-tiny":
         return tiny
-    small = {k: tiny[k] for k in ("vocab_size", "bos_token_id", "eos_token_id", "pad_token_id") if k in tiny}
-    small.update(model_type="llama", architectures=["LlamaForCausalLM"], hidden_size=1024,
-                 intermediate_size=2816, num_hidden_layers=16, num_attention_heads=16, num_key_value_heads=4,
-                 head_dim=64, tie_word_embeddings=True, max_position_embeddings=2048, rms_norm_eps=1e-5,
-                 rope_theta=10000.0, torch_dtype="bfloat16")
+    small = {k: tiny[k] for k in _TOKEN_KEYS if k in tiny}  # the tiny model's tokenizer, so its vocabulary
+    small.update(_MODELS["lab_models"][name]["config"])
     return small
 
 
@@ -280,6 +262,39 @@ def instantiate(config: Any, dtype: torch.dtype | str, device: torch.device) -> 
     return model
 
 
+@dataclass(frozen=True)
+class AttentionLayout:
+    """A decoder's attention, read once from its config with transformers' defaults: every planner that needs
+    layers, heads, KV heads, head dim or sliding windows (the KV cache, tensor parallelism, the exercises) reads
+    this, so they cannot disagree. KV heads default to the attention heads (no grouped-query attention), head dim
+    to hidden_size / heads; ``windows`` has one entry per layer: its sliding window in tokens, None for full attention.
+
+    >>> a = resolve("gemma-2-9b").attention
+    >>> a.layers, a.heads, a.kv_heads, a.head_dim, a.windows[:2]   # alternating 4096-token windows
+    (42, 16, 8, 256, (4096, None))
+    """
+
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    windows: tuple[int | None, ...]
+
+    @classmethod
+    def of(cls, text) -> AttentionLayout:
+        """The layout of a transformers text config (``spec.text_config``)."""
+        n_heads = text.num_attention_heads
+        n_kv_heads = getattr(text, "num_key_value_heads", None) or n_heads
+        head_dim = getattr(text, "head_dim", None) or text.hidden_size // n_heads
+        layer_types = getattr(text, "layer_types", None)
+        window = getattr(text, "sliding_window", None)
+        if layer_types is None:
+            layer_types = ["sliding_attention" if window is not None else "full_attention"] * text.num_hidden_layers
+        windows = tuple(window if t in ("sliding_attention", "chunked_attention") and window is not None else None
+                        for t in layer_types)
+        return cls(int(text.num_hidden_layers), int(n_heads), int(n_kv_heads), int(head_dim), windows)
+
+
 @dataclass(eq=False)
 class ModelSpec:
     """A config resolved once: the dict, its model on the meta device (float32) and its parameter count.
@@ -308,6 +323,15 @@ class ModelSpec:
         if self.kind != "transformers":
             return None
         return self.meta.config.get_text_config(decoder=True)
+
+    @cached_property
+    def attention(self) -> AttentionLayout | None:
+        """The attention layout every planner reads (:class:`AttentionLayout`); None for a diffusers model or a
+        model without attention heads."""
+        text = self.text_config
+        if text is None or not getattr(text, "num_attention_heads", None):
+            return None  # a diffusers model, or a decoder without attention heads
+        return AttentionLayout.of(text)
 
 
 def resolve(config: Any) -> ModelSpec:
