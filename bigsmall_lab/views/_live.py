@@ -7,7 +7,7 @@ allocated: tensors, the heap) and ``RssFile`` (file pages mapped in: memory-mapp
 ``mark(label)`` draws a labelled line at the moment an event happens (a shard loaded, a generation
 step), so the chart shows *what the code did* when memory moved.
 
->>> live = LiveMemory(interval=0.05, device="cpu")
+>>> live = LiveMemory(interval_s=0.05, device="cpu")
 >>> with live:                        # samples while the block runs, then stops its thread
 ...     x = bytearray(50 * 2**20)     # 50 MiB
 ...     live.mark("50 MiB allocated")
@@ -30,7 +30,7 @@ sampler, figure and lock, so several charts in one notebook do not interfere.
 
 Redraws are throttled, samples are not: every sample is kept, and the figure is sent to the
 browser at most every ``redraw_s`` seconds (default 0.1) in one ``batch_update`` message; with the
-default ``interval=0.2`` each sample is drawn, about five updates a second. :meth:`to_figure` draws
+default ``interval_s=0.2`` each sample is drawn, about five updates a second. :meth:`to_figure` draws
 the same chart afterwards from the samples held, as a plain ``go.Figure`` (for a notebook stored
 with its outputs, and for tests without a browser).
 """
@@ -42,6 +42,7 @@ import numbers
 import sys
 import threading
 import time
+import warnings
 import weakref
 from typing import Any
 
@@ -60,14 +61,17 @@ _LAYOUT = dict(template="plotly_white", height=380, margin=dict(l=70, r=30, t=70
 _MAX_POINTS = 3000  # drawn per line; older points are thinned beyond that, never the samples kept
 
 
-def _interval(interval: Any) -> float:
+def _interval(interval: Any, name: str) -> float:
     allowed = "use a number of seconds > 0, e.g. 0.2 (five samples a second)"
     if isinstance(interval, bool) or not isinstance(interval, numbers.Real):
-        raise LabError.bad("interval", interval, allowed, verb="is not a number")
+        raise LabError.bad(name, interval, allowed, verb="is not a number")
     value = float(interval)
     if not math.isfinite(value) or value <= 0:
-        raise LabError.bad("interval", interval, allowed, verb="is out of range")
+        raise LabError.bad(name, interval, allowed, verb="is out of range")
     return value
+
+
+_UNSET: Any = object()  # `interval` not given (None is a wrong value, refused like any other)
 
 
 def _series(device: str, rss_split: bool, points: list[tuple[float, Sample] | None],
@@ -106,7 +110,8 @@ def _series(device: str, rss_split: bool, points: list[tuple[float, Sample] | No
 class LiveMemory:
     """A live chart of this process's memory, drawn while code runs (see the module docstring).
 
-    ``interval``: seconds between samples (default 0.2: five a second). ``device``: 'cpu' or
+    ``interval_s``: seconds between samples (default 0.2: five a second; the name :class:`~bigsmall_lab.measure.Sampler`
+    uses; the old keyword ``interval`` still works, with a DeprecationWarning). ``device``: 'cpu' or
     'cuda[:N]' (default: CUDA when present). ``relative``: draw memory above the first sample
     (default: on a CPU, whose resident set starts at whatever the process already holds) or absolute
     (default on CUDA, where 0 is an empty GPU). ``redraw_s``: the fastest the figure is redrawn.
@@ -118,11 +123,18 @@ class LiveMemory:
     after a gap. Display it by making it the last line of a cell.
     """
 
-    def __init__(self, interval: float = 0.2, device: str | None = None, title: str | None = None,
-                 relative: bool | None = None, redraw_s: float = 0.1, trim: bool = True):
-        self.interval = _interval(interval)
-        self.redraw_s = _interval(redraw_s)
-        probe = Sampler(self.interval, device)  # checks interval and device now; never started
+    def __init__(self, interval_s: float = 0.2, device: str | None = None, title: str | None = None,
+                 relative: bool | None = None, redraw_s: float = 0.1, trim: bool = True, *, interval: Any = _UNSET):
+        if interval is not _UNSET:
+            if interval_s != 0.2:
+                raise LabError("LiveMemory got both interval_s and interval (its old name); give interval_s alone")
+            warnings.warn("LiveMemory(interval=...) is renamed interval_s=... (the name measure.Sampler uses); "
+                          "interval will be removed", DeprecationWarning, stacklevel=2)
+            self.interval_s = _interval(interval, "interval")
+        else:
+            self.interval_s = _interval(interval_s, "interval_s")
+        self.redraw_s = _interval(redraw_s, "redraw_s")
+        probe = Sampler(self.interval_s, device)  # checks interval and device now; never started
         self.device = probe.device
         self.rss_split = probe.rss_split
         self.relative = (not self.device.startswith("cuda")) if relative is None else bool(relative)
@@ -160,7 +172,7 @@ class LiveMemory:
 
     def _title(self) -> str:
         where = "GPU " + self.device if self.device.startswith("cuda") else "CPU"
-        return self.title or f"Memory of this process on the {where}, live (a sample every {self.interval:g} s)"
+        return self.title or f"Memory of this process on the {where}, live (a sample every {self.interval_s:g} s)"
 
     def _y_title(self) -> str:
         return "MiB above the first sample" if self.relative else "MiB"
@@ -187,7 +199,7 @@ class LiveMemory:
             # glibc keeps memory freed by earlier cells and hands it out again without the resident set
             # growing: give it back to the OS first, so what this block allocates shows as growth.
             trim_heap()
-        sampler = Sampler(self.interval, self.device, on_sample=lambda s: self._on_sample(offset, s))
+        sampler = Sampler(self.interval_s, self.device, on_sample=lambda s: self._on_sample(offset, s))
         self._sampler = sampler
         self._watch_cells()
         sampler.start()
@@ -308,14 +320,14 @@ class LiveMemory:
         # (tools/run_lessons.py turns it into a PNG). Shown before a recording, the live chart is still empty.
         where = "GPU " + self.device if self.device.startswith("cuda") else "CPU"
         text = (f"<p><b>LiveMemory</b>: a live chart of this process's memory on the {where} (a sample every "
-                f"{self.interval:g} s), drawn while the code runs: run the notebook to watch it "
+                f"{self.interval_s:g} s), drawn while the code runs: run the notebook to watch it "
                 f"(<code>to_figure()</code> draws the record afterwards).</p>")
         return with_snapshot(bundle, text, self.to_figure() if self.samples else None)
 
     def __repr__(self) -> str:
         state = "running" if self.is_running else "stopped"
         error = f", stopped by {shown(self.error)}" if self.error is not None else ""
-        return (f"LiveMemory({self.device}, every {self.interval:g} s, {len(self.samples)} samples, "
+        return (f"LiveMemory({self.device}, every {self.interval_s:g} s, {len(self.samples)} samples, "
                 f"{len(self.marks)} marks, {state}{error}): a live chart; live.to_figure() draws it afterwards")
 
 
