@@ -37,6 +37,11 @@ Run it::
     python tools/train_tiny.py --out /tmp/tiny --steps 20
     python tools/train_tiny.py --quick --out /tmp/tiny-smoke
 
+Why one file of ~600 lines: it is a one-off job, run once to make the shipped model, and read top to bottom
+as the five steps above (each a section below, in that order); every step reads the one ``TrainSettings``,
+and tests/test_tiny_model.py imports its functions from this one module. Split, the record written at the
+end (``training.json``: the corpus hash, settings, curve and versions) would gather them from five files.
+
 The held-out evaluation it uses (windows, perplexity, the shipped ids) lives in the package
 (``bigsmall_lab.zoo.heldout_perplexity``...), because tests and lessons reuse it.
 
