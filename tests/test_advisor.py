@@ -95,7 +95,8 @@ def _check_transformers(spec, m, option, seq_len):
 def _code_device_map(code: str) -> dict:
     """The ``device_map = {...}`` an option's code builds, evaluated."""
     start = code.index("device_map = {")
-    end = code.index("\n}", start) + 2
+    line_end = code.index("\n", start)
+    end = line_end if code[start:line_end].endswith("}") else code.index("\n}", start) + 2  # one line or packed
     scope = {}
     exec(code[start:end], scope)
     return scope["device_map"]
@@ -363,7 +364,7 @@ SETUPS = ("T4", "L4", "2xL4", "A100 80GB", "8xH100", "24GB")  # tools/bench_advi
 def test_every_preset_on_every_named_setup_adds_up(preset):
     spec = estimates.resolve(preset)
     for setup in SETUPS:
-        m = advisor.machine(setup, cpu_ram="64GB")
+        m = advisor.machine(setup, disk="1TB")  # the named GPUs' default host RAM (none for "24GB"), and a disk
         for option in advisor.fit(preset, m, seq_len=8192):
             assert option.fits == all(n <= option.capacity[d] for d, n in option.bytes_per_device.items())
             if spec.kind == "transformers":

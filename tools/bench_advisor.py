@@ -1,5 +1,7 @@
 """Time advisor.fit() for the 12 presets x 6 named setups x 3 context lengths (issue 20: under 3 s each).
 
+Each setup is a named one as ``advisor.machine(setup)`` builds it: its GPUs and their usual host's RAM
+(``advisor.HOST_RAM``; none for a size like "24GB"), so CPU spills are planned too.
 Runs the grid twice and prints the slowest calls of the second (warm) pass and both maxima: in the
 first pass each preset is built on the meta device (and in bitsandbytes' layers for a device_map
 split), and the first call of all imports transformers' model code.
