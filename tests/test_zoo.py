@@ -294,3 +294,32 @@ def test_tiny_flux_pipeline_builds_offline_and_generates(lab_cache):
     image = pipe("a photo of a cat", num_inference_steps=1, height=32, width=32, output_type="np",
                  generator=torch.Generator().manual_seed(0)).images
     assert image.shape == (1, 32, 32, 3) and math.isfinite(float(image.mean()))
+
+
+@pytest.mark.parametrize("name", ["llama-3.1-8b", "gemma-2-9b", "mistral-7b-v0.3", "smollm2-1.7b", "bigsmall-small"])
+def test_one_attention_layout_per_config_read_by_every_planner(name):
+    # The layout is derived once (ModelSpec.attention); the KV-cache maths, tensor parallelism and the exercises
+    # all read it, so they cannot disagree.
+    from bigsmall_lab import estimates, kv_plan, tp_plan
+    from bigsmall_lab.exercises._core import config_layout
+    from bigsmall_lab.zoo._configs import resolve
+
+    layout = resolve(name).attention
+    cfg = zoo.config_dict(name)
+    assert layout.layers == cfg["num_hidden_layers"] == len(layout.windows)
+    assert (layout.heads, layout.kv_heads) == (cfg["num_attention_heads"], cfg.get("num_key_value_heads"))
+    assert layout.head_dim == cfg.get("head_dim", cfg["hidden_size"] // cfg["num_attention_heads"])
+    assert config_layout(name)[1:] == (layout.layers, layout.heads, layout.kv_heads, layout.head_dim)
+    assert config_layout(cfg)[1:] == config_layout(name)[1:]  # a dict resolves to the same layout
+    assert tp_plan.heads(name) == (layout.heads, layout.kv_heads)
+    assert kv_plan._layout(name) == (layout.layers, layout.heads, layout.kv_heads, layout.head_dim)
+    assert estimates._kv_layout(resolve(name)) == (layout.kv_heads, layout.head_dim, list(layout.windows))
+
+
+def test_the_attention_layout_of_sliding_windows_and_of_models_without_one():
+    from bigsmall_lab.zoo._configs import resolve
+
+    gemma = resolve("gemma-2-9b").attention  # Gemma 2 alternates 4096-token sliding layers with full ones
+    assert gemma.windows[:4] == (4096, None, 4096, None) and gemma.windows.count(None) == 21
+    assert resolve("flux.1-dev-transformer").attention is None  # a diffusers model: no attention layout
+    assert resolve("llama-3.1-8b").attention is resolve("llama-3.1-8b").attention  # derived once, kept
