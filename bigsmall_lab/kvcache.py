@@ -41,7 +41,8 @@ from .kv_plan import (  # noqa: F401
     EXTRA_INSTALL, NAMED_CACHES, CacheOffloadPlan, KVPoint, RankPoint, attention_variants, kv_bytes_per_rank, kv_curve,
     kv_per_rank_curve, plan_cache_offload, positions_processed, runnable,
 )
-OffloadPlan = CacheOffloadPlan  # old name, one release: kv_plan.CacheOffloadPlan (offload_plan.OffloadPlan is the weights')
+# offload_plan.OffloadPlan is the weights' plan; the cache's is kv_plan.CacheOffloadPlan.
+OffloadPlan = CacheOffloadPlan  # old name, one release: kv_plan.CacheOffloadPlan
 offload_plan = plan_cache_offload  # old name, one release: kv_plan.plan_cache_offload
 
 __all__ = [

@@ -62,8 +62,9 @@ from .offload_plan import (  # noqa: F401
     flux_dev_components, module_tensor_bytes, plan_groups, published, same_groups,
 )
 Strategy = OffloadStrategy  # old name, one release: offload_plan.OffloadStrategy (placement.Strategy is device_map's)
-Generation = ImageSettings  # old name, one release: offload_plan.ImageSettings (loading.Generation is a timed generation)
-weights_bytes = module_tensor_bytes  # old name, one release: offload_plan.module_tensor_bytes (estimates.weights_bytes reads a config)
+Generation = ImageSettings  # old name, one release: offload_plan.ImageSettings (loading.Generation: a timed run)
+# estimates.weights_bytes(config) counts a config's weights; this one read a module's tensors.
+weights_bytes = module_tensor_bytes  # old name, one release: offload_plan.module_tensor_bytes
 plan = plan_offload  # old name, one release: offload_plan.plan_offload
 
 __all__ = [
@@ -580,7 +581,8 @@ def run(pipeline: str | os.PathLike = "small", settings: OffloadSettings | str =
     """Load ``pipeline`` afresh, apply ``settings``, generate one image and measure it.
 
     The pipeline first, then what is done to it, as every runner of the lab takes them
-    (``kvcache.generate(model, ids, cache)``); ``image_settings``: the image to make (None: :class:`ImageSettings`'s defaults).
+    (``kvcache.generate(model, ids, cache)``); ``image_settings``: the image to make (None:
+    :class:`ImageSettings`'s defaults).
 
     ``dtype``: None picks :func:`default_dtype` (bfloat16 on CUDA, float32 on a CPU). ``baseline``:
     an earlier result whose image this one is compared with. ``warmup``: generate once, unmeasured,
@@ -725,7 +727,8 @@ def planned(pipeline: str | os.PathLike = "small", settings: OffloadSettings | s
     components = pipeline_components(pipeline, torch_dtype)
     why = settings.needs_accelerator or "it was not run"
     return OffloadResult(settings, _device(None), str(torch_dtype).removeprefix("torch."),
-                         plan_offload(components, settings, "cuda"), ran=False, reason=f"needs a CUDA GPU: {why}; planned for a GPU")
+                         plan_offload(components, settings, "cuda"), ran=False,
+                         reason=f"needs a CUDA GPU: {why}; planned for a GPU")
 
 
 

@@ -21,7 +21,7 @@ from bigsmall_lab._errors import LabError
 from bigsmall_lab._units import format_bytes, parse_size
 from bigsmall_lab.estimates import Comparison, activation_bytes, estimate, kv_cache_bytes, weights_bytes, weights_table
 from bigsmall_lab.hardware import needs_cuda
-from bigsmall_lab.offload import Generation
+from bigsmall_lab.offload_plan import ImageSettings
 from bigsmall_lab.measure import Sampler, sample_now, stored_weight_bytes
 from bigsmall_lab.views import BitLayout, precision_chart
 
@@ -188,9 +188,9 @@ CASES = [
     ("quantmap-bits", "bits", lambda p: views.QuantMap({"a.weight": torch.randn(8, 8)}, bits=40)),
     ("quantmap-group", "group_size", lambda p: views.QuantMap({"a.weight": torch.randn(8, 8)}, group_size=7)),
     # silently wrong numbers, now one sentence
-    ("generation-guidance-nan", "guidance_scale", lambda p: Generation(guidance_scale=float("nan"))),
-    ("generation-guidance-negative", "guidance_scale", lambda p: Generation(guidance_scale=-1)),
-    ("generation-prompt-empty", "prompt", lambda p: Generation(prompt="  ")),
+    ("generation-guidance-nan", "guidance_scale", lambda p: ImageSettings(guidance_scale=float("nan"))),
+    ("generation-guidance-negative", "guidance_scale", lambda p: ImageSettings(guidance_scale=-1)),
+    ("generation-prompt-empty", "prompt", lambda p: ImageSettings(prompt="  ")),
     ("linear-timings-zero-rows", "tokens", lambda p: quantized.linear_timings(torch.randn(8, 64), tokens=(0,))),
     ("linear-timings-billion-rows", "tokens", lambda p: quantized.linear_timings(torch.randn(8, 64), tokens=(10**9,))),
     ("bnb-compute-dtype-int8", "bnb_4bit_compute_dtype", lambda p: bsl.load_model(
@@ -408,7 +408,7 @@ def test_a_full_disk_during_disk_offload_is_one_sentence_and_leaves_no_half_writ
     folder = tmp_path / "offload"
     settings = OffloadSettings("block_level", num_blocks_per_group=2, offload_to_disk_path=folder)
     with pytest.raises(OSError) as raised:
-        offload.run(settings, "tiny", torch.float32, "cpu", offload.Generation())
+        offload.run("tiny", settings, torch.float32, "cpu", ImageSettings())
     assert raised.value.errno == errno.ENOSPC and "filled up" in str(raised.value)
     assert len(str(raised.value)) < 300 and "\n" not in str(raised.value)
     assert len(calls) >= 3 and not [p for p in folder.rglob("*") if p.is_file()]  # nothing half-written stays

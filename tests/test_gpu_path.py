@@ -301,7 +301,7 @@ def test_offloaded_cache_refuses_a_cpu_model_on_a_machine_with_a_gpu(monkeypatch
     ids = torch.tensor([[1, 2, 3, 4]])
     for call in (lambda: kvcache.make_cache(model, "offloaded"),
                  lambda: kvcache.generate(model, ids, "offloaded", max_new_tokens=2),
-                 lambda: kvcache.compare(model, torch.arange(1, 12)[None], ["dynamic", "offloaded"], prompt_tokens=4,
+                 lambda: kvcache.compare_caches(model, torch.arange(1, 12)[None], ["dynamic", "offloaded"], prompt_tokens=4,
                                          scored_tokens=4, new_tokens=0)):
         with pytest.raises(LabError, match=r"needs the model on a CUDA GPU.*this model is on cpu"):
             call()

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import bigsmall_lab as bsl
-from bigsmall_lab import offload
+from bigsmall_lab import offload, offload_plan
 from bigsmall_lab._errors import ClaimFailed, LabError
 from bigsmall_lab._units import GB, MiB
 from bigsmall_lab.exercises import _core, _lesson05
@@ -42,7 +42,7 @@ def test_planned_groups_are_the_groups_diffusers_builds(built, settings):
     for name, groups in built[settings].items():
         planned = offload.plan_groups(components[name], settings)
         assert offload.same_groups(planned, groups), name
-        assert sum(g.weights_bytes for g in planned) >= offload.weights_bytes(components[name])
+        assert sum(g.weights_bytes for g in planned) >= offload_plan.module_tensor_bytes(components[name])
 
 
 def test_the_vae_is_split_one_level_down_like_diffusers_does(built):
@@ -69,9 +69,9 @@ def test_block_level_plan_worked_out_by_hand():
     groups = offload.plan_groups(m, BLOCK2)
     assert [(g.name, g.kind, g.weights_bytes) for g in groups] == [
         ("", "unmatched", 96), ("a.0", "blocks", 160), ("a.2", "blocks", 80), ("b.0", "blocks", 160)]
-    assert offload.plan({"m": m}, BLOCK2).device_bytes == 96 + 160
+    assert offload_plan.plan_offload({"m": m}, BLOCK2).device_bytes == 96 + 160
     streamed = OffloadSettings("block_level", use_stream=True)
-    assert offload.plan({"m": m}, streamed).device_bytes == 96 + 80 + 80
+    assert offload_plan.plan_offload({"m": m}, streamed).device_bytes == 96 + 80 + 80
     assert [g.streamed for g in offload.plan_groups(m, streamed)] == [False, True, True, True, True, True]
 
 
@@ -85,7 +85,7 @@ def test_a_named_block_module_is_split_one_level_down():
     names = [(g.name, g.weights_bytes) for g in offload.plan_groups(m, BLOCK2)]
     assert names == [("", 80), ("decoder", 80), ("decoder.up.0", 160)]
     # peak: the component's rest + the decoder's rest + its group of 2 blocks
-    assert offload.plan({"m": m}, BLOCK2).device_bytes == 80 + 80 + 160
+    assert offload_plan.plan_offload({"m": m}, BLOCK2).device_bytes == 80 + 80 + 160
 
 
 def test_plan_groups_refuses_what_makes_no_groups():
@@ -107,7 +107,7 @@ def test_claim_block_level_moves_t5_whole_fails_when_t5_is_cut(built):
     groups = built[BLOCK2]["text_encoder_2"]
 
     def claim(groups, module):
-        bsl.claim(len(groups) == 1 and groups[0].weights_bytes == offload.weights_bytes(module),
+        bsl.claim(len(groups) == 1 and groups[0].weights_bytes == offload_plan.module_tensor_bytes(module),
                   "block level moves T5 whole: diffusers built one group with all its weights")
 
     claim(groups, t5)
@@ -131,11 +131,11 @@ def test_claim_planner_matches_diffusers_fails_on_a_changed_group(built):
 def test_claim_model_offload_needs_the_largest_component_fails_for_another_component():
     flux = offload.flux_dev_components(torch.bfloat16)
     sizes = {c.name: c.weights_bytes for c in offload.component_sizes()}
-    model_plan = offload.plan(flux, OffloadSettings("model"))
+    model_plan = offload_plan.plan_offload(flux, OffloadSettings("model"))
     # The lesson's condition, recomputed: the largest component, found from the parameter counts (not the plan).
     assert model_plan.largest == max(sizes, key=sizes.get) and model_plan.device_bytes == sizes["transformer"]
     without = {k: v for k, v in flux.items() if k != "transformer"}
-    other = offload.plan(without, OffloadSettings("model"))
+    other = offload_plan.plan_offload(without, OffloadSettings("model"))
     with pytest.raises(ClaimFailed):
         bsl.claim(other.device_bytes == sizes["transformer"], "model offloading needs the largest component whole")
 
@@ -190,17 +190,17 @@ def test_pinned_memory_plan_refuses_bad_input():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the measurement runs (see the gpu test)")
 def test_measure_pinned_says_it_needs_a_gpu_in_one_sentence():
     with pytest.raises(LabError, match="needs a CUDA GPU") as err:
-        offload.measure_pinned(OffloadSettings("leaf_level", use_stream=True), "tiny")
+        offload.measure_pinned("tiny", OffloadSettings("leaf_level", use_stream=True))
     assert "\n" not in str(err.value)
     with pytest.raises(LabError, match="use_stream=True"):
-        offload.measure_pinned(OffloadSettings("leaf_level"), "tiny")
+        offload.measure_pinned("tiny", OffloadSettings("leaf_level"))
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("settings", [OffloadSettings("block_level", use_stream=True),
                                       OffloadSettings("leaf_level", use_stream=True)], ids=lambda s: s.label)
 def test_measure_pinned_on_a_gpu_lands_between_asked_and_rounded(settings):
-    m = offload.measure_pinned(settings, "tiny", torch.bfloat16)
+    m = offload.measure_pinned("tiny", settings, torch.bfloat16)
     assert m.plan.pinned_bytes > 0
     if hasattr(torch.cuda, "host_memory_stats"):  # the allocator's own count, after minus before
         assert m.plan.pinned_bytes <= m.host_allocated_bytes <= m.plan.reserved_bytes * 1.02
@@ -230,7 +230,7 @@ def test_published_figures_keep_their_source_and_give_the_ratio():
 
 
 def test_time_ratio_and_medians():
-    plan = offload.plan({"m": lin()}, OffloadSettings())
+    plan = offload_plan.plan_offload({"m": lin()}, OffloadSettings())
     base = OffloadResult(OffloadSettings(), "cpu", "float32", plan, ran=True, seconds_per_image=0.5)
     slow = OffloadResult(OffloadSettings("leaf_level"), "cpu", "float32", plan, ran=True, seconds_per_image=1.5)
     assert offload.time_ratio(slow, base) == 3.0
@@ -239,11 +239,11 @@ def test_time_ratio_and_medians():
 
 @pytest.mark.slow
 def test_run_repeats_reports_the_median_of_its_runs():
-    r = offload.run(OffloadSettings("none"), "tiny", repeats=3)
+    r = offload.run("tiny", OffloadSettings("none"), repeats=3)
     assert len(r.seconds_runs) == 3 and r.seconds_per_image == sorted(r.seconds_runs)[1]
     assert r.pipeline.endswith("tiny-flux-seed0")
     with pytest.raises(LabError, match="repeats"):
-        offload.run(OffloadSettings("none"), "tiny", repeats=0)
+        offload.run("tiny", OffloadSettings("none"), repeats=0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,8 +295,8 @@ def test_group_count_slips(value, words):
 
 def test_cpu_offload_saving_names_four_slips():
     components = offload.pipeline_components("tiny", torch.float32)
-    on_gpu = offload.plan(components, OffloadSettings("model"), "cuda")
-    none = offload.plan(components, OffloadSettings("none"), "cpu").device_bytes
+    on_gpu = offload_plan.plan_offload(components, OffloadSettings("model"), "cuda")
+    none = offload_plan.plan_offload(components, OffloadSettings("none"), "cpu").device_bytes
     text = on_gpu.by_component["text_encoder"] + on_gpu.by_component["text_encoder_2"]
     cases = [(none - on_gpu.device_bytes, "saves on a GPU"), (on_gpu.device_bytes, "never leaves"),
              (none, "every weight"), (text, "text encoders")]
@@ -309,7 +309,7 @@ def _disk_result(n: int, peak_over_plan: float = 1.03) -> OffloadResult:
     """A block-level-to-disk result on the tiny pipeline whose measured peak is the plan x ``peak_over_plan``."""
     settings = OffloadSettings("block_level", num_blocks_per_group=n, offload_to_disk_path="/tmp")
     components = offload.pipeline_components("tiny", torch.float32)
-    plan = offload.plan(components, settings, "cpu")
+    plan = offload_plan.plan_offload(components, settings, "cpu")
     return OffloadResult(settings, "cpu", "float32", plan, ran=True, peak_bytes=int(plan.device_bytes * peak_over_plan),
                          pipeline=str(offload.pipeline_folder("tiny")))
 
@@ -326,9 +326,9 @@ def test_disk_peak_prediction_is_right_within_the_stated_tolerance():
 def test_disk_peak_slips_each_with_its_value():
     result = _disk_result(1)
     components = offload.pipeline_components("tiny", torch.float32)
-    two = offload.plan(components, OffloadSettings("block_level", num_blocks_per_group=2, offload_to_disk_path="/t"),
-                       "cpu").device_bytes / MiB
-    none = offload.plan(components, OffloadSettings("none"), "cpu").device_bytes / MiB
+    two = offload_plan.plan_offload(
+        components, OffloadSettings("block_level", num_blocks_per_group=2, offload_to_disk_path="/t"), "cpu").device_bytes / MiB
+    none = offload_plan.plan_offload(components, OffloadSettings("none"), "cpu").device_bytes / MiB
     cases = [(two, "2 blocks per group"), (none, "every weight"), (result.peak_bytes, "in bytes"),
              (result.peak_bytes / GB, "in GB")]
     for value, words in cases:
@@ -338,7 +338,7 @@ def test_disk_peak_slips_each_with_its_value():
 
 
 def test_disk_peak_refuses_a_run_that_is_not_block_level_to_disk():
-    plan = offload.plan({"m": lin()}, OffloadSettings())
+    plan = offload_plan.plan_offload({"m": lin()}, OffloadSettings())
     with pytest.raises(LabError, match="result"):
         _lesson05.check_disk_peak(10, OffloadResult(OffloadSettings("leaf_level"), "cpu", "float32", plan, ran=True,
                                                     peak_bytes=10, pipeline="x"))
@@ -348,9 +348,9 @@ def test_disk_peak_refuses_a_run_that_is_not_block_level_to_disk():
 
 def test_claim_t5_sets_the_block_level_peak_fails_without_t5():
     flux = offload.flux_dev_components(torch.bfloat16)
-    block_plan = offload.plan(flux, BLOCK2)
+    block_plan = offload_plan.plan_offload(flux, BLOCK2)
     bsl.claim(block_plan.largest == "text_encoder_2", "at block level T5, not the transformer, sets the peak")
-    without = offload.plan({k: v for k, v in flux.items() if k != "text_encoder_2"}, BLOCK2)
+    without = offload_plan.plan_offload({k: v for k, v in flux.items() if k != "text_encoder_2"}, BLOCK2)
     with pytest.raises(ClaimFailed):
         bsl.claim(without.largest == "text_encoder_2", "at block level T5, not the transformer, sets the peak")
 

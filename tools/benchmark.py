@@ -133,7 +133,7 @@ def _offloading() -> dict:
     import torch
 
     import bigsmall_lab as bsl
-    from bigsmall_lab.offload import Generation, OffloadSettings
+    from bigsmall_lab.offload_plan import ImageSettings, OffloadSettings
 
     mib = 2**20
     bsl.offload.use_fresh_pages_for_big_tensors()
@@ -147,7 +147,7 @@ def _offloading() -> dict:
                     OffloadSettings("block_level", num_blocks_per_group=2, offload_to_disk_path=disk),
                     OffloadSettings("leaf_level", offload_to_disk_path=disk, exclude=("text_encoder_2",))]
         rows = {}
-        for r in bsl.offload.compare(settings, "small"):
+        for r in bsl.offload.compare_strategies("small", settings):
             row = {"plan_mib": round(r.plan.device_bytes / mib, 1), "ran": r.ran}
             if r.ran:
                 row.update(peak_mib=round(r.peak_bytes / mib, 1), held_mib=round(r.held_bytes / mib, 1),
@@ -157,7 +157,7 @@ def _offloading() -> dict:
         out = {"offload_small_flux_cpu_1_thread": rows}
         times = {}
         for dtype in ("float32", "bfloat16"):
-            r = bsl.offload.run(OffloadSettings("none"), "small", dtype, "cpu", Generation(), warmup=True)
+            r = bsl.offload.run("small", OffloadSettings("none"), dtype, "cpu", ImageSettings(), warmup=True)
             times[dtype] = round(r.seconds_per_image, 3)
         out["offload_small_flux_bf16_vs_fp32_seconds_per_image"] = {
             **times, "ratio": round(times["bfloat16"] / times["float32"], 2),
@@ -299,7 +299,7 @@ def _kv_cache() -> dict:
                                       ("quanto-int4", "quanto-int2", "hqq-int4", "hqq-int2")] + ["fp8"]
     if device == "cuda":
         caches.append("offloaded")
-    runs = kvcache.compare(model, ids, [c for c in caches if c != "offloaded"], prompt_tokens, scored, 16, new)
+    runs = kvcache.compare_caches(model, ids, [c for c in caches if c != "offloaded"], prompt_tokens, scored, 16, new)
     rows = {}
     for r in runs:
         g = r.generation

@@ -301,9 +301,9 @@ def check_group_offload(c: Check, ctx: Context) -> None:
     _needs("diffusers", "PIL")
     from bigsmall_lab import offload
 
-    base = offload.run("none", pipeline=ctx.pipeline, device=ctx.device)
+    base = offload.run(ctx.pipeline, "none", device=ctx.device)
     settings = offload.OffloadSettings("block_level", num_blocks_per_group=1, use_stream=ctx.cuda)
-    grouped = offload.run(settings, pipeline=ctx.pipeline, device=ctx.device, baseline=base)
+    grouped = offload.run(ctx.pipeline, settings, device=ctx.device, baseline=base)
     c.measured.update(pipeline=ctx.pipeline, settings=settings.label, baseline_peak_bytes=base.peak_bytes,
                       offloaded_peak_bytes=grouped.peak_bytes, max_abs_diff=grouped.max_abs_diff,
                       bitwise=grouped.bitwise, seconds_per_image=[base.seconds_per_image, grouped.seconds_per_image])

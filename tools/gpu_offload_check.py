@@ -55,7 +55,7 @@ def part_lab(out: dict) -> None:
 
     pinned = {}
     for s in (OffloadSettings("block_level", use_stream=True), OffloadSettings("leaf_level", use_stream=True)):
-        m = bsl.offload.measure_pinned(s, "tiny", torch.bfloat16)
+        m = bsl.offload.measure_pinned("tiny", s, torch.bfloat16)
         pinned[s.label] = dict(plan_offloaded=m.plan.offloaded_bytes, plan_pinned=m.plan.pinned_bytes,
                                plan_reserved=m.plan.reserved_bytes, n_tensors=m.plan.n_tensors,
                                host_allocated=m.host_allocated_bytes,
@@ -66,7 +66,7 @@ def part_lab(out: dict) -> None:
                 OffloadSettings("block_level", num_blocks_per_group=2),
                 OffloadSettings("block_level", use_stream=True), OffloadSettings("leaf_level"),
                 OffloadSettings("leaf_level", use_stream=True)]
-    results = bsl.offload.compare(settings, "tiny", torch.bfloat16, "cuda", repeats=5)
+    results = bsl.offload.compare_strategies("tiny", settings, torch.bfloat16, "cuda", repeats=5)
     base = results[0]
     out["lab_compare_tiny_bf16"] = [
         dict(label=r.label, ran=r.ran, peak_bytes=r.peak_bytes, plan_bytes=r.plan.device_bytes,
