@@ -208,6 +208,7 @@ def check_fit_run_peak(answer: float | None, run: Any, option: Option, budget_by
             why=f"the run peaked at {expected:,.1f} MiB; the plan said {run.planned_bytes / MiB:,.1f} MiB "
                 f"(measured / planned = {run.ratio:.3f})",
             hint="add up the plan's parts on the device the run uses (bytes_per_device), then convert to MiB",
-            slips=distinct_slips(expected, slips, gap=0.10), fmt=",.1f", unit=" MiB", example="180")
+            slips=distinct_slips(expected, [s for s in slips if abs(s.value - expected) > 0.10 * expected], gap=0.01),
+            fmt=",.1f", unit=" MiB", example="180")
 
     return ask(("fit_run_peak", option.label, run.peak_bytes, budget_bytes), build).check(answer)
