@@ -1,6 +1,6 @@
 """The lesson map (bigsmall_lab/_lessons.py) is what the lessons do, and the public surface is declared.
 
-Each lesson's code cells are read with ``ast`` (IPython's ``%``/``!`` lines blanked): every ``bsl.X``,
+Each lesson's code cells are read with ``ast`` (IPython's ``%``/``!`` lines read as ``pass``): every ``bsl.<name>``,
 ``from bigsmall_lab import X``, ``from bigsmall_lab.X import ...``, ``views.Y`` and ``check_Z`` they hold is
 compared with the lesson's entry, both ways. Every public module belongs to a lesson or to the shared base,
 every ``check_*`` exercise to a lesson, every talk claim to a mapped lesson; no lesson touches a private name;
