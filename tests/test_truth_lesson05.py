@@ -40,14 +40,14 @@ def built():
 def test_planned_groups_are_the_groups_diffusers_builds(built, settings):
     components = offload.pipeline_components("tiny", torch.float32)
     for name, groups in built[settings].items():
-        planned = offload.plan_groups(components[name], settings)
-        assert offload.same_groups(planned, groups), name
+        planned = offload_plan.plan_groups(components[name], settings)
+        assert offload_plan.same_groups(planned, groups), name
         assert sum(g.weights_bytes for g in planned) >= offload_plan.module_tensor_bytes(components[name])
 
 
 def test_the_vae_is_split_one_level_down_like_diffusers_does(built):
     vae = offload.pipeline_components("tiny", torch.float32)["vae"]
-    assert offload.block_modules_of(vae) == ("quant_conv", "post_quant_conv", "encoder", "decoder")
+    assert offload_plan.block_modules_of(vae) == ("quant_conv", "post_quant_conv", "encoder", "decoder")
     groups = built[BLOCK2]["vae"]
     names = {g.name for g in groups}
     # The encoder's and decoder's own layers form their unmatched groups; their block lists are cut in groups.
@@ -55,8 +55,8 @@ def test_the_vae_is_split_one_level_down_like_diffusers_does(built):
     assert "" not in names  # the VAE itself owns nothing outside encoder and decoder
     # Breaking the input: ignoring _group_offload_block_modules (what the lab planned before) moves the VAE whole,
     # and the comparison with diffusers' groups catches it.
-    whole = offload._block_level_groups(vae, 2, frozenset(), False)
-    assert len(whole) == 1 and not offload.same_groups(whole, groups)
+    whole = offload_plan._block_level_groups(vae, 2, frozenset(), False)
+    assert len(whole) == 1 and not offload_plan.same_groups(whole, groups)
 
 
 def test_block_level_plan_worked_out_by_hand():
@@ -66,13 +66,13 @@ def test_block_level_plan_worked_out_by_hand():
     m = torch.nn.Module()
     m.a, m.b = torch.nn.ModuleList([lin() for _ in range(3)]), torch.nn.ModuleList([lin(), lin()])
     m.proj, m.scale = lin(), torch.nn.Parameter(torch.empty(4, device="meta"))
-    groups = offload.plan_groups(m, BLOCK2)
+    groups = offload_plan.plan_groups(m, BLOCK2)
     assert [(g.name, g.kind, g.weights_bytes) for g in groups] == [
         ("", "unmatched", 96), ("a.0", "blocks", 160), ("a.2", "blocks", 80), ("b.0", "blocks", 160)]
     assert offload_plan.plan_offload({"m": m}, BLOCK2).device_bytes == 96 + 160
     streamed = OffloadSettings("block_level", use_stream=True)
     assert offload_plan.plan_offload({"m": m}, streamed).device_bytes == 96 + 80 + 80
-    assert [g.streamed for g in offload.plan_groups(m, streamed)] == [False, True, True, True, True, True]
+    assert [g.streamed for g in offload_plan.plan_groups(m, streamed)] == [False, True, True, True, True, True]
 
 
 def test_a_named_block_module_is_split_one_level_down():
@@ -82,7 +82,7 @@ def test_a_named_block_module_is_split_one_level_down():
     m, dec = Auto(), torch.nn.Module()
     dec.up, dec.conv = torch.nn.ModuleList([lin(), lin()]), lin()
     m.decoder, m.head = dec, lin()
-    names = [(g.name, g.weights_bytes) for g in offload.plan_groups(m, BLOCK2)]
+    names = [(g.name, g.weights_bytes) for g in offload_plan.plan_groups(m, BLOCK2)]
     assert names == [("", 80), ("decoder", 80), ("decoder.up.0", 160)]
     # peak: the component's rest + the decoder's rest + its group of 2 blocks
     assert offload_plan.plan_offload({"m": m}, BLOCK2).device_bytes == 80 + 80 + 160
@@ -90,9 +90,9 @@ def test_a_named_block_module_is_split_one_level_down():
 
 def test_plan_groups_refuses_what_makes_no_groups():
     with pytest.raises(LabError, match="makes no groups"):
-        offload.plan_groups(lin(), OffloadSettings("model"))
+        offload_plan.plan_groups(lin(), OffloadSettings("model"))
     with pytest.raises(LabError, match="is not a module"):
-        offload.plan_groups("vae", BLOCK2)
+        offload_plan.plan_groups("vae", BLOCK2)
     with pytest.raises(LabError, match="cannot be built here"):
         offload.groups_built_by_diffusers("tiny", OffloadSettings("leaf_level", use_stream=True))
 
@@ -118,19 +118,19 @@ def test_claim_block_level_moves_t5_whole_fails_when_t5_is_cut(built):
 
 
 def test_claim_planner_matches_diffusers_fails_on_a_changed_group(built):
-    planned = offload.plan_groups(offload.pipeline_components("tiny", torch.float32)["vae"], BLOCK2)
+    planned = offload_plan.plan_groups(offload.pipeline_components("tiny", torch.float32)["vae"], BLOCK2)
     real = built[BLOCK2]["vae"]
-    bsl.claim(offload.same_groups(planned, real), "the planner's groups are the groups diffusers built")
+    bsl.claim(offload_plan.same_groups(planned, real), "the planner's groups are the groups diffusers built")
     changed = [PlannedGroup(g.name, g.kind, g.weights_bytes + (i == 0), g.n_tensors) for i, g in enumerate(real)]
     with pytest.raises(ClaimFailed):
-        bsl.claim(offload.same_groups(planned, changed), "the planner's groups are the groups diffusers built")
+        bsl.claim(offload_plan.same_groups(planned, changed), "the planner's groups are the groups diffusers built")
     with pytest.raises(ClaimFailed):
-        bsl.claim(offload.same_groups(planned, real[1:]), "the planner's groups are the groups diffusers built")
+        bsl.claim(offload_plan.same_groups(planned, real[1:]), "the planner's groups are the groups diffusers built")
 
 
 def test_claim_model_offload_needs_the_largest_component_fails_for_another_component():
-    flux = offload.flux_dev_components(torch.bfloat16)
-    sizes = {c.name: c.weights_bytes for c in offload.component_sizes()}
+    flux = offload_plan.flux_dev_components(torch.bfloat16)
+    sizes = {c.name: c.weights_bytes for c in offload_plan.component_sizes()}
     model_plan = offload_plan.plan_offload(flux, OffloadSettings("model"))
     # The lesson's condition, recomputed: the largest component, found from the parameter counts (not the plan).
     assert model_plan.largest == max(sizes, key=sizes.get) and model_plan.device_bytes == sizes["transformer"]
@@ -146,18 +146,18 @@ def test_claim_model_offload_needs_the_largest_component_fails_for_another_compo
 
 def test_pinned_memory_plan_worked_out_by_hand():
     # Leaf level + stream on a Linear(3, 100): weight 1,200 bytes -> 2,048 reserved, bias 400 -> 512.
-    one = offload.pinned_memory_plan({"m": torch.nn.Linear(3, 100)}, OffloadSettings("leaf_level", use_stream=True))
+    one = offload_plan.pinned_memory_plan({"m": torch.nn.Linear(3, 100)}, OffloadSettings("leaf_level", use_stream=True))
     assert (one.offloaded_bytes, one.pinned_bytes, one.reserved_bytes, one.n_tensors) == (1600, 1600, 2560, 2)
     assert one.released_bytes == 1600 and one.ram_after_bytes == 2560 and one.rounding == 2560 / 1600
     # No stream: nothing pinned.
-    none = offload.pinned_memory_plan({"m": torch.nn.Linear(3, 100)}, OffloadSettings("leaf_level"))
+    none = offload_plan.pinned_memory_plan({"m": torch.nn.Linear(3, 100)}, OffloadSettings("leaf_level"))
     assert (none.pinned_bytes, none.reserved_bytes) == (0, 0)
 
 
 def test_pinned_memory_block_level_leaves_the_unmatched_group_unpinned():
     m = torch.nn.Module()
     m.blocks, m.proj = torch.nn.ModuleList([lin(), lin()]), lin(3, 100)  # blocks 80 each; proj 1,600
-    p = offload.pinned_memory_plan({"m": m}, OffloadSettings("block_level", use_stream=True))
+    p = offload_plan.pinned_memory_plan({"m": m}, OffloadSettings("block_level", use_stream=True))
     assert (p.offloaded_bytes, p.pinned_bytes, p.released_bytes) == (1760, 160, 160)
     assert p.ram_after_bytes == 1600 + p.reserved_bytes  # proj stays as it is, the blocks become pinned copies
     assert p.reserved_bytes == 2 * (64 + 16)  # two blocks: weight 64 and bias 16, powers of two already
@@ -167,14 +167,14 @@ def test_pinned_memory_counts_a_tied_tensor_once_per_streamed_group():
     emb = torch.nn.Embedding(10, 4)  # 160 bytes -> 256 reserved
     head = torch.nn.Linear(4, 10, bias=False)
     head.weight = emb.weight
-    p = offload.pinned_memory_plan({"m": torch.nn.ModuleDict({"emb": emb, "head": head})},
+    p = offload_plan.pinned_memory_plan({"m": torch.nn.ModuleDict({"emb": emb, "head": head})},
                                    OffloadSettings("leaf_level", use_stream=True))
     assert (p.offloaded_bytes, p.pinned_bytes, p.reserved_bytes) == (160, 320, 512)
 
 
 def test_pinned_memory_of_flux_dev_is_rounded_up_by_about_half():
-    flux = offload.flux_dev_components(torch.bfloat16)
-    p = offload.pinned_memory_plan({"transformer": flux["transformer"]}, OffloadSettings("leaf_level", use_stream=True))
+    flux = offload_plan.flux_dev_components(torch.bfloat16)
+    p = offload_plan.pinned_memory_plan({"transformer": flux["transformer"]}, OffloadSettings("leaf_level", use_stream=True))
     assert p.pinned_bytes == p.offloaded_bytes == 2 * 11_901_408_320
     assert 1.5 < p.rounding < 1.6  # measured on an H200: the allocator handed out 37,197,755,392 bytes
     assert p.released_bytes == p.offloaded_bytes  # leaf level streams every tensor: all originals go
@@ -184,7 +184,7 @@ def test_pinned_memory_of_flux_dev_is_rounded_up_by_about_half():
 
 def test_pinned_memory_plan_refuses_bad_input():
     with pytest.raises(LabError, match="components"):
-        offload.pinned_memory_plan({}, OffloadSettings("leaf_level", use_stream=True))
+        offload_plan.pinned_memory_plan({}, OffloadSettings("leaf_level", use_stream=True))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the measurement runs (see the gpu test)")
@@ -221,12 +221,12 @@ def test_host_allocated_counts_zero_before_the_first_pinned_block(monkeypatch):
 
 
 def test_published_figures_keep_their_source_and_give_the_ratio():
-    assert len({f.source for f in offload.PUBLISHED}) == 1 and "huggingface.co/datasets/diffusers/benchmarks" in \
-        offload.PUBLISHED[0].source
-    base, leaf = offload.published("none"), offload.published(OffloadSettings("leaf_level", use_stream=True))
+    assert len({f.source for f in offload_plan.PUBLISHED}) == 1 and "huggingface.co/datasets/diffusers/benchmarks" in \
+        offload_plan.PUBLISHED[0].source
+    base, leaf = offload_plan.published("none"), offload_plan.published(OffloadSettings("leaf_level", use_stream=True))
     assert leaf.seconds / base.seconds == pytest.approx(1.859 / 0.493)
     assert leaf.peak_gib < base.peak_gib and leaf.seconds > base.seconds  # streams do not hide every transfer
-    assert offload.published(OffloadSettings("sequential")) is None
+    assert offload_plan.published(OffloadSettings("sequential")) is None
 
 
 def test_time_ratio_and_medians():
@@ -347,7 +347,7 @@ def test_disk_peak_refuses_a_run_that_is_not_block_level_to_disk():
 
 
 def test_claim_t5_sets_the_block_level_peak_fails_without_t5():
-    flux = offload.flux_dev_components(torch.bfloat16)
+    flux = offload_plan.flux_dev_components(torch.bfloat16)
     block_plan = offload_plan.plan_offload(flux, BLOCK2)
     bsl.claim(block_plan.largest == "text_encoder_2", "at block level T5, not the transformer, sets the peak")
     without = offload_plan.plan_offload({k: v for k, v in flux.items() if k != "text_encoder_2"}, BLOCK2)
@@ -356,7 +356,7 @@ def test_claim_t5_sets_the_block_level_peak_fails_without_t5():
 
 
 def test_claim_published_stream_run_is_slower_fails_on_a_faster_figure():
-    base, leaf = offload.published("none"), offload.published(OffloadSettings("leaf_level", use_stream=True))
+    base, leaf = offload_plan.published("none"), offload_plan.published(OffloadSettings("leaf_level", use_stream=True))
     text = "the published stream run is slower than no offloading: the stream does not hide all of the transfers"
     bsl.claim(leaf.seconds > base.seconds, text)
     with pytest.raises(ClaimFailed):  # a figure where the stream hid everything (no slower than no offloading)
