@@ -9,15 +9,15 @@ what an option chooses      whose numbers
 ==========================  =========================================================================
 weights: bf16 or            ``estimates.weights_bytes`` / ``estimates.module_bytes`` (bitsandbytes'
 int8, nf4, nf4-double       scales and code books counted)
-KV cache: dynamic,          ``kvcache.expected_cache_bytes`` (the quantized window at its fullest),
-quanto int4 / int2,         ``kvcache.offload_plan`` (two layers on the GPU, the rest in CPU RAM)
+KV cache: dynamic,          ``kv_plan.expected_cache_bytes`` (the quantized window at its fullest),
+quanto int4 / int2,         ``kv_plan.plan_cache_offload`` (two layers on the GPU, the rest in CPU RAM)
 offloaded
 where the weights go        ``placement.plan(spec, "auto", max_memory)`` (from_pretrained's own
 (GPUs, CPU RAM, disk)       device_map), or ``tp_plan.plan(...).rank_bytes`` for tensor parallelism;
                             bitsandbytes beside a CPU / disk spill: quantized on the GPUs, 16-bit off
                             them (``llm_int8_enable_fp32_cpu_offload``); TP never spills (transformers
                             refuses a device_map with it)
-diffusers pipelines         ``offload.plan`` / ``offload.pinned_memory_plan`` (model offload, group
+diffusers pipelines         ``offload_plan.plan_offload`` / ``pinned_memory_plan`` (model offload, group
                             offloading, sequential offload) on FLUX.1-dev's real configs
 every GPU used              one CUDA context (``estimates.RUNTIME_OVERHEAD``) per GPU a process uses;
                             ``estimates.activation_bytes`` (a FLUX transformer's:
@@ -45,10 +45,9 @@ CPU (and pays for it in time); the first that stays on the GPU quantizes:
 >>> fit("llama-3.1-8b", machine("T4", cpu_ram=0), seq_len=8192)[0].label
 'int8 weights, dynamic cache, GPU 0'
 
-Where it lives: its maths is all planners', but the KV-cache and offloading planners sit in runner
-modules (``kvcache``, ``offload``: their planning halves have not been split off yet), so this module
-is placed with the runners in the package's layer table; it touches no device, file or process
-itself. The attached machine (the default) is read by :func:`attached_machine`, the one function here
+Where it lives: its maths is all planners' (``kv_plan``, ``offload_plan``, ``placement``, ``tp_plan``,
+``estimates``); it stays with the runners in the package's layer table because of :func:`attached_machine`,
+and touches no device, file or process itself otherwise. The attached machine (the default) is read by :func:`attached_machine`, the one function here
 that asks the hardware (``hardware.describe()``), so that :func:`fit` given a machine stays pure.
 """
 
@@ -537,7 +536,7 @@ def _size_text(n_bytes: int) -> str:
 def _transformers_code(spec: ModelSpec, dtype: str, quant: str | None, cache: str | None, device_map: Any,
                        max_memory: Mapping[Device, int] | None, tp: int, seq_len: int) -> str:
     from . import _compat
-    from .kvcache import CacheSettings
+    from .kv_plan import CacheSettings
 
     repo, subfolder = _repo(spec)
     generates = cache is not None
@@ -580,7 +579,7 @@ def _transformers_code(spec: ModelSpec, dtype: str, quant: str | None, cache: st
 
 def _diffusers_code(spec: ModelSpec, settings, pipeline: bool) -> str:
     from . import _compat
-    from .offload import Strategy
+    from .offload_plan import OffloadStrategy as Strategy
 
     repo, subfolder = _repo(spec)
     kw = _compat.diffusers_dtype_kwarg()
@@ -636,16 +635,16 @@ def _checked(spec_or_model: Any, seq_len: Any, batch_size: Any, dtype: Any) -> t
 
 def _cache_bytes(spec: ModelSpec, cache: str, seq_len: int, batch_size: int, dtype: str) -> tuple[int, str]:
     """(bytes, source) of the whole cache at ``seq_len`` tokens; a quantized one with its window full."""
-    from .kvcache import CacheSettings, expected_cache_bytes
+    from .kv_plan import CacheSettings, expected_cache_bytes
 
     settings = CacheSettings.parse(cache)
     if settings.is_quantized and settings.effective_residual_length is not None:
         residual = min(seq_len, settings.effective_residual_length - 1)
         n = expected_cache_bytes(spec, settings, seq_len, batch_size, dtype, residual_tokens=residual)
-        return n, (f"kvcache.expected_cache_bytes({cache!r}, seq_len={seq_len}, residual_tokens={residual}): "
+        return n, (f"kv_plan.expected_cache_bytes({cache!r}, seq_len={seq_len}, residual_tokens={residual}): "
                    "the full-precision window at its fullest")
     return expected_cache_bytes(spec, settings, seq_len, batch_size, dtype), \
-        f"kvcache.expected_cache_bytes({cache!r}, seq_len={seq_len})"
+        f"kv_plan.expected_cache_bytes({cache!r}, seq_len={seq_len})"
 
 
 def _split(total: int, shares: dict[Device, int], fallback: Device) -> dict[Device, int]:
@@ -745,11 +744,11 @@ def _transformers_options(spec: ModelSpec, m: Machine, seq_len: int, batch_size:
             parts = [Part(first, "weights", w, f"estimates.weights_bytes({dtype!r}, {quant!r})")]
             notes = []
             if cache == "offloaded":
-                from .kvcache import offload_plan
+                from .kv_plan import plan_cache_offload
 
-                op = offload_plan(spec, seq_len, batch_size, dtype)
-                parts += [Part(first, "KV cache", op.gpu_bytes, "kvcache.offload_plan: 2 layers on the GPU"),
-                          Part("cpu", "KV cache", op.cpu_bytes, "kvcache.offload_plan: the other layers in CPU RAM")]
+                op = plan_cache_offload(spec, seq_len, batch_size, dtype)
+                parts += [Part(first, "KV cache", op.gpu_bytes, "kv_plan.plan_cache_offload: 2 layers on the GPU"),
+                          Part("cpu", "KV cache", op.cpu_bytes, "kv_plan.plan_cache_offload: the other layers in CPU RAM")]
             elif cache:
                 parts.append(Part(first, "KV cache", *kv[cache]))
             parts.append(Part(first, "activations", act, act_source))
@@ -868,13 +867,13 @@ def _transformers_options(spec: ModelSpec, m: Machine, seq_len: int, batch_size:
         except LabError:
             tp = None
         if tp is not None:
-            # kvcache.kv_bytes_per_rank builds a config with the rank's KV heads (a new meta model, ~1 s for
+            # kv_plan.kv_bytes_per_rank builds a config with the rank's KV heads (a new meta model, ~1 s for
             # 405B); valid_nproc divides the KV heads, so each rank holds exactly 1/nproc of the cache.
             kv_rank = kv["dynamic"][0] // nproc
             parts = []
             for r in range(nproc):
                 parts += [Part(r, "weights", tp.rank_bytes[r], f"tp_plan.plan(nproc={nproc}).rank_bytes[{r}]"),
-                          Part(r, "KV cache", kv_rank, f"kvcache.kv_bytes_per_rank(tp_size={nproc}): the "
+                          Part(r, "KV cache", kv_rank, f"kv_plan.kv_bytes_per_rank(tp_size={nproc}): the "
                                "dynamic cache / tp_size (the KV heads split evenly)"),
                           Part(r, "activations", act, act_source + " (each rank's process; an upper bound: "
                                "the MLP is split, the residual stream and logits are not)")]
@@ -890,12 +889,13 @@ def _transformers_options(spec: ModelSpec, m: Machine, seq_len: int, batch_size:
 
 
 def _diffusers_options(spec: ModelSpec, m: Machine, dtype: str, image_size: tuple[int, int], batch_size: int) -> list[Option]:
-    from . import offload
-    from .offload import OffloadSettings, Strategy
+    from .offload_plan import (FLUX_DEV_CONFIGS, OffloadSettings, flux_dev_components, pinned_memory_plan,
+                               plan_offload)
+    from .offload_plan import OffloadStrategy as Strategy
 
-    pipeline = spec.name.strip().lower() == offload.FLUX_DEV_CONFIGS["transformer"]
+    pipeline = spec.name.strip().lower() == FLUX_DEV_CONFIGS["transformer"]
     if pipeline:
-        components = offload.flux_dev_components(dtype)
+        components = flux_dev_components(dtype)
     else:
         from .zoo._configs import meta_model
 
@@ -926,17 +926,17 @@ def _diffusers_options(spec: ModelSpec, m: Machine, dtype: str, image_size: tupl
     for name, settings, speed_key in strategies:
         if not m.gpus and name != "none":
             continue  # offloading moves weights to an accelerator: nothing to gain on a CPU
-        p = offload.plan(components, settings, device="cuda" if m.gpus else "cpu")
-        parts = [Part(first, "weights", p.device_bytes, f"offload.plan({settings.label!r}).device_bytes")]
+        p = plan_offload(components, settings, device="cuda" if m.gpus else "cpu")
+        parts = [Part(first, "weights", p.device_bytes, f"plan_offload({settings.label!r}).device_bytes")]
         devices = [first]
         if p.total_bytes > p.device_bytes:
             if settings.use_stream:
-                pinned = offload.pinned_memory_plan(components, settings)
+                pinned = pinned_memory_plan(components, settings)
                 parts.append(Part("cpu", "weights", pinned.ram_after_bytes,
-                                  "offload.pinned_memory_plan(...).ram_after_bytes (pinned copies)"))
+                                  "pinned_memory_plan(...).ram_after_bytes (pinned copies)"))
             else:
                 parts.append(Part("cpu", "weights", p.total_bytes - p.device_bytes,
-                                  "offload.plan: total_bytes - device_bytes, waiting in CPU RAM"))
+                                  "plan_offload: total_bytes - device_bytes, waiting in CPU RAM"))
             devices.append("cpu")
         if act:
             parts.append(Part(first, "activations", act, act_source))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bigsmall_lab import advisor, estimates, kvcache, offload, tp_plan
+from bigsmall_lab import advisor, estimates, kv_plan, offload_plan, tp_plan
 from bigsmall_lab._errors import LabError
 from bigsmall_lab.estimates import GPUS, RUNTIME_OVERHEAD
 
@@ -32,11 +32,11 @@ CASES = [
 
 
 def _residual(cache: str, seq_len: int) -> int:
-    return min(seq_len, kvcache.CacheSettings.parse(cache).effective_residual_length - 1)
+    return min(seq_len, kv_plan.CacheSettings.parse(cache).effective_residual_length - 1)
 
 
 def _expected_kv(spec, option, seq_len) -> int:
-    return kvcache.expected_cache_bytes(spec, option.cache, seq_len, 1, option.dtype,
+    return kv_plan.expected_cache_bytes(spec, option.cache, seq_len, 1, option.dtype,
                                         residual_tokens=_residual(option.cache, seq_len)
                                         if option.cache.startswith("quanto") else None)
 
@@ -63,7 +63,7 @@ def _check_transformers(spec, m, option, seq_len):
         assert any("mutually exclusive" in n for n in option.notes)
         tp = tp_plan.plan(spec, option.n_gpus, option.dtype)
         assert weights == dict(enumerate(tp.rank_bytes))
-        assert kv == {r: kvcache.kv_bytes_per_rank(spec, seq_len, option.n_gpus, 1, option.dtype)
+        assert kv == {r: kv_plan.kv_bytes_per_rank(spec, seq_len, option.n_gpus, 1, option.dtype)
                       for r in range(option.n_gpus)}
         assert [p.bytes for p in acts] == [act] * option.n_gpus  # each rank's process
         return
@@ -86,7 +86,7 @@ def _check_transformers(spec, m, option, seq_len):
     if option.cache is None:
         assert kv == {}
     elif option.cache == "offloaded":
-        plan = kvcache.offload_plan(spec, seq_len, 1, option.dtype)
+        plan = kv_plan.plan_cache_offload(spec, seq_len, 1, option.dtype)
         assert kv == {0: plan.gpu_bytes, "cpu": plan.cpu_bytes}
     else:
         assert sum(kv.values()) == _expected_kv(spec, option, seq_len)
@@ -103,15 +103,15 @@ def _code_device_map(code: str) -> dict:
 
 
 def _check_diffusers(spec, m, option):
-    settings = {"none": offload.OffloadSettings("none"), "model": offload.OffloadSettings("model"),
-                "block_level": offload.OffloadSettings("block_level"),
-                "leaf_level+stream": offload.OffloadSettings("leaf_level", use_stream=True),
-                "sequential": offload.OffloadSettings("sequential")}[option.placement]
-    components = offload.flux_dev_components(option.dtype)
-    plan = offload.plan(components, settings)
+    settings = {"none": offload_plan.OffloadSettings("none"), "model": offload_plan.OffloadSettings("model"),
+                "block_level": offload_plan.OffloadSettings("block_level"),
+                "leaf_level+stream": offload_plan.OffloadSettings("leaf_level", use_stream=True),
+                "sequential": offload_plan.OffloadSettings("sequential")}[option.placement]
+    components = offload_plan.flux_dev_components(option.dtype)
+    plan = offload_plan.plan_offload(components, settings)
     weights = _by(option, "weights")
     assert weights[0] == plan.device_bytes
-    expected_cpu = (offload.pinned_memory_plan(components, settings).ram_after_bytes if settings.use_stream
+    expected_cpu = (offload_plan.pinned_memory_plan(components, settings).ram_after_bytes if settings.use_stream
                     else plan.total_bytes - plan.device_bytes)
     assert weights.get("cpu", 0) == expected_cpu
     assert _by(option, "CUDA context") == {0: RUNTIME_OVERHEAD.bytes}
@@ -218,8 +218,8 @@ def test_flux_activations_are_near_the_published_peak_above_the_weights():
     # 22.64 GiB with no offloading. Above its weights the real step held 1.34 x the estimate; like
     # estimates.activation_bytes (which leaves out norms' float32 copies and kernel workspaces) the estimate is
     # a floor: stated tolerance 1.0-2.0 x.
-    published = offload.published("none")
-    weights = offload.weights_bytes(offload.flux_dev_components()["transformer"])
+    published = offload_plan.published("none")
+    weights = offload_plan.module_tensor_bytes(offload_plan.flux_dev_components()["transformer"])
     estimate = advisor.diffusion_activation_bytes("flux.1-dev-transformer", 1024)
     assert 1.0 <= (published.peak_gib * 2**30 - weights) / estimate <= 2.0
     # 4 x the pixels: about 4 x the image tokens
