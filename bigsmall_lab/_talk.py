@@ -137,6 +137,15 @@ CLAIMS: tuple[TalkClaim, ...] = (
     _C("08_kv_cache", "a quantized cache stores it in fewer bits, at a small cost in quality",
        "by = {r.settings.name: r for r in runs}",
        r"quanto int4, residual \d+\s+[\d.]+% of the dynamic cache, KL [\d.]+, top-1 \d+%"),
+    # 09 fit it: the toolbox put together
+    _C("09_fit_it", "Llama 3.1 8B on a free T4 at 8K: bf16 does not fit the GPU; staying on it means quantizing",
+       't4 = advisor.fit("llama-3.1-8b", "T4"', r"llama-3.1-8b on a T4 at [\d,]+ tokens: bf16 needs [^\n]*"),
+    _C("09_fit_it", "Llama 3.1 70B on 2 x 24 GB: nothing fits; the smallest changes that would",
+       'found = advisor.changes("llama-3.1-70b"', r"nothing fits llama-3.1-70b on [^\n]*(?:\n[^\n]+){1,4}"),
+    _C("09_fit_it", "FLUX.1-dev on a 16 GB GPU: offload the pipeline (group offloading)",
+       'flux = advisor.fit("flux.1-dev-transformer"', r"FLUX.1-dev on [^\n]*"),
+    _C("09_fit_it", "the top option run here under a budget: measured peak next to the plan (within 10 %)",
+       "run = fit_run.run(top, MODEL", r"[^\n]* on \S+: planned [\d,.]+ MiB, measured peak [\d,.]+ MiB, ratio [\d.]+"),
 )
 
 

@@ -180,6 +180,7 @@ PAGES = [
     Page("08_kv_cache", checks=(watch_the_live_chart,), min_plots=10),  # 9 charts + the live FigureWidget
     Page("02_big_model_inference", checks=(watch_the_live_chart,), min_plots=9),  # 7 charts + 2 live charts
     Page("05_offloading", checks=(watch_the_live_chart,), min_plots=5),  # 4 charts + the live chart
+    Page("09_fit_it", min_plots=1),  # the runs' chart (the tables and the fit widget are HTML)
 ]
 
 
