@@ -206,10 +206,6 @@ class TPResult:
             "max_logit_diff": self.max_logit_diff, "tokens_identical": self.tokens_identical,
         }
 
-    # tools/benchmark.py still calls .summary(); the package's name is as_dict() (a summary() elsewhere is
-    # a line of text, hardware.Hardware.summary). Drop this alias once benchmark.py calls as_dict().
-    summary = as_dict
-
 
 def worker_source() -> str:
     """The source of the function every torchrun process runs to load its slice: the call being taught."""

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import bigsmall_lab as bsl
-from bigsmall_lab import exercises, quantized
+from bigsmall_lab import bnb_formats, exercises
 from bigsmall_lab._errors import LabError
 from bigsmall_lab.exercises import _lesson04
 from bigsmall_lab.quant import QuantSpec
@@ -99,7 +99,7 @@ def measured_nf4_bytes(rows: int, cols: int, blocksize: int) -> int:
     import bitsandbytes.functional as F
 
     w = torch.randn(rows, cols, generator=torch.Generator().manual_seed(0))
-    return quantized.bnb_4bit_bytes(*F.quantize_4bit(w, blocksize=blocksize, quant_type="nf4"))
+    return bnb_formats.bnb_4bit_bytes(*F.quantize_4bit(w, blocksize=blocksize, quant_type="nf4"))
 
 
 @pytest.mark.parametrize("blocksize", [32, 64, 128, 256, 4096])
@@ -184,7 +184,7 @@ def test_skip_slips_are_named(skip_models, slip, said):
 
 
 def test_skip_needs_a_layer_left_in_bf16():
-    model = bsl.load_model("bigsmall-tiny", dtype=torch.bfloat16, quantization_config=quantized.bnb_config("nf4"))
+    model = bsl.load_model("bigsmall-tiny", dtype=torch.bfloat16, quantization_config=bnb_formats.bnb_config("nf4"))
     with pytest.raises(LabError, match="^model has no linear layer left"):
         exercises.check_skip_bytes(1, model, 1)
     assert math.isfinite(bsl.stored_weight_bytes(model))

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 import bigsmall_lab as bsl
-from bigsmall_lab import quality, quantized
+from bigsmall_lab import bnb_formats, quality, quantized
 from bigsmall_lab._errors import ClaimFailed, LabError
 from bigsmall_lab.quant import QuantSpec
-from bigsmall_lab.quantized import FourBitPath
+from bigsmall_lab.bnb_formats import FourBitPath
 
 ROOT = Path(__file__).resolve().parent.parent
 LESSONS = {stem: ROOT / "lessons" / f"{stem}.ipynb" for stem in ("04a_quantization_maps", "04b_bitsandbytes")}
@@ -91,19 +91,19 @@ def test_the_kl_claim_holds_when_int8_is_closer_and_fails_when_it_is_not():
 # --- the matmul path (04b, section 4) --------------------------------------------------------------------------
 
 def test_matmul_path_names_both_4bit_cpu_paths_and_the_int8_kernels():
-    portable = quantized.matmul_path("4-bit", "cpu", FourBitPath.PORTABLE)
+    portable = bnb_formats.matmul_path("4-bit", "cpu", FourBitPath.PORTABLE)
     assert not portable.fused and "dequantize_4bit" in portable.kernel
-    fused = quantized.matmul_path("4-bit", "cpu", FourBitPath.REPACKED, quant_type="fp4")
+    fused = bnb_formats.matmul_path("4-bit", "cpu", FourBitPath.REPACKED, quant_type="fp4")
     assert fused.fused and "gemv_4bit_inference_cpu_fp4_bf16" in fused.kernel
-    assert "kernels-community" in quantized.matmul_path("4-bit", "cpu", "avx512-bf16, repacked",
+    assert "kernels-community" in bnb_formats.matmul_path("4-bit", "cpu", "avx512-bf16, repacked",
                                                         cpu_hub_kernel=True).kernel
-    assert "torch._int_mm" in quantized.matmul_path("int8", "cpu", int8_integer=True).kernel
-    assert "as float32" in quantized.matmul_path("int8", "cpu", int8_integer=False).kernel
-    assert "CUDA" in quantized.matmul_path("int8", "cuda:0").kernel
-    assert "heuristic" in quantized.matmul_path("4-bit", "cuda").steps
+    assert "torch._int_mm" in bnb_formats.matmul_path("int8", "cpu", int8_integer=True).kernel
+    assert "as float32" in bnb_formats.matmul_path("int8", "cpu", int8_integer=False).kernel
+    assert "CUDA" in bnb_formats.matmul_path("int8", "cuda:0").kernel
+    assert "heuristic" in bnb_formats.matmul_path("4-bit", "cuda").steps
     for bad in (dict(fmt="int4"), dict(fmt="int8", device="mps"), dict(fmt="4-bit", quant_type="int4")):
         with pytest.raises(LabError):
-            quantized.matmul_path(**{"fmt": "4-bit", **bad})
+            bnb_formats.matmul_path(**{"fmt": "4-bit", **bad})
 
 
 def forward(model):
@@ -112,7 +112,7 @@ def forward(model):
 
 
 def test_the_portable_path_is_read_as_dequantize_then_multiply():
-    model = bsl.load_model("bigsmall-tiny", dtype=torch.bfloat16, quantization_config=quantized.bnb_config("nf4"))
+    model = bsl.load_model("bigsmall-tiny", dtype=torch.bfloat16, quantization_config=bnb_formats.bnb_config("nf4"))
     quantized.use_portable_4bit(model)
     forward(model)
     path = quantized.model_matmul_path(model)
@@ -123,7 +123,7 @@ def test_the_repacked_path_is_read_as_fused():
     functional = pytest.importorskip("bitsandbytes.functional")
     if not hasattr(functional, "_convert_weight_packed_for_cpu"):
         pytest.skip("this bitsandbytes has one CPU layout only")
-    model = bsl.load_model("bigsmall-tiny", dtype=torch.bfloat16, quantization_config=quantized.bnb_config("fp4"))
+    model = bsl.load_model("bigsmall-tiny", dtype=torch.bfloat16, quantization_config=bnb_formats.bnb_config("fp4"))
     for layer in quantized._four_bit_layers(model):  # bitsandbytes' own repacking, as on an AVX512-BF16 CPU
         layer.weight.data, layer.weight.quant_state = functional._convert_weight_packed_for_cpu(
             layer.weight.data, layer.weight.quant_state)
@@ -132,7 +132,7 @@ def test_the_repacked_path_is_read_as_fused():
 
 
 def test_int8_and_bf16_paths_follow_the_dispatcher():
-    int8 = bsl.load_model("bigsmall-tiny", dtype=torch.bfloat16, quantization_config=quantized.bnb_config("int8"))
+    int8 = bsl.load_model("bigsmall-tiny", dtype=torch.bfloat16, quantization_config=bnb_formats.bnb_config("int8"))
     path = quantized.model_matmul_path(int8)
     assert path.fmt == "int8" and path.fused
     assert ("torch._int_mm" in path.kernel) == quantized.int8_integer_kernel("cpu")
@@ -166,10 +166,10 @@ def test_bnb_4bit_bytes_counts_every_tensor_quantize_4bit_returns(double):
     packed, state = F.quantize_4bit(torch.randn(256, 512), blocksize=64, quant_type="nf4", compress_statistics=double)
     plain = QuantSpec(4, "nf4", "group", 64).storage_bytes((256, 512))  # 65,536 + 2,048 x 4 + 64 = 73,792
     if not double:
-        assert quantized.bnb_4bit_bytes(packed, state) == plain == 73_792
+        assert bnb_formats.bnb_4bit_bytes(packed, state) == plain == 73_792
     else:
         # absmax in 8 bits (2,048 bytes), 8 nested float32 absmax, a 256-entry float32 code book, a 4-byte offset
-        assert quantized.bnb_4bit_bytes(packed, state) == 65_536 + 2_048 + 8 * 4 + 256 * 4 + 4 + 64
+        assert bnb_formats.bnb_4bit_bytes(packed, state) == 65_536 + 2_048 + 8 * 4 + 256 * 4 + 4 + 64
 
 
 # --- no claim where it cannot run --------------------------------------------------------------------------------

@@ -174,7 +174,7 @@ def _quantization(new_tokens: int = 32) -> dict:
     import torch
 
     import bigsmall_lab as bsl
-    from bigsmall_lab import quantized, views
+    from bigsmall_lab import bnb_formats, views
 
     threads = torch.get_num_threads()
     if not bsl.has_cuda():
@@ -188,7 +188,7 @@ def _quantization(new_tokens: int = 32) -> dict:
             for variant in ("bf16", "int8", "nf4"):
                 start = time.perf_counter()
                 m = bsl.load_model(model, dtype=torch.bfloat16, device_map=device,
-                                   quantization_config=quantized.bnb_config(variant))
+                                   quantization_config=bnb_formats.bnb_config(variant))
                 load_s = time.perf_counter() - start
                 quantized._generate(m, tokenizer, prompt, 2)  # warm-up
                 _, gen_s = quantized._generate(m, tokenizer, prompt, new_tokens)
@@ -353,13 +353,13 @@ def main() -> int:
     results["estimate_8b_nf4"] = timed(lambda: bsl.estimate("llama-3.1-8b", quantization="nf4"))
     # Lesson 06: tensor parallelism with torchrun, one process vs N (per-token times, per-rank bytes).
     results["tensor_parallel_tiny_2_ranks_cpu"] = bsl.parallel.run_tp(nproc=2, max_new_tokens=16,
-                                                                      device="cpu").summary()
+                                                                      device="cpu").as_dict()
     results["tensor_parallel_smollm2_3_ranks_cpu"] = bsl.parallel.run_tp(
         "smollm2-135m-instruct", nproc=3, prompt="To open a file in Python, you", max_new_tokens=12,
-        device="cpu").summary()
+        device="cpu").as_dict()
     if bsl.has_cuda() and bsl.describe().gpus[1:]:  # 2 or more GPUs: nccl, one rank per GPU
         results["tensor_parallel_tiny_2_ranks_gpu"] = bsl.parallel.run_tp(nproc=2, max_new_tokens=16,
-                                                                          device="cuda").summary()
+                                                                          device="cuda").as_dict()
     results.update(_loading_and_placement())  # lessons 02 and 07
     results.update(_offloading())  # lesson 05
     results.update(_quantization())  # lessons 04a, 04b

@@ -276,7 +276,7 @@ def check_bitsandbytes(c: Check, ctx: Context) -> None:
     from transformers import AutoModelForCausalLM
 
     import bigsmall_lab as bsl
-    from bigsmall_lab.quantized import bnb_config
+    from bigsmall_lab.bnb_formats import bnb_config
 
     path = ctx.small_path()
     ids = torch.randint(0, 1000, (1, 32), device=ctx.device)
