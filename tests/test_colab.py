@@ -1,7 +1,7 @@
 """Colab, emulated: a fresh Python 3.12 venv with Colab's own stack, the setup cell run as Colab runs it.
 
-What Colab gives a notebook before its first cell: Python 3.12, a CUDA build of torch (here the CPU build from
-the index the lock uses), ipywidgets 7.7.1, notebook 6.5.7, ipykernel 6.17.1 and IPython 7.34.0, and
+What Colab gives a notebook before its first cell: Python 3.12, a CUDA build of torch (here the lock's release: PyPI's
+CUDA build, or a local CPU wheel), ipywidgets 7.7.1, notebook 6.5.7, ipykernel 6.17.1 and IPython 7.34.0, and
 ``google.colab`` imported by the kernel (here a fake module, imported by an IPython startup file). Then:
 
 - the setup cell of ``_project.colab_setup_cell()`` runs in that kernel (IPython, as on Colab), installing from
@@ -34,7 +34,6 @@ from bigsmall_lab import _project, check
 from tests._require import missing
 
 ROOT = Path(__file__).resolve().parent.parent
-CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 # Colab's kernel stack as it ships (checked against a Colab runtime's `pip list`).
 COLAB_STACK = ("ipywidgets==7.7.1", "notebook==6.5.7", "ipykernel==6.17.1", "ipython==7.34.0", "traitlets==5.7.1",
                "jupyter-client==6.1.12", "tornado==6.4.2")
@@ -56,16 +55,18 @@ def python312() -> str | None:
     return None
 
 
-def install_cpu_torch(py: str) -> None:
-    """The lock's torch, CPU build: a local wheel (pip's find-links) first, then PyTorch's CPU index."""
+def install_torch(py: str) -> None:
+    """The lock's torch release for Python 3.12: a local CPU wheel (pip's find-links) where one lies on disk, else
+    PyPI's, which on Linux is the CUDA build (about 3 GB with its CUDA libraries) as Colab itself ships; the CPU
+    kernels run either way. pip's cache makes the second run fast."""
     torch = check.lock_versions()["torch"].split("+")[0]
-    for attempt in (["--no-deps", f"torch=={torch}+cpu"], [f"torch=={torch}", "--index-url", CPU_INDEX]):
-        if subprocess.run([py, "-m", "pip", "install", "-q", *attempt], capture_output=True).returncode == 0:
-            # torch's own dependencies (after a --no-deps local wheel) from the index
-            run(py, "-m", "pip", "install", "-q", f"torch=={torch}")
-            return
-    missing(f"the CPU build of torch {torch} for Python 3.12 could not be installed (neither a local wheel nor "
-            f"{CPU_INDEX} answered)")
+    if subprocess.run([py, "-m", "pip", "install", "-q", "--no-deps", f"torch=={torch}+cpu"],
+                      capture_output=True).returncode != 0:
+        done = subprocess.run([py, "-m", "pip", "install", "-q", f"torch=={torch}"], capture_output=True, text=True)
+        if done.returncode != 0:
+            missing(f"torch {torch} for Python 3.12 could not be installed from a local wheel or the package index "
+                    f"({done.stderr.strip().splitlines()[-1] if done.stderr.strip() else 'no message'})")
+    run(py, "-m", "pip", "install", "-q", f"torch=={torch}")  # its dependencies, after a --no-deps local wheel
 
 
 def run(*args: str, **kwargs) -> None:
@@ -84,7 +85,7 @@ def colab(tmp_path_factory):
     venv = home / "venv"
     run(python, "-m", "venv", str(venv))
     py = str(venv / "bin" / "python")
-    install_cpu_torch(py)
+    install_torch(py)
     run(py, "-m", "pip", "install", "-q", *COLAB_STACK)
     site = Path(subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                capture_output=True, text=True, check=True).stdout.strip())
