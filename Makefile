@@ -30,9 +30,13 @@ test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Newest releases pyproject allows (no lock), in their own venv; torch stays the lock's CPU build.
+# When those releases are the lock's, the lane would repeat `make test`: it says so and stops (LATEST_ALWAYS=1 runs it).
 test-latest:
 	$(INSTALL) --latest --venv $(LATEST_VENV)
-	$(LATEST_VENV)/$(BIN)/python -m pytest $(LATEST_TESTS) $(PYTEST_ARGS)
+	@status=0; $(INSTALL) --latest --venv $(LATEST_VENV) --differs-from-lock || status=$$?; \
+	if [ $$status -eq 0 ] || [ -n "$(LATEST_ALWAYS)" ]; then \
+		$(LATEST_VENV)/$(BIN)/python -m pytest $(LATEST_TESTS) $(PYTEST_ARGS); \
+	elif [ $$status -ne 3 ]; then exit $$status; fi
 
 # Resolve pyproject's ranges to the newest releases and write the lock (and binder/requirements.txt).
 lock:
@@ -43,6 +47,7 @@ check: install
 
 # Re-execute the lessons on this CPU and store their outputs (no widget state) for GitHub readers.
 notebooks: install
+	$(PY) tools/colab_cells.py
 	$(PY) tools/run_lessons.py
 	$(PY) tools/claims.py
 	$(PY) tools/lesson_map.py

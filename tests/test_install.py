@@ -178,3 +178,31 @@ def test_the_latest_lane_runs_files_that_exist():
     block = re.search(r"^LATEST_TESTS \?= (.*?)(?<!\\)\n", makefile, re.M | re.S).group(1)
     for path in block.replace("\\\n", " ").split():
         assert (ROOT / path).exists(), path
+
+
+def _fake_python(tmp_path: Path, freeze: str) -> Path:
+    """An executable answering `python -m pip freeze ...` with ``freeze``: what a venv would hold."""
+    script = tmp_path / "python"
+    script.write_text("#!/bin/sh\ncat <<'EOF'\n" + freeze + "EOF\n")
+    script.chmod(0o755)
+    return script
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the fake interpreter is a POSIX shell script")
+def test_the_latest_lane_knows_when_the_newest_releases_are_the_locks(tmp_path):
+    installer = _load_installer()
+    pins = [line for line in LOCK.read_text().splitlines() if "==" in line and not line.startswith("#")]
+    same = _fake_python(tmp_path, "\n".join(["-e git+https://example.invalid/lab#egg=bigsmall_lab", *pins]) + "\n")
+    assert installer.differences_from_lock(same) == []
+    bumped = [re.sub(r"^(transformers==)\S+", r"\g<1>99.0.0", p) for p in pins]
+    assert bumped != pins
+    (tmp_path / "b").mkdir()
+    newer = _fake_python(tmp_path / "b", "\n".join([*bumped, "newcomer==1.0"]) + "\n")
+    lock_transformers = next(p for p in pins if p.startswith("transformers==")).split("==")[1]
+    assert installer.differences_from_lock(newer) == ["newcomer: lock absent, here 1.0",
+                                                      f"transformers: lock {lock_transformers}, here 99.0.0"]
+
+
+def test_make_test_latest_stops_only_when_the_versions_are_the_locks():
+    recipe = (ROOT / "Makefile").read_text().split("\ntest-latest:")[1].split("\n\n")[0]
+    assert "--differs-from-lock" in recipe and "-ne 3" in recipe and "LATEST_ALWAYS" in recipe

@@ -237,6 +237,22 @@ def write_pins(lines: list[str]) -> None:
           f"{COLAB.relative_to(ROOT)}")
 
 
+def differences_from_lock(python: Path) -> list[str]:
+    """What the venv of ``python`` holds that the lock does not ('name: lock X, here Y'), from pip freeze; empty
+    when the newest releases are the lock's, so the latest-releases lane would repeat the locked one."""
+    frozen = subprocess.run([str(python), "-m", "pip", "freeze", "--exclude-editable", "--disable-pip-version-check"],
+                            capture_output=True, text=True, check=True).stdout
+
+    def pins(lines):
+        return {name.strip().lower().replace("_", "-"): version.strip()
+                for name, _, version in (line.partition("==") for line in lines
+                                         if "==" in line and not line.startswith(("-e ", "#")))}
+
+    lock, here = pins(LOCK.read_text().splitlines()), pins(frozen.splitlines())
+    return [f"{name}: lock {lock.get(name, 'absent')}, here {here.get(name, 'absent')}"
+            for name in sorted(set(lock) | set(here)) if lock.get(name) != here.get(name)]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -246,6 +262,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lock", action="store_true", help="install the newest releases, then write the lock")
     parser.add_argument("--wheelhouse", help="a folder of wheels to install from as well (an offline kit)")
     parser.add_argument("--plan", action="store_true", help="print what would run here, run nothing")
+    parser.add_argument("--differs-from-lock", action="store_true",
+                        help="after installing: exit 0 when the venv's versions differ from the lock (printing each), "
+                             "3 when they are the lock's")
     parser.add_argument("lab_args", nargs=argparse.REMAINDER, help="after `lab`: arguments for bigsmall-lab lab")
     args = parser.parse_args(argv)
     venv_dir = Path(args.venv)
@@ -254,6 +273,13 @@ def main(argv: list[str] | None = None) -> int:
     python = install(venv_dir, latest=args.latest or args.lock, wheelhouse=args.wheelhouse, plan_only=args.plan)
     if args.plan:
         return 0
+    if args.differs_from_lock:
+        changed = differences_from_lock(python)
+        print("\n".join(changed) if changed else
+              f"the newest releases pyproject allows are the lock's ({sum('==' in x for x in LOCK.read_text().splitlines())} "
+              "packages): "
+              "the locked lane has tested them already")
+        return 0 if changed else 3
     if args.lock:
         write_lock(python)
     if args.command == "lab":
