@@ -22,7 +22,7 @@ import:
 
     base:     _compat _dtypes _errors _lessons _progress _project _talk _units
     planners: bits bnb_formats estimates kv_plan offload_plan placement quant tp_plan zoo._configs
-    runners:  _nvml _paths _torchrun _tp_worker advisor check gguf_file hardware kvcache loading measure offload parallel quality quantized zoo
+    runners:  _nvml _paths _torchrun _tp_worker advisor check fit_run gguf_file hardware kvcache loading measure offload parallel quality quantized zoo
     views:    views
     edges:    __init__ _estimate_cli _fit_cli _ipython cli exercises
 
