@@ -86,8 +86,8 @@ __all__ = [
     "count_parameters", "describe", "estimate", "has_cuda", "kv_cache_bytes", "load_model", "load_tokenizer",
     "needs_cuda", "presets", "stored_weight_bytes", "tiny_flux_pipeline", "track", "weights_bytes", "weights_table",
     # modules
-    "advisor", "bits", "bnb_formats", "check", "cli", "estimates", "exercises", "gguf_file", "hardware", "kv_plan",
-    "kvcache", "loading", "measure", "offload", "offload_plan", "parallel", "placement", "quality", "quant",
+    "advisor", "bits", "bnb_formats", "check", "cli", "estimates", "exercises", "fit_run", "gguf_file", "hardware",
+    "kv_plan", "kvcache", "loading", "measure", "offload", "offload_plan", "parallel", "placement", "quality", "quant",
     "quantized", "tp_plan", "views", "zoo",
 ]
 

@@ -70,7 +70,7 @@ def test_naive_and_bmi_load_the_same_weights(small_checkpoint):
 
 @pytest.mark.slow
 def test_shard_by_shard_never_holds_the_checkpoint_twice(small_checkpoint):
-    live = views.LiveMemory(interval=0.01, device="cpu")
+    live = views.LiveMemory(interval_s=0.01, device="cpu")
     with live:
         steps = loading.shard_by_shard(small_checkpoint, copy=True, keep_model=True, on_phase=live.mark)
     total = sum(loading.shard_bytes(s) for s in loading.shard_files(small_checkpoint))

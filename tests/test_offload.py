@@ -334,7 +334,7 @@ def test_disk_offloading_lowers_the_peak_in_one_run(tmp_path, small_folder, one_
     # The small pipeline's transformer holds ~400 MiB of float32 weights; block level with one block
     # per group keeps one ~36 MiB block (and ~6 MiB of the rest) in memory.
     disk = OffloadSettings("block_level", num_blocks_per_group=1, offload_to_disk_path=tmp_path / "offload")
-    live = views.LiveMemory(interval=0.01, device="cpu")
+    live = views.LiveMemory(interval_s=0.01, device="cpu")
     with live:
         baseline, on_disk = offload.compare_strategies(small_folder, [disk], device="cpu", on_phase=live.mark)
     assert on_disk.equal

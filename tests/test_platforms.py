@@ -42,7 +42,7 @@ def test_track_on_the_fake_platform_finds_a_sampled_peak(macos_memory):
 
 
 def test_live_chart_on_the_fake_platform_draws_one_line(macos_memory):
-    live = views.LiveMemory(interval=0.01, device="cpu")
+    live = views.LiveMemory(interval_s=0.01, device="cpu")
     with live:
         torch.ones(2**20).sum()
     assert not live.rss_split

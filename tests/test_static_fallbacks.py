@@ -256,7 +256,7 @@ def test_each_widget_keeps_its_live_view_and_adds_a_snapshot():
         assert run_lessons.FIGURE_SLOT in data["text/html"]
         assert data[run_lessons.FIGURE_MIME]["data"] == json.loads(widget.figure.to_json())["data"]
 
-    live = views.LiveMemory(interval=0.02, device="cpu")
+    live = views.LiveMemory(interval_s=0.02, device="cpu")
     data = live._repr_mimebundle_()
     assert run_lessons.WIDGET_MIME in data and "LiveMemory" in data["text/html"]
     assert run_lessons.FIGURE_MIME not in data  # nothing recorded yet: no empty chart as a PNG

@@ -240,7 +240,7 @@ def _live_overhead(pairs: int = 12, new_tokens: int = 192) -> dict:
     redraw_rates: list[float] = []
 
     def charted() -> float:
-        live = LiveMemory(interval=0.2)
+        live = LiveMemory(interval_s=0.2)
         on_sample = live._on_sample
 
         def timed_sample(offset, sample):

@@ -403,7 +403,7 @@ def check_live(c: Check, ctx: Context) -> None:
     if _importable("plotly") and _importable("ipywidgets"):
         from bigsmall_lab.views import LiveMemory
 
-        recorder, what = LiveMemory(interval=0.01, device=ctx.device), "LiveMemory"
+        recorder, what = LiveMemory(interval_s=0.01, device=ctx.device), "LiveMemory"
     else:
         recorder, what = Sampler(interval_s=0.01, device=ctx.device), "Sampler (LiveMemory's figure needs plotly)"
     with recorder:
