@@ -105,8 +105,11 @@ class Machine:
         else:
             names = [g.name for g in self.gpus]
             text = f"{len(names)} x {names[0]}" if len(set(names)) == 1 and len(names) > 1 else " + ".join(names)
-        extra = [f"{format_bytes(self.cpu_ram_bytes, 'GB', 0)} RAM" if self.cpu_ram_bytes else "",
-                 f"{format_bytes(self.disk_bytes, 'GB', 0)} disk" if self.disk_bytes else ""]
+        def size(n: int) -> str:  # whole GB, or MB below 1 GB (a budget of 200 MB is not "0 GB")
+            return format_bytes(n, "GB", 0) if n >= GB else format_bytes(n, "MB", 0)
+
+        extra = [f"{size(self.cpu_ram_bytes)} RAM" if self.cpu_ram_bytes else "",
+                 f"{size(self.disk_bytes)} disk" if self.disk_bytes else ""]
         return ", ".join([text, *[e for e in extra if e]])
 
     def capacity(self, device: Device) -> int:
@@ -564,14 +567,19 @@ def _transformers_code(spec: ModelSpec, dtype: str, quant: str | None, cache: st
         args = _bnb_args(quant, dtype) + (["llm_int8_enable_fp32_cpu_offload=True"] if spills else [])
         lines += _packed(4, "quantization_config=BitsAndBytesConfig(", args, "),")
     lines.append(")")
+    # The prompt goes where the first layers compute: GPU 0 when the plan uses a GPU; on a machine without one it
+    # stays in RAM (model.device would be "meta" when the first weights are offloaded to disk).
+    on_gpu = tp > 1 or any(isinstance(d, int) and not isinstance(d, bool)
+                           for d in [device_map, *(max_memory or {}), *(device_map.values() if mapped else [])])
+    to_device = ".to(model.device)" if on_gpu else ""
     if generates:
         kwargs = {} if cache == "dynamic" else CacheSettings.parse(cache).generate_kwargs()
         lines += [f'tokenizer = AutoTokenizer.from_pretrained("{repo}")',
-                  f'ids = tokenizer(prompt, return_tensors="pt").input_ids.to(model.device)  # up to {seq_len:,} tokens']
+                  f'ids = tokenizer(prompt, return_tensors="pt").input_ids{to_device}  # up to {seq_len:,} tokens']
         lines += _packed(0, "out = model.generate(", ["ids", "max_new_tokens=256",
                                                        *[f"{k}={v!r}" for k, v in kwargs.items()]], ")")
     else:
-        lines += [f"out = model(ids.to(model.device))  # up to {seq_len:,} tokens"]
+        lines += [f"out = model(ids{to_device})  # up to {seq_len:,} tokens"]
     if tp > 1:
         lines += ["", f"# run with: torchrun --nproc-per-node {tp} run.py"]
     return "\n".join(lines)
