@@ -13,6 +13,11 @@ A config is resolved once (:func:`resolve`: the config dict, its model on the me
 every estimate reads that :class:`ModelSpec`; :func:`module_bytes` gives the bytes of every module
 (the idea of accelerate's ``compute_module_sizes``) for a placement planner to read. Every byte
 count goes through the lab's one dtype table (``bigsmall_lab._dtypes``).
+
+A little over 600 lines (about 620) on purpose: it is lesson 01's whole vocabulary (weights, KV cache,
+activations, the GPUs' sizes, the runtime's overhead, the longest context that fits), each function a few
+lines over the one resolved spec, read top to bottom; a split would put the GPU table away from the
+estimate that subtracts it.
 """
 
 from __future__ import annotations
