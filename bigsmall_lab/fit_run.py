@@ -45,6 +45,7 @@ from typing import Any
 
 from . import advisor
 from ._errors import LabError, shown, whole_number
+from ._progress import Progress
 from ._units import MiB, format_bytes, parse_size
 
 __all__ = ["EVAL_TOKENS", "FitRun", "budget_machine", "forcing_budgets", "generate_kwargs", "load_kwargs", "run", "run_all",
@@ -440,13 +441,27 @@ def run_all(options, model: Any, *, seq_len: int | None = None, max_new_tokens: 
 
 
 def _spawn(jobs: list[dict]) -> list[dict]:
+    """Run ``jobs`` in a fresh Python process, with one progress line while it works (tens of seconds)."""
     env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     what = jobs[0]["path"]
-    try:
-        done = subprocess.run([sys.executable, "-m", "bigsmall_lab.fit_run"], input=json.dumps(jobs), text=True,
-                              capture_output=True, env=env, timeout=_WORKER_TIMEOUT_S * len(jobs))
-    except subprocess.TimeoutExpired:
-        raise LabError(f"the run of {what} took over {_WORKER_TIMEOUT_S * len(jobs)} s and was stopped") from None
+    limit_s = _WORKER_TIMEOUT_S * len(jobs)
+    with Progress(f"running {Path(what).name} in a fresh process", total=len(jobs), unit="option") as bar:
+        proc = subprocess.Popen([sys.executable, "-m", "bigsmall_lab.fit_run"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        payload: str | None = json.dumps(jobs)
+        while True:
+            try:  # communicate() may be retried after a timeout without losing output
+                stdout, stderr = proc.communicate(payload, timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                payload = None
+                if bar.elapsed_s > limit_s:
+                    proc.kill()
+                    proc.communicate()
+                    raise LabError(f"the run of {what} took over {limit_s} s and was stopped") from None
+                bar.note("loading, measuring the peak, generating, scoring")
+        bar.advance(len(jobs))
+    done = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     lines = [line for line in done.stdout.splitlines() if line.startswith("[")]
     if done.returncode != 0 or not lines:
         tail = [line for line in (done.stderr or done.stdout).strip().splitlines() if line.strip()][-1:] or ["no output"]

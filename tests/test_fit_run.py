@@ -7,6 +7,7 @@ from ``forcing_budgets``, read off the advisor's own plans, and force a differen
 from __future__ import annotations
 
 import ast
+import re
 
 import pytest
 
@@ -198,3 +199,12 @@ def test_int8_on_a_cpu_is_within_10_percent_of_the_plan():
     assert option.quantization == "int8"
     r = fit_run.run(option, REAL, reference=False)
     assert abs(r.ratio - 1) <= TOLERANCE, r
+
+
+def test_a_run_shows_one_progress_line_while_its_process_works(tiny_option, capfd):
+    """The run takes tens of seconds in its own process: a terminal sees one line, ending 'done in X s (1 option)'."""
+    result = fit_run.run(tiny_option, "bigsmall-tiny", reference=False)
+    err = capfd.readouterr().err
+    assert result.peak_bytes > 0
+    final = err.split("\r")[-1].strip()
+    assert re.fullmatch(r"running \S+ in a fresh process: done in \d+\.\d s \(1 option\)", final), err[-300:]
