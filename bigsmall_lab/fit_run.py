@@ -101,8 +101,8 @@ def budget_machine(budget: str | int, disk: str | int | None = None) -> advisor.
     attached (then with the RAM available now beside it). ``disk``: room for weights on disk (None: no
     spill to disk). The budget may not exceed what the machine has.
 
-    >>> budget_machine("300MB").label
-    'CPU only, 0 GB RAM'
+    >>> budget_machine("300MB", disk="1GB").disk_bytes
+    1000000000
     """
     cap = parse_size(budget, argument="budget")
     if cap <= 0:

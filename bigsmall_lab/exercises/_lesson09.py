@@ -36,8 +36,9 @@ def check_top_option(answer: float | None, model: Any, gpu: str | Machine | None
     """The number (from 1, in the alphabetical list of options_to_pick) of the option the advisor ranks first:
     it fits, then loses the least quality, then runs fastest.
 
-    >>> print(check_top_option(2, "llama-3.1-8b", "T4", 8192))  # doctest: +ELLIPSIS
-    [not quite] You wrote 2: option 2 (bf16 weights, dynamic cache, GPU 0) does not fit: GPU 0 lacks ...
+    >>> from bigsmall_lab.advisor import machine
+    >>> print(check_top_option(1, "llama-3.1-8b", machine("T4", cpu_ram=0), 8192))  # doctest: +ELLIPSIS
+    [not quite] You wrote 1: option 1 (bf16 weights, dynamic cache, GPU 0) does not fit: GPU 0 lacks ...
     """
     shown = options_to_pick(model, gpu, seq_len, batch_size)
     best = fit(model, gpu, seq_len, batch_size)[0]
