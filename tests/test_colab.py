@@ -106,7 +106,8 @@ def colab(tmp_path_factory):
     env = {"JUPYTER_PATH": str(home / "jupyter"), "IPYTHONDIR": str(ipython_dir),
            "JUPYTER_CONFIG_DIR": str(home / "config"), "JUPYTER_DATA_DIR": str(home / "data"),
            "JUPYTER_RUNTIME_DIR": str(home / "runtime"), "MPLBACKEND": "Agg"}
-    return {"py": py, "wheel": wheel, "env": env, "setup_s": setup_s, "home": home}
+    yield {"py": py, "wheel": wheel, "env": env, "setup_s": setup_s, "home": home}
+    shutil.rmtree(home, ignore_errors=True)  # the venv holds torch's CUDA build: ~5 GB not to leave in pytest's tmp
 
 
 def local(source: str, wheel: Path, constraints: str | None = None) -> str:
