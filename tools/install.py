@@ -204,15 +204,24 @@ def install(venv_dir: Path, latest: bool = False, wheelhouse: str | None = None,
     return python
 
 
+def _frozen(python: Path) -> list[str]:
+    """``pip freeze`` of the venv of ``python``, the lab's own editable install left out."""
+    return subprocess.run([str(python), "-m", "pip", "freeze", "--exclude-editable", "--disable-pip-version-check"],
+                          capture_output=True, text=True, check=True).stdout.splitlines()
+
+
+def _pins(lines: list[str]) -> list[str]:
+    """The 'name==version' lines of a freeze or the lock, sorted as the lock writes them."""
+    return sorted((line for line in lines if "==" in line and not line.startswith(("-e ", "#"))), key=str.lower)
+
+
 def write_lock(python: Path) -> None:
     """Freeze what the (latest) venv holds into the lock, Binder's requirements and Colab's constraints."""
-    frozen = subprocess.run([str(python), "-m", "pip", "freeze", "--exclude-editable", "--disable-pip-version-check"],
-                            capture_output=True, text=True, check=True).stdout
-    write_pins(frozen.splitlines())
+    write_pins(_frozen(python))
 
 
 def write_pins(lines: list[str]) -> None:
-    pins = sorted((line for line in lines if "==" in line and not line.startswith(("-e ", "#"))), key=str.lower)
+    pins = _pins(lines)
     head = ["# The whole dependency tree of bigsmall-lab (runtime + kvcache + test extras + the real model's wheel),",
             "# pinned. Written by `make lock` (tools/install.py --lock) from pyproject's ranges on Linux x86_64,",
             f"# Python {sys.version_info.major}.{sys.version_info.minor}; used as constraints by `make install`, CI, Binder and Colab.",
@@ -240,15 +249,13 @@ def write_pins(lines: list[str]) -> None:
 def differences_from_lock(python: Path) -> list[str]:
     """What the venv of ``python`` holds that the lock does not ('name: lock X, here Y'), from pip freeze; empty
     when the newest releases are the lock's, so the latest-releases lane would repeat the locked one."""
-    frozen = subprocess.run([str(python), "-m", "pip", "freeze", "--exclude-editable", "--disable-pip-version-check"],
-                            capture_output=True, text=True, check=True).stdout
+    sys.path.insert(0, str(ROOT))  # the lab's project facts are plain Python (no dependency needed)
+    from bigsmall_lab import _project
 
     def pins(lines):
-        return {name.strip().lower().replace("_", "-"): version.strip()
-                for name, _, version in (line.partition("==") for line in lines
-                                         if "==" in line and not line.startswith(("-e ", "#")))}
+        return {_project._name(line): line.partition("==")[2].strip() for line in _pins(lines)}
 
-    lock, here = pins(LOCK.read_text().splitlines()), pins(frozen.splitlines())
+    lock, here = pins(LOCK.read_text().splitlines()), pins(_frozen(python))
     return [f"{name}: lock {lock.get(name, 'absent')}, here {here.get(name, 'absent')}"
             for name in sorted(set(lock) | set(here)) if lock.get(name) != here.get(name)]
 
@@ -276,9 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.differs_from_lock:
         changed = differences_from_lock(python)
         print("\n".join(changed) if changed else
-              f"the newest releases pyproject allows are the lock's ({sum('==' in x for x in LOCK.read_text().splitlines())} "
-              "packages): "
-              "the locked lane has tested them already")
+              f"the newest releases pyproject allows are the lock's ({len(_pins(LOCK.read_text().splitlines()))} "
+              "packages): the locked lane has tested them already")
         return 0 if changed else 3
     if args.lock:
         write_lock(python)
