@@ -155,8 +155,8 @@ def forcing_budgets(model: Any, seq_len: int = 64) -> dict[str, advisor.Machine]
     on this model (say nf4-double, or nothing between two formats) is left out.
     """
     seq_len = whole_number(seq_len, "seq_len")
-    on_gpu = bool(advisor.attached_machine().gpus) and _cuda()
     roomy = advisor.attached_machine()
+    on_gpu = bool(roomy.gpus) and _cuda()
     where = 0 if on_gpu else "cpu"
     plans = advisor.fit(model, advisor.Machine(roomy.gpus[:1], roomy.cpu_ram_bytes, 0) if on_gpu
                         else advisor.Machine((), 2**50, 0), seq_len=seq_len)
