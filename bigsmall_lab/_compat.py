@@ -15,6 +15,9 @@ offloaded KV cache          ``cache_implementation="offloaded"`` /      ``Offloa
 quantized KV cache          ``QuantizedCache(backend="quanto")``        ``QuantoQuantizedCache``,
                                                                         ``QuantizedCacheConfig``
 ==========================  ==========================================  =====================================
+
+Version facts are read from the installed packages' metadata, and transformers, diffusers and torch are
+imported inside the functions that use them: the CLI plans presets without importing any of them.
 """
 
 from __future__ import annotations
@@ -22,14 +25,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import warnings
+from importlib import metadata
 
-import transformers
 from packaging.version import Version
 
 __all__ = ["OLD_NAMES", "TRANSFORMERS_5", "diffusers_dtype_kwarg", "from_pretrained_kwargs", "quiet_libraries", "model_tp_plan", "no_init_weights",
            "tensor_parallel_kwargs"]
 
-TRANSFORMERS_5 = Version(transformers.__version__).major >= 5
+TRANSFORMERS_5 = Version(metadata.version("transformers")).major >= 5
 
 # Current keyword -> the name older code uses for it.
 OLD_NAMES = {
@@ -38,10 +41,17 @@ OLD_NAMES = {
     "distributed_config": "tp_plan",
 }
 
-try:  # transformers >= 5
-    from transformers.initialization import no_init_weights
-except ImportError:  # transformers 4.x
-    from transformers.modeling_utils import no_init_weights  # type: ignore[no-redef]
+
+def __getattr__(name: str):
+    """``no_init_weights``, transformers' own context manager, imported when first asked for (PEP 562)."""
+    if name != "no_init_weights":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    try:  # transformers >= 5
+        from transformers.initialization import no_init_weights
+    except ImportError:  # transformers 4.x
+        from transformers.modeling_utils import no_init_weights  # type: ignore[no-redef]
+    globals()["no_init_weights"] = no_init_weights  # later lookups find it without this hook
+    return no_init_weights
 
 
 def from_pretrained_kwargs(kwargs: dict) -> dict:
@@ -166,10 +176,10 @@ def offloaded_cache_race(version: str | None = None, warn: bool = True) -> bool:
     >>> offloaded_cache_race("5.17.0", warn=False), offloaded_cache_race("5.25.0", warn=False)
     (True, False)
     """
-    version = transformers.__version__ if version is None else version
-    racy = Version(Version(version).base_version) < OFFLOADED_CACHE_STREAM_FIX
+    installed = metadata.version("transformers") if version is None else version
+    racy = Version(Version(installed).base_version) < OFFLOADED_CACHE_STREAM_FIX
     if racy and warn:
-        warnings.warn(f"transformers {version}'s offloaded KV cache can prefetch a layer before the previous "
+        warnings.warn(f"transformers {installed}'s offloaded KV cache can prefetch a layer before the previous "
                       f"layer's copy to the CPU has finished (fixed in {OFFLOADED_CACHE_STREAM_FIX}): compare its "
                       f"tokens with the dynamic cache's, or upgrade transformers.", RuntimeWarning, stacklevel=3)
     return racy
@@ -180,13 +190,15 @@ def diffusers_dtype_kwarg() -> str:
 
     diffusers 0.42 renamed ``torch_dtype`` to ``dtype``, as transformers 5 did (``torch_dtype`` still
     works there, with a deprecation warning); older versions know only ``torch_dtype``. Either way,
-    ``"auto"`` is not a dtype to diffusers 0.42.1: it falls back to float32 with a warning.
+    ``"auto"`` is not a dtype to diffusers 0.42.1: it falls back to float32 with a warning. Read from
+    the installed version (0.42 added ``deprecation_utils._resolve_dtype``, which maps the old name),
+    so diffusers is not imported.
     """
     try:
-        from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401  (0.42+)
-    except ImportError:
+        installed = Version(metadata.version("diffusers"))
+    except metadata.PackageNotFoundError:
         return "torch_dtype"
-    return "dtype"
+    return "dtype" if Version(installed.base_version) >= Version("0.42") else "torch_dtype"
 
 
 @contextlib.contextmanager
@@ -196,6 +208,8 @@ def quiet_libraries(progress_bars: bool = True):
     ``progress_bars=False``, transformers' loading bars; the lesson says what happens instead.
     Everything is restored on exit."""
     import logging
+
+    import transformers
 
     loggers = [logging.getLogger(n) for n in ("accelerate", "transformers", "diffusers")]
     levels = [lg.level for lg in loggers]
@@ -346,6 +360,7 @@ def from_pretrained_phases(on_phase=None):
     """
     import os
 
+    import transformers
     from transformers import modeling_utils
 
     try:

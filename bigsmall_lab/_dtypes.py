@@ -7,39 +7,55 @@ Every byte count in the lab (weights, KV cache, estimates, CLI) goes through
 2.0
 >>> bytes_per_element("nf4")
 0.5
+
+The table holds names, not torch dtypes: torch is imported only when a torch dtype is asked for
+(:attr:`DtypeInfo.torch_dtype`, :func:`torch_dtype`), because the CLI plans presets without torch.
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from ._errors import LabError, closest
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["DTYPES", "DtypeInfo", "bits_per_element", "bytes_per_element", "dtype_name", "torch_dtype"]
 
 
 @dataclass(frozen=True)
 class DtypeInfo:
-    """One storage format: its canonical name, width in bits and torch dtype (None for packed 4-bit)."""
+    """One storage format: its canonical name, width in bits, the name of its torch dtype (None for
+    packed 4-bit) and whether it stores floating-point values."""
 
     name: str
     bits: int
-    torch_dtype: torch.dtype | None
+    torch_name: str | None  # the attribute of ``torch``: torch.float32 is "float32"
     is_float: bool
+
+    @property
+    def torch_dtype(self) -> torch.dtype | None:
+        """The torch dtype (None for packed 4-bit), imported at this call: the table itself needs no torch."""
+        if self.torch_name is None:
+            return None
+        import torch
+
+        return getattr(torch, self.torch_name)
 
 
 DTYPES: dict[str, DtypeInfo] = {
     info.name: info
     for info in (
-        DtypeInfo("float32", 32, torch.float32, True),
-        DtypeInfo("float16", 16, torch.float16, True),
-        DtypeInfo("bfloat16", 16, torch.bfloat16, True),
-        DtypeInfo("float8_e4m3fn", 8, torch.float8_e4m3fn, True),
-        DtypeInfo("float8_e5m2", 8, torch.float8_e5m2, True),
-        DtypeInfo("int8", 8, torch.int8, False),
-        DtypeInfo("uint8", 8, torch.uint8, False),
+        DtypeInfo("float32", 32, "float32", True),
+        DtypeInfo("float16", 16, "float16", True),
+        DtypeInfo("bfloat16", 16, "bfloat16", True),
+        DtypeInfo("float8_e4m3fn", 8, "float8_e4m3fn", True),
+        DtypeInfo("float8_e5m2", 8, "float8_e5m2", True),
+        DtypeInfo("int8", 8, "int8", False),
+        DtypeInfo("uint8", 8, "uint8", False),
         # 4-bit formats have no torch dtype: bitsandbytes packs two values per uint8.
         DtypeInfo("int4", 4, None, False),
         DtypeInfo("nf4", 4, None, True),
@@ -64,11 +80,13 @@ def dtype_name(dtype: str | torch.dtype, *, allowed: tuple[str, ...] | None = No
     Raises :class:`~bigsmall_lab._errors.LabError` naming ``argument`` and the allowed names when
     the dtype is unknown (or known but not allowed here: ``build`` takes no int8).
 
+    >>> import torch
     >>> dtype_name(torch.bfloat16), dtype_name("fp16")
     ('bfloat16', 'float16')
     """
     allowed = tuple(DTYPES) if allowed is None else allowed
-    if isinstance(dtype, torch.dtype):
+    # Nothing is a torch.dtype unless torch has been imported, so a caller without torch never imports it here.
+    if "torch" in sys.modules and isinstance(dtype, sys.modules["torch"].dtype):
         name = str(dtype).removeprefix("torch.")
     elif isinstance(dtype, str):
         key = dtype.strip().lower().removeprefix("torch.")
@@ -93,11 +111,15 @@ def bytes_per_element(dtype: str | torch.dtype) -> float:
 
 
 def torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    """The torch dtype for a name; ValueError for the packed 4-bit formats, which have none."""
+    """The torch dtype for a name (torch is imported here); ValueError for the packed 4-bit formats, which have none.
+
+    >>> torch_dtype("bf16")
+    torch.bfloat16
+    """
     name = dtype_name(dtype)
     td = DTYPES[name].torch_dtype
     if td is None:
-        torch_names = [n for n, i in DTYPES.items() if i.torch_dtype is not None]
+        torch_names = [n for n, i in DTYPES.items() if i.torch_name is not None]
         raise LabError(f"dtype {name!r} has no torch dtype (bitsandbytes packs it into uint8); "
                        f"use one of: {', '.join(torch_names)}")
     return td

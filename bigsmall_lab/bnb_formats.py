@@ -7,6 +7,8 @@ and the code books of :mod:`bigsmall_lab.quant` (``Scheme.NF4``, ``Scheme.FP4``)
 
 Pure: names in, a ``BitsAndBytesConfig``, a byte count or a :class:`MatmulPath` out; nothing is loaded
 or run. What a loaded model really does is read by the runner (``quantized.model_matmul_path``).
+torch and transformers are imported inside :func:`bnb_config` and :func:`bnb_4bit_bytes` only: the CLI plans
+presets by these names without torch.
 
 >>> [q.value for q in Quantization]
 ['int8', 'nf4', 'fp4', 'nf4-double']
@@ -20,11 +22,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ._errors import LabError, closest
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["FourBitPath", "MatmulPath", "Quantization", "Variant", "bnb_4bit_bytes", "bnb_config", "estimator_name",
            "matmul_path"]
@@ -69,14 +72,17 @@ class Variant(str, Enum):
         return None if self is Variant.BF16 else Quantization(self.value)
 
 
-def bnb_config(variant: Variant | Quantization | str, compute_dtype: torch.dtype | None = torch.bfloat16):
+def bnb_config(variant: Variant | Quantization | str, compute_dtype: torch.dtype | str | None = "bfloat16"):
     """The ``BitsAndBytesConfig`` of a variant (None for bf16); ``compute_dtype=None`` leaves the 4-bit
     compute dtype at transformers' default (the placement planner builds its meta model that way).
+    A name (the default ``"bfloat16"``) becomes its torch dtype here, so importing this module needs no torch.
 
     >>> bnb_config("nf4").bnb_4bit_quant_type
     'nf4'
     """
     from transformers import BitsAndBytesConfig
+
+    from ._dtypes import dtype_name, torch_dtype
 
     key = variant.value if isinstance(variant, Enum) else str(variant).strip().lower()
     names = [v.value for v in Variant]
@@ -88,6 +94,8 @@ def bnb_config(variant: Variant | Quantization | str, compute_dtype: torch.dtype
         return None
     if v is Variant.INT8:
         return BitsAndBytesConfig(load_in_8bit=True)
+    if isinstance(compute_dtype, str):
+        compute_dtype = torch_dtype(dtype_name(compute_dtype, argument="compute_dtype"))
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="fp4" if v is Variant.FP4 else "nf4",
                               bnb_4bit_use_double_quant=v is Variant.NF4_DOUBLE, bnb_4bit_compute_dtype=compute_dtype)
 
@@ -113,9 +121,12 @@ def bnb_4bit_bytes(packed: torch.Tensor, state: Any) -> int:
     block and the 16-entry code book (with double quantization, the nested absmax, code book and offset too).
 
     >>> import bitsandbytes.functional as F
+    >>> import torch
     >>> bnb_4bit_bytes(*F.quantize_4bit(torch.zeros(64, 64), blocksize=64))  # 2,048 + 64 x 4 + 16 x 4
     2368
     """
+    import torch
+
     tensors = [packed, state.absmax, state.code]
     if getattr(state, "nested", False):
         tensors += [state.state2.absmax, state.state2.code, state.offset]

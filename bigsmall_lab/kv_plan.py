@@ -30,7 +30,9 @@ function rephrases it for one question: :func:`expected_cache_bytes` (what each 
 should hold, quantization scales included), :func:`kv_curve`, :func:`attention_variants`,
 :func:`kv_bytes_per_rank`, :func:`plan_cache_offload` (where an offloaded cache keeps its bytes),
 :func:`positions_processed` (the work the cache saves). :mod:`bigsmall_lab.kvcache` runs the caches
-on a real model and checks these numbers against the cache objects it weighs.
+on a real model and checks these numbers against the cache objects it weighs. Importing this module
+imports no torch (``torch.dtype`` is only a type hint; transformers is read inside the functions that
+ask it): the CLI plans presets without torch.
 
 >>> s = CacheSettings.parse("quanto-int4", residual_length=32)
 >>> s.label
@@ -50,14 +52,15 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import Enum
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from . import _compat
 from ._dtypes import bytes_per_element, dtype_name
 from ._errors import LabError, closest, enum_value, shown, whole_number
 from .estimates import kv_cache_bytes, resolve
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "EXTRA_INSTALL", "NAMED_CACHES", "CacheImplementation", "CacheOffloadPlan", "CacheSettings", "KVPoint",

@@ -31,7 +31,8 @@ safetensors files instead of CPU RAM). How much time each costs on a GPU is not 
 :func:`plan_offload` reads module sizes, so it works on the meta device. FLUX.1-dev in bfloat16
 (:func:`flux_dev_components`: the real configs, no weights) holds 33.74 GB without offloading; with
 model offload the GPU holds its largest component, the 23.80 GB transformer. :mod:`bigsmall_lab.offload`
-runs each strategy on a real pipeline and measures it against these plans.
+runs each strategy on a real pipeline and measures it against these plans. torch is imported inside the
+functions that touch modules or tensors, never at import: the CLI plans presets without torch.
 
 >>> OffloadSettings("block_level", num_blocks_per_group=2).label
 'group offloading, block level (2 blocks per group)'
@@ -46,11 +47,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from functools import lru_cache
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ._errors import LabError, closest, whole_number
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "FLUX_DEV_CONFIGS", "FLUX_DEV_VAE_CONFIG", "PUBLISHED", "ComponentSize", "ImageSettings", "OffloadPlan",
@@ -203,6 +205,8 @@ def _leaf_types() -> tuple[type, ...]:
 
         return tuple(_GO_LC_SUPPORTED_PYTORCH_LAYERS)
     except ImportError:  # an older or newer layout: the same list, as diffusers 0.42 has it
+        import torch
+
         return (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.ConvTranspose1d,
                 torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d, torch.nn.Linear, torch.nn.Embedding)
 
@@ -234,6 +238,7 @@ def _nbytes(tensors: Iterable[torch.Tensor]) -> int:
 def module_tensor_bytes(module: torch.nn.Module) -> int:
     """Bytes of ``module``'s parameters and buffers, each tensor once (meta modules work).
 
+    >>> import torch
     >>> module_tensor_bytes(torch.nn.Linear(1024, 1024, device="meta"))  # (1024 x 1024 + 1024) x 4 bytes
     4198400
     """
@@ -275,7 +280,7 @@ def _flux_dev_meta(dtype_name: str) -> tuple[tuple[str, torch.nn.Module], ...]:
     return tuple((name, meta_model(config, torch_dtype(dtype_name))) for name, config in FLUX_DEV_CONFIGS.items())
 
 
-def flux_dev_components(dtype: torch.dtype | str = torch.bfloat16) -> dict[str, torch.nn.Module]:
+def flux_dev_components(dtype: torch.dtype | str = "bfloat16") -> dict[str, torch.nn.Module]:
     """FLUX.1-dev's four components on the meta device, from their real configs (no weights, no hub).
 
     Parameters: transformer 11,901,408,320; text_encoder_2 (T5-XXL encoder, shared embedding
@@ -363,6 +368,8 @@ def _block_level_groups(module: torch.nn.Module, n: int, block_modules: frozense
     listed first here (it is the first on the device); diffusers builds it only if it holds a
     module or a tensor, and never gives it the side stream.
     """
+    import torch
+
     done: set[str] = set()  # children (and blocks) that have a group of their own, as diffusers tracks them
     unmatched: list[torch.nn.Module] = []
     inner: list[PlannedGroup] = []
@@ -420,6 +427,7 @@ def plan_groups(module: torch.nn.Module, settings: OffloadSettings | str) -> lis
     A module with two top-level block lists of 3 and 2 blocks, 2 blocks per group: ceil(3/2) +
     ceil(2/2) = 3 groups of blocks, plus the unmatched rest (here the ``proj`` layer):
 
+    >>> import torch
     >>> lin = lambda: torch.nn.Linear(4, 4, device="meta")  # (16 + 4) x 4 bytes = 80 bytes
     >>> m = torch.nn.Module()
     >>> m.a, m.b = torch.nn.ModuleList([lin() for _ in range(3)]), torch.nn.ModuleList([lin(), lin()])
@@ -427,6 +435,8 @@ def plan_groups(module: torch.nn.Module, settings: OffloadSettings | str) -> lis
     >>> [(g.name, g.weights_bytes) for g in plan_groups(m, OffloadSettings("block_level", num_blocks_per_group=2))]
     [('', 80), ('a.0', 160), ('a.2', 80), ('b.0', 160)]
     """
+    import torch
+
     settings = settings if isinstance(settings, OffloadSettings) else OffloadSettings(settings)
     if not settings.strategy.is_group:
         raise LabError.bad("settings", settings.strategy.value, "groups belong to group offloading: use "
@@ -484,6 +494,7 @@ def plan_offload(components: Mapping[str, torch.nn.Module], settings: OffloadSet
     time (plus any excluded ones). On ``device="cpu"`` the offload device is the same RAM, so only
     disk offloading lowers the figure.
 
+    >>> import torch
     >>> m = torch.nn.Sequential(torch.nn.Linear(256, 256), torch.nn.Linear(256, 256))  # 263,168 bytes each
     >>> plan_offload({"model": m}, OffloadSettings("leaf_level"), device="cuda").device_bytes
     263168
@@ -566,6 +577,7 @@ def pinned_memory_plan(components: Mapping[str, torch.nn.Module],
     (262,144 bytes, a power of two) and bias (1,024) are pinned as they are. A Linear(3, 100) at
     leaf level: 1,200 + 400 bytes asked, 2,048 + 512 reserved.
 
+    >>> import torch
     >>> m = torch.nn.ModuleDict({"blocks": torch.nn.Sequential(torch.nn.Linear(256, 256), torch.nn.Linear(256, 256))})
     >>> p = pinned_memory_plan({"m": m}, OffloadSettings("block_level", use_stream=True))
     >>> p.offloaded_bytes, p.pinned_bytes, p.reserved_bytes
@@ -647,6 +659,7 @@ def tied_leaf_parameters(module: torch.nn.Module) -> list[tuple[str, str]]:
     two leaves share is written by the first, emptied, and written again by the second from the
     emptied storage: the second leaf later loads garbage.
 
+    >>> import torch
     >>> emb = torch.nn.Embedding(10, 4); head = torch.nn.Linear(4, 10, bias=False); head.weight = emb.weight
     >>> tied_leaf_parameters(torch.nn.ModuleDict({"emb": emb, "head": head}))
     [('emb.weight', 'head.weight')]
@@ -669,6 +682,8 @@ def known_problems(components: Mapping[str, torch.nn.Module], settings: OffloadS
     """One sentence for each component that ``settings`` are known to break (empty: none known)."""
     problems = []
     if settings.strategy is OffloadStrategy.LEAF_LEVEL and settings.disk:
+        import torch
+
         for name, module in components.items():
             if name in settings.exclude or not isinstance(module, torch.nn.Module):
                 continue
@@ -717,6 +732,8 @@ class ImageSettings:
     def kwargs(self) -> dict:
         """Keyword arguments of ``pipe(...)``; the seed drives a CPU generator, so every device starts
         from the same noise."""
+        import torch
+
         return dict(prompt=self.prompt, height=self.height, width=self.width,
                     num_inference_steps=self.num_inference_steps, guidance_scale=self.guidance_scale,
                     max_sequence_length=self.max_sequence_length, output_type="pt",

@@ -16,6 +16,7 @@ A planner (pure: a config in, numbers and dataclasses out). It builds the model 
 
 It lives in the planner layer because it touches no process, device or file: ``bigsmall_lab.parallel``
 (the runner) launches torchrun, reads the real DTensor placements and compares them with this plan.
+torch is imported only where the meta model is built (``_meta``): the CLI plans presets without torch.
 
 The embedded model (6 layers, 8 heads, 4 KV heads, tied embeddings) on 2 processes in float32:
 
@@ -35,14 +36,15 @@ import re
 from dataclasses import dataclass, field
 from enum import Enum
 from functools import lru_cache
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ._compat import model_tp_plan
 from ._dtypes import bytes_per_element, dtype_name
 from ._errors import LabError, whole_number
 from .zoo._configs import meta_model, resolve, transformers_config
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["Placement", "TPPlan", "WeightPlan", "check_nproc", "heads", "plan", "shard_sizes", "valid_nproc"]
 
@@ -301,6 +303,8 @@ def _key(cfg: dict) -> str:
 def _meta(key: str) -> tuple[dict[str, str], tuple[tuple[str, tuple[int, ...]], ...], tuple[str, ...]]:
     """(the model's tp plan, (parameter name, shape) with tied tensors once, module names) from the meta device."""
     import json
+
+    import torch
 
     model = meta_model(json.loads(key), torch.bfloat16)
     params = tuple((name, tuple(p.shape)) for name, p in model.named_parameters())
