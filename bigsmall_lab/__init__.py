@@ -21,7 +21,7 @@ is a module inside a package, which otherwise takes its package's layer) and fai
 import:
 
     base:     _compat _dtypes _errors _lessons _progress _project _talk _units
-    planners: bits bnb_formats estimates kv_plan offload_plan placement quant tp_plan zoo._configs
+    planners: bits bnb_formats estimates kv_plan offload_plan placement placement_rule quant tp_plan zoo._configs zoo._facts
     runners:  _nvml _paths _torchrun _tp_worker advisor check fit_run gguf_file hardware kvcache loading measure offload parallel quality quantized zoo
     views:    views
     edges:    __init__ _estimate_cli _fit_cli _ipython cli exercises

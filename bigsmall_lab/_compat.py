@@ -24,8 +24,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import json
 import warnings
 from importlib import metadata
+from pathlib import Path
 
 from packaging.version import Version
 
@@ -151,12 +154,54 @@ def generated_cache(output):
     return cache
 
 
-def quantized_cache_backends() -> tuple[str, ...]:
-    """The ``QuantizedCache`` backends this transformers knows: quanto and hqq, plus fp8 where it exists."""
-    from transformers import cache_utils
+# What the quantized KV cache of the locked transformers offers, recorded by tools/presets_data.py so that the
+# advisor plans quanto caches for a preset without importing transformers; read only while the installed
+# version is the recorded one (tests/test_compat.py compares the record with the library's own answer).
+_TRANSFORMERS_FACTS = Path(__file__).resolve().parent / "data" / "transformers_facts.json"
+
+
+@functools.lru_cache(maxsize=1)
+def _recorded_facts() -> dict | None:
+    try:
+        data = json.loads(_TRANSFORMERS_FACTS.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("transformers") == metadata.version("transformers") else None
+
+
+def transformers_facts() -> dict:
+    """What the installed transformers' quantized cache offers, asked of the library (imports it): its backends
+    and its group-wise defaults. ``tools/presets_data.py`` records this in ``data/transformers_facts.json``."""
+    import inspect
+
+    from transformers import QuantizedCache, cache_utils
 
     names = ("quanto", "hqq")
-    return names + ("fp8",) if hasattr(cache_utils, "Fp8QuantizedLayer") else names
+    backends = names + ("fp8",) if hasattr(cache_utils, "Fp8QuantizedLayer") else names
+    defaults = {}
+    for name in ("residual_length", "q_group_size"):
+        for owner in (getattr(cache_utils, "QuantizedLayer", None), QuantizedCache):
+            param = inspect.signature(owner.__init__).parameters.get(name) if owner is not None else None
+            if param is not None and isinstance(param.default, int) and not isinstance(param.default, bool):
+                defaults[name] = param.default
+                break
+    return {"transformers": metadata.version("transformers"), "quantized_cache_backends": list(backends),
+            "quantized_cache_defaults": defaults}
+
+
+def _facts() -> dict:
+    return _recorded_facts() or transformers_facts()
+
+
+def quantized_cache_backends() -> tuple[str, ...]:
+    """The ``QuantizedCache`` backends this transformers knows: quanto and hqq, plus fp8 where it exists."""
+    return tuple(_facts()["quantized_cache_backends"])
+
+
+def quantized_cache_default(name: str) -> int | None:
+    """A default of transformers' group-wise quantized cache (``residual_length`` 128, ``q_group_size`` 64 in
+    5.x), read from its signature so the lab follows the library; None when this version has none."""
+    return _facts()["quantized_cache_defaults"].get(name)
 
 
 # The offloaded cache (``DynamicCache(offloading=True)``) prefetches the next layer's K/V on a side stream.

@@ -1,5 +1,8 @@
 """``bigsmall-lab fit``: the advisor's ranked options as a table (or JSON), nothing computed here.
 
+A preset on named GPUs (``--gpu``) plans from its facts (``bigsmall_lab.zoo._facts``) and imports no torch;
+without ``--gpu`` the attached machine is asked (torch's CUDA), and a config.json is built on the meta device.
+
 The table fits 100 columns: one row per option (the largest GPU's share against its capacity, what
 spills to CPU RAM and disk, the measured KL and time ratio), then the top option's code and where its
 costs were measured; when nothing fits, the smallest change that would.
@@ -44,7 +47,20 @@ def _wrap(text: str, indent: str = "  ") -> list[str]:
     return textwrap.wrap(text, WIDTH, initial_indent=indent, subsequent_indent=indent + "  ")
 
 
+def _facts_ready(config: str) -> None:
+    """A preset plans from its facts (no torch): shipped ones when the installed libraries are the ones they were
+    computed with, else the ones computed once into the lab's cache folder (computed now when missing)."""
+    from .zoo._configs import PRESETS
+
+    name = str(config).strip().lower()
+    if name in PRESETS:
+        from .zoo import _facts_cache
+
+        _facts_cache.ensure(name)
+
+
 def run_fit(args: argparse.Namespace) -> int:
+    _facts_ready(args.config)
     from . import advisor
 
     m = advisor.machine(args.gpu, cpu_ram=args.cpu_ram, disk=args.disk) if args.gpu is not None else \

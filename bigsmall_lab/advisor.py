@@ -708,9 +708,36 @@ def _quant_ratio(spec: ModelSpec, dtype: str, quant: str) -> float:
 
 
 def _plan_spill(spec, dtype, quant, budgets):
+    """``placement.plan(spec, "auto", budgets, dtype, quant)``: for a preset with shipped facts, the same plan from
+    ``placement_rule`` (transformers' placement rule over the stored module tree, no torch; tests check both agree)."""
+    tree = _tree(spec.facts, dtype, quant) if spec.facts is not None else None
+    if tree is not None:
+        from .placement_rule import plan as place
+
+        return place(tree, "auto", budgets)
     from .placement import plan
 
     return plan(spec, "auto", budgets, dtype, quant)
+
+
+@lru_cache(maxsize=32)
+def _tree(facts, dtype: str, quant: str | None):
+    return facts.tree(dtype, quant)
+
+
+def _tp_rank_bytes(spec: ModelSpec, nproc: int, dtype: str) -> list[int] | None:
+    """Each rank's weight bytes under tensor parallelism over ``nproc`` GPUs (``tp_plan.plan(...).rank_bytes``), from
+    the preset's facts when stored; None when the model has no tensor-parallel plan."""
+    if spec.facts is not None and spec.facts.tp_rank_bytes(dtype, nproc) is not None:
+        return spec.facts.tp_rank_bytes(dtype, nproc)
+    if spec.facts is not None and str(nproc) in spec.facts.tp.get(dtype, {}):
+        return None  # stored as "no plan"
+    from . import tp_plan
+
+    try:
+        return list(tp_plan.plan(spec, nproc, dtype, name=spec.name).rank_bytes)
+    except LabError:
+        return None
 
 
 def _transformers_options(spec: ModelSpec, m: Machine, seq_len: int, batch_size: int, dtype: str) -> list[Option]:
@@ -877,16 +904,16 @@ def _transformers_options(spec: ModelSpec, m: Machine, seq_len: int, batch_size:
 
         try:
             nproc = max(tp_plan.valid_nproc(spec, up_to=len(gpus)))
-            tp = tp_plan.plan(spec, nproc, dtype, name=spec.name) if nproc > 1 else None
         except LabError:
-            tp = None
-        if tp is not None:
+            nproc = 1
+        rank_bytes = _tp_rank_bytes(spec, nproc, dtype) if nproc > 1 else None
+        if rank_bytes is not None:
             # kv_plan.kv_bytes_per_rank builds a config with the rank's KV heads (a new meta model, ~1 s for
             # 405B); valid_nproc divides the KV heads, so each rank holds exactly 1/nproc of the cache.
             kv_rank = kv["dynamic"][0] // nproc
             parts = []
             for r in range(nproc):
-                parts += [Part(r, "weights", tp.rank_bytes[r], f"tp_plan.plan(nproc={nproc}).rank_bytes[{r}]"),
+                parts += [Part(r, "weights", rank_bytes[r], f"tp_plan.plan(nproc={nproc}).rank_bytes[{r}]"),
                           Part(r, "KV cache", kv_rank, f"kv_plan.kv_bytes_per_rank(tp_size={nproc}): the "
                                "dynamic cache / tp_size (the KV heads split evenly)"),
                           Part(r, "activations", act, act_source + " (each rank's process; an upper bound: "
@@ -908,12 +935,18 @@ def _diffusers_options(spec: ModelSpec, m: Machine, dtype: str, image_size: tupl
     from .offload_plan import OffloadStrategy as Strategy
 
     pipeline = spec.name.strip().lower() == FLUX_DEV_CONFIGS["transformer"]
-    if pipeline:
-        components = flux_dev_components(dtype)
-    else:
-        from .zoo._configs import meta_model
+    built: dict = {}
 
-        components = {"model": meta_model(spec.config, dtype)}
+    def components():  # the meta models, built only for what the preset's facts do not hold
+        if "c" not in built:
+            if pipeline:
+                built["c"] = flux_dev_components(dtype)
+            else:
+                from .zoo._configs import meta_model
+
+                built["c"] = {"model": meta_model(spec.config, dtype)}
+        return built["c"]
+
     strategies = [("none", OffloadSettings("none"), None), ("model", OffloadSettings("model"), "model"),
                   ("block_level", OffloadSettings("block_level"), "block_level"),
                   ("leaf_level+stream", OffloadSettings("leaf_level", use_stream=True), "leaf_level+stream"),
@@ -940,16 +973,22 @@ def _diffusers_options(spec: ModelSpec, m: Machine, dtype: str, image_size: tupl
     for name, settings, speed_key in strategies:
         if not m.gpus and name != "none":
             continue  # offloading moves weights to an accelerator: nothing to gain on a CPU
-        p = plan_offload(components, settings, device="cuda" if m.gpus else "cpu")
-        parts = [Part(first, "weights", p.device_bytes, f"plan_offload({settings.label!r}).device_bytes")]
+        device = "cuda" if m.gpus else "cpu"
+        row = spec.facts.offload_bytes(dtype, device, name) if spec.facts is not None else None
+        if row is None:  # not in the preset's facts: the planners on the meta models
+            p = plan_offload(components(), settings, device=device)
+            row = {"device_bytes": p.device_bytes, "total_bytes": p.total_bytes}
+            if settings.use_stream and p.total_bytes > p.device_bytes:
+                row["pinned_ram_after_bytes"] = pinned_memory_plan(components(), settings).ram_after_bytes
+        device_bytes, total_bytes = row["device_bytes"], row["total_bytes"]
+        parts = [Part(first, "weights", device_bytes, f"plan_offload({settings.label!r}).device_bytes")]
         devices = [first]
-        if p.total_bytes > p.device_bytes:
+        if total_bytes > device_bytes:
             if settings.use_stream:
-                pinned = pinned_memory_plan(components, settings)
-                parts.append(Part("cpu", "weights", pinned.ram_after_bytes,
+                parts.append(Part("cpu", "weights", row["pinned_ram_after_bytes"],
                                   "pinned_memory_plan(...).ram_after_bytes (pinned copies)"))
             else:
-                parts.append(Part("cpu", "weights", p.total_bytes - p.device_bytes,
+                parts.append(Part("cpu", "weights", total_bytes - device_bytes,
                                   "plan_offload: total_bytes - device_bytes, waiting in CPU RAM"))
             devices.append("cpu")
         if act:

@@ -25,9 +25,7 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import asdict, dataclass
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ._dtypes import bytes_per_element, dtype_name
 from ._errors import LabError, closest, shown, whole_number
@@ -35,6 +33,9 @@ from ._units import GB, parse_size
 # bitsandbytes' format names live in the planner bnb_formats (one home); kept in __all__ here too.
 from .bnb_formats import Quantization
 from .zoo._configs import ModelSpec, resolve
+
+if TYPE_CHECKING:  # torch is imported where a meta model is read: a preset's shipped facts need none
+    import torch
 
 __all__ = ["GPUS", "RUNTIME_OVERHEAD", "Comparison", "GpuModel", "MemoryEstimate", "ModelSpec", "Quantization",
            "WeightsRow", "activation_bytes", "attention_scores_bytes", "cpu_packed_weights_bytes", "estimate", "fits",
@@ -183,6 +184,8 @@ def _param_bytes(model: torch.nn.Module, name: str, numel: int, dtype: str) -> i
 
 def _parameter_bytes(spec: ModelSpec, dtype: str, quant: Quantization | None, cpu_packed: bool = False):
     """(parameter name, bytes as loaded) for each parameter of the spec's meta model, tied tensors once."""
+    import torch
+
     model = spec.meta
     if quant is not None and spec.kind != "transformers":
         raise LabError(f"quantization {quant.value!r} is counted for transformers models only; "
@@ -225,8 +228,13 @@ def module_bytes(config: Any, dtype: str | torch.dtype = "bfloat16", quantizatio
     quant = Quantization.parse(quantization)
     if not isinstance(cpu_packed, bool):
         raise LabError.bad("cpu_packed", cpu_packed, "use True or False", verb="is not a flag")
+    packed = cpu_packed and quant not in (None, Quantization.INT8)
+    if spec.facts is not None and not packed:
+        stored = spec.facts.module_bytes(dtype, quant.value if quant else None)
+        if stored is not None:  # what this function computed from the meta model when the facts were written
+            return dict(stored)
     sizes: dict[str, int] = {"": 0}
-    for name, size in _parameter_bytes(spec, dtype, quant, cpu_packed and quant not in (None, Quantization.INT8)):
+    for name, size in _parameter_bytes(spec, dtype, quant, packed):
         parts = name.split(".")[:-1]
         for i in range(len(parts) + 1):
             prefix = ".".join(parts[:i])
@@ -294,9 +302,8 @@ def _kv_layout(spec: ModelSpec) -> tuple[int, int, list[int | None]]:
     if spec.kind != "transformers":
         raise LabError(f"config {shown(spec.name)} is a diffusers model: it has no KV cache (only decoders "
                        "that generate token by token keep one)")
-    can_generate = getattr(spec.meta, "can_generate", None)
-    if callable(can_generate) and not can_generate():
-        raise LabError(f"config {shown(spec.name)} is an encoder ({type(spec.meta).__name__}): it reads the whole "
+    if not spec.generates:
+        raise LabError(f"config {shown(spec.name)} is an encoder ({spec.class_name}): it reads the whole "
                        "input at once and keeps no KV cache")
     layout = spec.attention  # derived once, in the zoo, with the defaults every planner shares
     if layout is None:
@@ -407,8 +414,7 @@ def activation_bytes(config: Any, seq_len: int, batch_size: int = 1, dtype: str 
     layer = tokens * (3 * intermediate + 2 * text.hidden_size) * width
     if attn == "eager":
         layer += attention_scores_bytes(spec, seq_len, batch_size, dtype)
-    head = spec.meta.get_output_embeddings() if hasattr(spec.meta, "get_output_embeddings") else None
-    if head is None:  # an encoder: no logits over a vocabulary
+    if not spec.has_output_embeddings:  # an encoder: no logits over a vocabulary
         logits = 0
     elif all_logits:
         logits = tokens * text.vocab_size * width
@@ -512,7 +518,7 @@ def estimate(config: Any, dtype: str | torch.dtype = "bfloat16", quantization: s
     if spec.kind == "transformers":
         kv = kv_cache_bytes(spec, seq_len, batch_size, kv_dtype) if _has_kv_cache(spec) else 0
         if not kv:
-            notes.append(f"{type(spec.meta).__name__} is an encoder: no KV cache")
+            notes.append(f"{spec.class_name} is an encoder: no KV cache")
         activations = activation_bytes(spec, seq_len, batch_size, kv_dtype, attn_implementation=attn)
         trained = getattr(spec.text_config, "max_position_embeddings", None)
         if isinstance(trained, int) and seq_len > trained:
@@ -563,8 +569,7 @@ def longest_context(config: Any, gpu: str | int | float, dtype: str | torch.dtyp
 
 
 def _has_kv_cache(spec: ModelSpec) -> bool:
-    can_generate = getattr(spec.meta, "can_generate", None)
-    return not callable(can_generate) or bool(can_generate())
+    return spec.generates
 
 
 @dataclass(frozen=True)

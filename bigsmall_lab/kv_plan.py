@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import inspect
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -97,14 +96,12 @@ _PACKAGES = {QuantBackend.QUANTO: ("optimum.quanto", "optimum-quanto"), QuantBac
 @functools.cache
 def _library_default(name: str) -> int:
     """A default of transformers' group-wise quantized cache (``residual_length`` 128, ``q_group_size``
-    64 in 5.x), read from its signature so the lab follows the library."""
-    from transformers import QuantizedCache, cache_utils
+    64 in 5.x), read from its signature (``_compat.quantized_cache_default``) so the lab follows the library."""
+    value = _compat.quantized_cache_default(name)
+    if value is None:
+        raise LabError(f"this transformers has no default for the quantized cache's {name}; pass {name}= explicitly")
+    return value
 
-    for owner in (getattr(cache_utils, "QuantizedLayer", None), QuantizedCache):
-        param = inspect.signature(owner.__init__).parameters.get(name) if owner is not None else None
-        if param is not None and isinstance(param.default, int) and not isinstance(param.default, bool):
-            return param.default
-    raise LabError(f"this transformers has no default for the quantized cache's {name}; pass {name}= explicitly")
 
 # Names a learner can pass instead of building CacheSettings by hand.
 NAMED_CACHES: dict[str, dict] = {

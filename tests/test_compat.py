@@ -57,3 +57,33 @@ def test_diffusers_dtype_keyword_is_the_one_its_from_pretrained_accepts():
     assert name == expected
     source = inspect.getsource(diffusers.DiffusionPipeline.from_pretrained)
     assert f'"{name}"' in source or f"'{name}'" in source or f"{name}=" in source
+
+
+def test_the_recorded_quantized_cache_facts_are_the_librarys():
+    # data/transformers_facts.json (tools/presets_data.py) stands in for the library only while its version is
+    # installed: then it must say what transformers says
+    import json
+
+    recorded = json.loads(_compat._TRANSFORMERS_FACTS.read_text())
+    live = _compat.transformers_facts()
+    if recorded["transformers"] != live["transformers"]:
+        assert _compat._recorded_facts() is None  # another version: the library is asked instead
+        pytest.skip(f"recorded for transformers {recorded['transformers']}, installed {live['transformers']}")
+    assert {k: v for k, v in recorded.items() if k != "source"} == live, "run `python tools/presets_data.py`"
+    assert _compat.quantized_cache_backends() == tuple(live["quantized_cache_backends"])
+    assert _compat.quantized_cache_default("q_group_size") == live["quantized_cache_defaults"]["q_group_size"]
+
+
+def test_a_record_of_another_transformers_is_not_read(tmp_path, monkeypatch):
+    import json
+
+    fake = tmp_path / "transformers_facts.json"
+    fake.write_text(json.dumps({"transformers": "0.0.1", "quantized_cache_backends": ["made-up"],
+                                "quantized_cache_defaults": {"q_group_size": 3}}))
+    monkeypatch.setattr(_compat, "_TRANSFORMERS_FACTS", fake)
+    _compat._recorded_facts.cache_clear()
+    try:
+        assert "made-up" not in _compat.quantized_cache_backends()
+        assert _compat.quantized_cache_default("q_group_size") != 3
+    finally:
+        _compat._recorded_facts.cache_clear()

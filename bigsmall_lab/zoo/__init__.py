@@ -5,11 +5,32 @@
 ['llama-3.1-8b', 'llama-3.1-70b', 'llama-3.1-405b']
 """
 
-from ._build import HubUnreachableError, Weights, build, checkpoint, load_model, load_tokenizer, model_path
 from ._configs import LAB_MODELS, PRESETS, TINY_DIR, Preset, config_dict, count_parameters, meta_model, presets
-from ._flux import tiny_flux_pipeline
 from ._smollm2 import REAL_MODELS, gguf_path, real_model_path
-from ._tiny import HELDOUT_FILE, heldout_perplexity, heldout_windows, tiny_heldout_ids
+
+# The builders import torch: they load on first use (PEP 562), so that reading a preset's config or its
+# shipped facts (bigsmall-lab fit) imports none.
+_LAZY = {
+    "_build": ("HubUnreachableError", "Weights", "build", "checkpoint", "load_model", "load_tokenizer", "model_path"),
+    "_flux": ("tiny_flux_pipeline",),
+    "_tiny": ("HELDOUT_FILE", "heldout_perplexity", "heldout_windows", "tiny_heldout_ids"),
+}
+_HOME = {name: module for module, names in _LAZY.items() for name in names}
+
+
+def __getattr__(name: str):
+    if name in _HOME:
+        import importlib
+
+        value = getattr(importlib.import_module(f"{__name__}.{_HOME[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_HOME})
+
 
 __all__ = [
     "LAB_MODELS", "PRESETS", "TINY_DIR", "HubUnreachableError", "Preset", "Weights", "build", "checkpoint",

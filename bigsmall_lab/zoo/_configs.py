@@ -18,11 +18,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from .._errors import LabError, closest, shown, whole_number
+
+if TYPE_CHECKING:  # torch is imported where a model is built, so that planning a preset from its facts needs none
+    import torch
 
 __all__ = ["LAB_MODELS", "PRESETS", "AttentionLayout", "ModelSpec", "Preset", "config_dict", "count_parameters", "instantiate",
            "meta_model", "presets", "register_config_source", "resolve", "transformers_config"]
@@ -220,6 +221,7 @@ def _validated(cfg: dict) -> dict:
 
 def _diffusers_model(cfg: dict, dtype: torch.dtype) -> torch.nn.Module:
     import diffusers
+    import torch
 
     cls = getattr(diffusers, cfg["_class_name"], None)
     if not isinstance(cls, type) or not hasattr(cls, "from_config"):
@@ -240,6 +242,8 @@ def instantiate(config: Any, dtype: torch.dtype | str, device: torch.device) -> 
     The config is validated first (:func:`_validated`); an error raised while building after that
     is a bug of the lab or the library, and surfaces as one.
     """
+    import torch
+
     from .._compat import no_init_weights
     from .._dtypes import torch_dtype
 
@@ -295,7 +299,6 @@ class AttentionLayout:
         return cls(int(text.num_hidden_layers), int(n_heads), int(n_kv_heads), int(head_dim), windows)
 
 
-@dataclass(eq=False)
 class ModelSpec:
     """A config resolved once: the dict, its model on the meta device (float32) and its parameter count.
 
@@ -303,26 +306,64 @@ class ModelSpec:
     device placement (``module_bytes`` in :mod:`bigsmall_lab.estimates`, the idea of accelerate's
     ``compute_module_sizes``). Make one with :func:`resolve`; functions that take a ``config`` accept it.
 
+    The meta model is built on first use. A preset resolved by name carries its :class:`~bigsmall_lab.zoo._facts.Facts`
+    (``facts``): the numbers the planners read of it, computed by those planners and shipped with the lab, so that
+    planning a preset (``bigsmall-lab fit``) builds no model and imports no torch; ``facts`` is None otherwise.
+
     >>> spec = resolve("llama-3.2-1b")
     >>> spec.name, spec.kind, spec.parameters          # tied embeddings counted once
     ('llama-3.2-1b', 'transformers', 1235814400)
     """
 
-    name: str
-    config: dict
-    meta: torch.nn.Module = field(repr=False)
-    kind: str = "transformers"  # or "diffusers"
+    def __init__(self, name: str, config: dict, meta: torch.nn.Module | None = None, kind: str = "transformers",
+                 facts: Any = None) -> None:
+        self.name, self.config, self.kind, self.facts, self._meta = name, config, kind, facts, meta
+
+    def __repr__(self) -> str:
+        return f"ModelSpec(name={self.name!r}, kind={self.kind!r}{', from facts' if self.facts else ''})"
+
+    @property
+    def meta(self) -> torch.nn.Module:
+        """The model on the meta device (float32), built the first time it is asked for."""
+        if self._meta is None:
+            import torch
+
+            self._meta = instantiate(self.config, torch.float32, torch.device("meta"))
+        return self._meta
 
     @property
     def parameters(self) -> int:
-        return _count(self.meta)
+        return self.facts.parameters if self.facts else _count(self.meta)
 
     @property
     def text_config(self):
-        """The transformers config whose layers hold the KV cache (decoder side); None for diffusers."""
+        """The transformers config whose layers hold the KV cache (decoder side); None for diffusers.
+        From facts: the sizes the planners read (``Facts.TEXT_FIELDS``), as attributes."""
         if self.kind != "transformers":
             return None
+        if self.facts:
+            return self.facts.text_config
         return self.meta.config.get_text_config(decoder=True)
+
+    @property
+    def generates(self) -> bool:
+        """Whether the model generates token by token (a decoder with a KV cache), not an encoder."""
+        if self.facts:
+            return self.facts.generates
+        can_generate = getattr(self.meta, "can_generate", None)
+        return not callable(can_generate) or bool(can_generate())
+
+    @property
+    def has_output_embeddings(self) -> bool:
+        """Whether the model ends in logits over a vocabulary (an LM head)."""
+        if self.facts:
+            return self.facts.has_output_embeddings
+        get = getattr(self.meta, "get_output_embeddings", None)
+        return callable(get) and get() is not None
+
+    @property
+    def class_name(self) -> str:
+        return self.facts.class_name if self.facts else type(self.meta).__name__
 
     @cached_property
     def attention(self) -> AttentionLayout | None:
@@ -346,10 +387,18 @@ def resolve(config: Any) -> ModelSpec:
 
 @lru_cache(maxsize=32)
 def _resolve_name(name: str) -> ModelSpec:
+    if name in PRESETS:
+        from ._facts import preset_facts
+
+        facts = preset_facts(name)  # None when the shipped facts are not this config's or this library's
+        if facts is not None:
+            return ModelSpec(name, config_dict(name), None, facts.kind, facts)
     return _resolve(name)
 
 
 def _resolve(config: Any) -> ModelSpec:
+    import torch
+
     cfg = config_dict(config)
     model = instantiate(cfg, torch.float32, torch.device("meta"))
     if isinstance(config, (str, os.PathLike)):
@@ -359,11 +408,13 @@ def _resolve(config: Any) -> ModelSpec:
     return ModelSpec(name, cfg, model, "transformers" if "model_type" in cfg else "diffusers")
 
 
-def meta_model(config: Any, dtype: torch.dtype | str = torch.bfloat16) -> torch.nn.Module:
+def meta_model(config: Any, dtype: torch.dtype | str = "bfloat16") -> torch.nn.Module:
     """The model of ``config`` on the meta device: real shapes and dtypes, no weight memory.
 
     A transformers config needs ``model_type``; a diffusers model config needs ``_class_name``.
     """
+    import torch
+
     return instantiate(config_dict(config), dtype, torch.device("meta"))
 
 
