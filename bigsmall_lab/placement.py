@@ -19,6 +19,10 @@ any other nn.Module    accelerate's ``get_balanced_memory`` + ``infer_auto_devic
                        ``accelerate.load_checkpoint_and_dispatch(device_map="auto")`` does
 =====================  ======================================================================
 
+:func:`tree` hands what those calls read of a transformers model (its modules, transformers' sizes, no-split
+classes, tied weights) over as data; :func:`bigsmall_lab.placement_rule.plan` replays the calls on it without
+torch (``bigsmall-lab fit``) and makes the same :class:`Plan`.
+
 So "balanced" here is transformers' balanced for transformers models (the map a learner gets from
 ``from_pretrained``); accelerate's own ``get_balanced_memory`` splits a little differently (it
 is what diffusers and ``load_checkpoint_and_dispatch`` use). In transformers, "auto" and
@@ -48,11 +52,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
-from collections import defaultdict
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from enum import Enum
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -61,160 +62,19 @@ import torch
 
 from ._compat import quiet_libraries
 from ._dtypes import dtype_name, torch_dtype
-from ._errors import LabError, closest, shown, whole_number
-from ._units import parse_size
+from ._errors import LabError, shown, whole_number
 from .bnb_formats import Quantization, bnb_config
+# The plan's types and its description live in placement_rule (no torch there: bigsmall-lab fit plans from data);
+# every name is re-exported so `from bigsmall_lab.placement import Plan` keeps working.
+from .placement_rule import (_NUMBERED, DEVICE_ORDER, TRANSFORMERS_ENGINE, Device, LayerRange,  # noqa: F401
+                             ModuleTree, Plan, Strategy, _blocks_in, _check_low_zero, _check_room, _describe,
+                             _device_key, _device_label, _ranges, parse_budgets)
 from .zoo._configs import PRESETS, config_dict, meta_model
 
-__all__ = ["DEVICE_ORDER", "Device", "LayerRange", "Plan", "Strategy", "fewest_gpus", "from_device_map", "plan"]
+__all__ = ["DEVICE_ORDER", "Device", "LayerRange", "Plan", "Strategy", "fewest_gpus", "from_device_map", "plan",
+           "tree"]
 
-Device = int | str  # a GPU index, "cpu" or "disk"
-DEVICE_ORDER = ("cpu", "disk")  # after the GPUs, in the order the planner fills them
 _PLAN_DTYPES = ("float32", "float16", "bfloat16")
-
-
-class Strategy(str, Enum):
-    """The ``device_map`` strings ``from_pretrained`` plans by itself."""
-
-    AUTO = "auto"  # transformers: the same as "balanced"
-    BALANCED = "balanced"  # every GPU but the last capped near total / number of GPUs
-    BALANCED_LOW_0 = "balanced_low_0"  # balanced over GPUs 1..n-1, GPU 0 takes only what is left
-    SEQUENTIAL = "sequential"  # fill GPU 0 to its budget, then GPU 1, ...; the last may stay empty
-
-    @classmethod
-    def parse(cls, value: str | Strategy) -> Strategy:
-        if isinstance(value, Strategy):
-            return value
-        names = [s.value for s in cls]
-        try:
-            return cls(str(value).strip().lower()) if isinstance(value, str) else cls(value)
-        except ValueError:
-            raise LabError.bad("strategy", value, f"use one of: {', '.join(names)}{closest(str(value), names)}",
-                               verb="is not a device_map strategy") from None
-
-
-@dataclass(frozen=True)
-class LayerRange:
-    """Consecutive entries of the device map that went to the same device, e.g. layers 0-13 on GPU 0."""
-
-    device: Device
-    label: str  # "model.layers.0-13", "model.embed_tokens"
-    names: tuple[str, ...]  # the device-map keys it covers
-    n_bytes: int
-    n_blocks: int  # how many no-split blocks (whole decoder layers) it holds
-
-
-@dataclass(frozen=True)
-class Plan:
-    """Where every module goes and how many bytes each device holds.
-
-    ``device_map`` is what ``from_pretrained`` would use (and show as ``model.hf_device_map``);
-    ``budgets`` the ``max_memory`` given, in bytes; ``planned_budgets`` what the strategy turned
-    them into before placing (the budgets ``infer_auto_device_map`` really used);
-    ``bytes_per_device`` has every budgeted device, GPUs first, then "cpu" and "disk" (0 when empty).
-    Sizes count parameters and buffers in the planned dtype (for bitsandbytes: packed weights, as
-    transformers counts them, without the quantization scales).
-    """
-
-    model: str
-    strategy: Strategy | None  # None: a device map given by hand or read from a loaded model
-    dtype: str
-    quantization: str | None
-    engine: str  # which library's functions made the plan
-    device_map: dict[str, Device]
-    budgets: dict[Device, int]
-    planned_budgets: dict[Device, int]
-    bytes_per_device: dict[Device, int]
-    weight_bytes_per_device: dict[Device, int]  # parameters only: what the checkpoint holds (no buffers)
-    ranges: tuple[LayerRange, ...]
-    total_bytes: int
-    largest_layer_bytes: int  # what GPU 0 and the CPU keep free while anything may spill
-    largest_layer: str
-    smallest_block_bytes: int  # the smallest no-split block: no device can take less
-    no_split_modules: tuple[str, ...]
-    n_blocks: int
-    split_blocks: tuple[str, ...] = ()  # no-split blocks whose parts went to different entries: none, by design
-    notes: tuple[str, ...] = field(default=())
-
-    @property
-    def gpus(self) -> list[int]:
-        return [d for d in self.bytes_per_device if isinstance(d, int)]
-
-    def bytes_on(self, device: Device) -> int:
-        return self.bytes_per_device.get(device, 0)
-
-    def layers_on(self, device: Device) -> int:
-        """Whole no-split blocks (decoder layers) placed on ``device``."""
-        return sum(r.n_blocks for r in self.ranges if r.device == device)
-
-    def layers_run_on(self, device: Device) -> int:
-        """Blocks ``device`` computes in a forward pass. accelerate's ``dispatch_model`` runs the layers offloaded
-        to the CPU or disk on the first GPU (their weights are copied in), so GPU 0 computes those too."""
-        gpus = [d for d in self.gpus if self.bytes_on(d) > 0] or self.gpus
-        if not gpus:
-            return self.n_blocks if device == "cpu" else 0
-        if device == gpus[0]:
-            return self.layers_on(device) + self.layers_on("cpu") + self.layers_on("disk")
-        return self.layers_on(device) if isinstance(device, int) else 0
-
-    @property
-    def spilled_bytes(self) -> int:
-        """Bytes that went to the CPU or the disk although GPUs were budgeted (0 on a CPU-only plan's CPU)."""
-        disk = self.bytes_on("disk")
-        return disk + (self.bytes_on("cpu") if self.gpus else 0)
-
-    @property
-    def fits_on_gpus(self) -> bool:
-        return bool(self.gpus) and self.spilled_bytes == 0
-
-    @property
-    def devices_used(self) -> list[Device]:
-        return [d for d, n in self.bytes_per_device.items() if n > 0]
-
-    def __repr__(self) -> str:
-        per = ", ".join(f"{_device_label(d)} {n / 2**30:.2f} GiB ({self.layers_on(d)} blocks)"
-                        for d, n in self.bytes_per_device.items())
-        how = self.strategy.value if self.strategy else "given map"
-        quant = f" {self.quantization}" if self.quantization else ""
-        return f"Plan({self.model}, {self.dtype}{quant}, {how}: {per})"
-
-
-def _device_label(device: Device) -> str:
-    return f"GPU {device}" if isinstance(device, int) else str(device).upper() if device == "cpu" else str(device)
-
-
-# --- inputs --------------------------------------------------------------------------------------
-
-def parse_budgets(max_memory: Mapping[Any, Any]) -> dict[Device, int]:
-    """``max_memory`` with every size in bytes and devices in planning order (GPUs, "cpu", "disk").
-
-    >>> parse_budgets({"cpu": "2GiB", 1: "10GB", 0: 10_000_000})
-    {0: 10000000, 1: 10000000000, 'cpu': 2147483648}
-    """
-    if not isinstance(max_memory, Mapping) or not max_memory:
-        raise LabError.bad("max_memory", max_memory, "give a dict of device -> size, e.g. {0: '10GiB', 'cpu': '30GiB'}",
-                           verb="is not a dict of budgets")
-    out: dict[Device, int] = {}
-    for key, value in max_memory.items():
-        device = _device_key(key)
-        try:
-            out[device] = parse_size(value, argument=f"max_memory[{key!r}]")
-        except (ValueError, TypeError):
-            raise LabError.bad(f"max_memory[{key!r}]", value, "write a size such as '10GB', '10GiB' or "
-                               "10_000_000 (bytes)", verb="is not a memory size") from None
-    gpus = sorted(d for d in out if isinstance(d, int))
-    return {d: out[d] for d in (*gpus, *[k for k in DEVICE_ORDER if k in out])}
-
-
-def _device_key(key: Any) -> Device:
-    if isinstance(key, str) and key.strip().lower() in DEVICE_ORDER:
-        return key.strip().lower()
-    if isinstance(key, str) and re.fullmatch(r"\s*cuda:\d+\s*", key):
-        return int(key.split(":")[1])
-    if isinstance(key, bool) or not isinstance(key, int) or key < 0:
-        raise LabError.bad("max_memory key", key, "use GPU indices 0, 1, ... and 'cpu' or 'disk'",
-                           verb="is not a device")
-    return int(key)
 
 
 # --- the meta model, cached per config + dtype + quantization (the widget redraws from here) -----
@@ -228,7 +88,8 @@ def _quantizer(quantization: Quantization):
 
 @lru_cache(maxsize=16)
 def _cached_meta(config_json: str, dtype: str, quantization: Quantization | None):
-    """(meta model, quantizer or None); the same objects for the same inputs (planning never mutates them)."""
+    """(meta model, quantizer or None, its ModuleTree); the same objects for the same inputs (planning never
+    mutates them)."""
     cfg = json.loads(config_json)
     with quiet_libraries():
         model = meta_model(cfg, dtype)
@@ -241,10 +102,11 @@ def _cached_meta(config_json: str, dtype: str, quantization: Quantization | None
             # Swaps nn.Linear for bitsandbytes' Linear8bitLt / Linear4bit on meta, as from_pretrained does.
             quantizer.preprocess_model(model=model, dtype=torch_dtype(dtype), device_map="auto",
                                        checkpoint_files=None, use_kernels=False)
-    return model, quantizer
+    return model, quantizer, _tree(model, quantizer, "config", dtype, quantization)
 
 
-def _model_and_name(config_or_model: Any, dtype: str, quantization: Quantization | None):
+def _model_and_tree(config_or_model: Any, dtype: str, quantization: Quantization | None):
+    """(model, quantizer or None, ModuleTree named as the plan shows it: the preset, the folder or "config")."""
     if isinstance(config_or_model, torch.nn.Module):
         if quantization is not None:
             raise LabError.bad("quantization", quantization.value, "pass the config (a preset name, dict or path) "
@@ -252,7 +114,8 @@ def _model_and_name(config_or_model: Any, dtype: str, quantization: Quantization
                                verb="needs a config, not a built model")
         params = list(config_or_model.parameters())
         own = dtype_name(params[0].dtype) if params else dtype
-        return config_or_model, None, type(config_or_model).__name__, own
+        # A built model may change between calls: its tree is read each time.
+        return config_or_model, None, _tree(config_or_model, None, type(config_or_model).__name__, own, None)
     if isinstance(config_or_model, str) and config_or_model.strip().lower() in PRESETS:
         name = config_or_model.strip().lower()
     elif isinstance(config_or_model, (str, os.PathLike)):
@@ -265,8 +128,23 @@ def _model_and_name(config_or_model: Any, dtype: str, quantization: Quantization
         raise
     except (ValueError, TypeError) as err:
         raise LabError(str(err)) from None
-    model, quantizer = _cached_meta(json.dumps(cfg, sort_keys=True, default=str), dtype, quantization)
-    return model, quantizer, name, dtype
+    model, quantizer, module_tree = _cached_meta(json.dumps(cfg, sort_keys=True, default=str), dtype, quantization)
+    return model, quantizer, module_tree if module_tree.model == name else replace(module_tree, model=name)
+
+
+def _tree(model: torch.nn.Module, quantizer, name: str, dtype: str, quantization: Quantization | None) -> ModuleTree:
+    """What the planner reads of ``model``, as data: modules as ``named_modules()`` lists them (a submodule
+    registered twice is listed once; no preset has one), transformers' sizes, the tied groups."""
+    sizes, buffers, no_split, engine = _sizes(model, quantizer, dtype)
+    tied_keys = dict(getattr(model, "all_tied_weights_keys", None) or {})
+    # The groups exactly as transformers' _init_infer_auto_device_map builds them: one per target, in set order.
+    tied = tuple(tuple(sorted([k for k, v in tied_keys.items() if v == target] + [target]))
+                 for target in set(tied_keys.values()))
+    no_placement = getattr(model, "_no_placement_params", None)
+    modules = tuple((n, type(m).__name__, tuple(p for p, _ in m.named_parameters(recurse=False)),
+                     tuple(b for b, _ in m.named_buffers(recurse=False))) for n, m in model.named_modules())
+    return ModuleTree(name, engine, dtype, quantization.value if quantization else None, modules, sizes, buffers,
+                      no_split, tied, None if no_placement is None else tuple(no_placement))
 
 
 def _is_transformers(model: torch.nn.Module) -> bool:
@@ -303,21 +181,34 @@ def plan(config_or_model: Any, strategy: str | Strategy = "auto", max_memory: Ma
                            verb="is missing")
     budgets = parse_budgets(max_memory)
     dtype = dtype_name(dtype, allowed=_PLAN_DTYPES)
+    quant = _quantization(quantization)
+    model, quantizer, module_tree = _model_and_tree(config_or_model, dtype, quant)
+    _check_room(module_tree, budgets, max_memory)
+    _check_low_zero(module_tree, strategy, budgets, max_memory)
+    with quiet_libraries():
+        device_map, planned = _infer(model, quantizer, strategy, budgets, module_tree.dtype, module_tree.no_split)
+    return _describe(module_tree, strategy, dict(device_map), budgets, planned)
+
+
+def tree(config_or_model: Any, dtype: str | torch.dtype = "bfloat16",
+         quantization: str | Quantization | None = None) -> ModuleTree:
+    """What :func:`plan` reads of the model, as data: ``placement_rule.plan(tree(...), strategy, max_memory)``
+    makes the same :class:`Plan` as ``plan(config_or_model, strategy, max_memory, dtype, quantization)``,
+    without torch; ``tree(...).as_dict()`` is JSON.
+
+    >>> t = tree("llama-3.2-1b", "bfloat16")
+    >>> t.no_split, t.tied, t.sizes[""]   # 1.24 B parameters x 2 bytes, the tied head counted once
+    (('LlamaDecoderLayer',), (('lm_head.weight', 'model.embed_tokens.weight'),), 2471629056)
+    """
+    dtype = dtype_name(dtype, allowed=_PLAN_DTYPES)
+    return _model_and_tree(config_or_model, dtype, _quantization(quantization))[2]
+
+
+def _quantization(quantization: str | Quantization | None) -> Quantization | None:
     try:
-        quant = Quantization.parse(quantization)
+        return Quantization.parse(quantization)
     except ValueError as err:
         raise LabError(str(err)) from None
-    model, quantizer, name, dtype = _model_and_name(config_or_model, dtype, quant)
-    sizes, buffers, no_split, engine = _sizes(model, quantizer, dtype)
-    smallest = _smallest_block(model, sizes, no_split)
-    usable = {d: b for d, b in budgets.items() if d != "disk"}
-    if smallest and usable and all(b < smallest[1] for b in usable.values()):
-        raise LabError(f"max_memory {shown(dict(max_memory))} is too small for even one layer: the smallest "
-                       f"({smallest[0]}) takes {smallest[1]:,} bytes; give a GPU or the CPU at least that")
-    with quiet_libraries():
-        device_map, planned = _infer(model, quantizer, strategy, budgets, dtype, no_split)
-    return _describe(model, name, strategy, dtype, quant, engine, dict(device_map), budgets, planned, sizes, buffers,
-                     no_split, quantizer)
 
 
 def from_device_map(config_or_model: Any, device_map: Mapping[str, Any], dtype: str | torch.dtype = "bfloat16",
@@ -333,8 +224,7 @@ def from_device_map(config_or_model: Any, device_map: Mapping[str, Any], dtype: 
     if not isinstance(device_map, Mapping) or not device_map:
         raise LabError.bad("device_map", device_map, "give a dict of module name -> device, e.g. model.hf_device_map",
                            verb="is not a device map")
-    model, quantizer, name, dtype = _model_and_name(config_or_model, dtype, quant)
-    sizes, buffers, no_split, _ = _sizes(model, quantizer, dtype)
+    model, _, module_tree = _model_and_tree(config_or_model, dtype, quant)
     dm = {str(k): _device_key(v) if not isinstance(v, torch.device) else _torch_device_key(v)
           for k, v in device_map.items()}
     known = {n for n, _ in model.named_modules()} | {n for n, _ in model.named_parameters(remove_duplicate=False)} \
@@ -344,8 +234,8 @@ def from_device_map(config_or_model: Any, device_map: Mapping[str, Any], dtype: 
         raise LabError.bad("device_map", missing[0], "use module names of this model (model.hf_device_map)",
                            verb="names no module of the model")
     budgets = parse_budgets(max_memory) if max_memory else {}
-    return _describe(model, name, None, dtype, quant, "a device map given by hand or read from a loaded model", dm,
-                     budgets, dict(budgets), sizes, buffers, no_split, quantizer)
+    return _describe(module_tree, None, dm, budgets, dict(budgets),
+                     engine="a device map given by hand or read from a loaded model")
 
 
 def _torch_device_key(device: torch.device) -> Device:
@@ -361,8 +251,7 @@ def _sizes(model: torch.nn.Module, quantizer,
 
         sizes, _ = compute_module_sizes(model, quantizer, only_modules=False)
         buffers, _ = compute_module_sizes(model, quantizer, buffers_only=True)
-        return (dict(sizes), dict(buffers), tuple(model._no_split_modules or ()),
-                "planned as transformers' from_pretrained does")
+        return dict(sizes), dict(buffers), tuple(model._no_split_modules or ()), TRANSFORMERS_ENGINE
     from accelerate.utils import compute_module_sizes
 
     if _is_diffusers(model):
@@ -406,94 +295,6 @@ def _infer(model, quantizer, strategy: Strategy, budgets: dict[Device, int], dty
         planned = get_balanced_memory(model, max_memory=max_memory, low_zero=low_zero, **kwargs)
     device_map = infer_auto_device_map(model, max_memory=dict(planned), **kwargs)
     return device_map, {d: int(v) for d, v in planned.items()}
-
-
-def _blocks(model: torch.nn.Module, no_split: tuple[str, ...]) -> list[str]:
-    return [n for n, m in model.named_modules() if type(m).__name__ in no_split]
-
-
-def _smallest_block(model, sizes: dict[str, int], no_split: tuple[str, ...]) -> tuple[str, int] | None:
-    blocks = _blocks(model, no_split)
-    if not blocks:
-        leaves = [n for n, m in model.named_modules() if not list(m.children()) and sizes.get(n, 0) > 0]
-        blocks = leaves
-    if not blocks:
-        return None
-    name = min(blocks, key=lambda n: sizes.get(n, 0))
-    return name, sizes.get(name, 0)
-
-
-def _describe(model, name: str, strategy: Strategy | None, dtype: str, quant: Quantization | None, engine: str,
-              device_map: dict[str, Device], budgets: dict[Device, int], planned: dict[Device, int],
-              sizes: dict[str, int], buffers: dict[str, int], no_split: tuple[str, ...], quantizer) -> Plan:
-    from accelerate.utils.modeling import get_max_layer_size
-
-    blocks = set(_blocks(model, no_split))
-    per_device: dict[Device, int] = {d: 0 for d in budgets}
-    weights: dict[Device, int] = {d: 0 for d in budgets}
-    for key, device in device_map.items():
-        per_device[device] = per_device.get(device, 0) + sizes.get(key, 0)
-        weights[device] = weights.get(device, 0) + sizes.get(key, 0) - buffers.get(key, 0)
-    gpus = sorted(d for d in per_device if isinstance(d, int))
-    order = (*gpus, *[k for k in DEVICE_ORDER if k in per_device])
-    per_device = {d: per_device[d] for d in order}
-    weights = {d: weights[d] for d in order}
-    top = list(model.named_children()) + list(model.named_parameters(recurse=False))
-    largest_bytes, largest_names = get_max_layer_size([(n, m) for n, m in top if isinstance(m, torch.nn.Module)],
-                                                      defaultdict(int, sizes), list(no_split))
-    smallest = _smallest_block(model, sizes, no_split)
-    notes = []
-    for device, budget in budgets.items():
-        if device != "disk" and per_device.get(device, 0) == 0 and smallest and budget < smallest[1]:
-            notes.append(f"{_device_label(device)}'s budget ({budget:,} bytes) is below one layer "
-                         f"({smallest[1]:,} bytes): it stays empty")
-    values = set(device_map.values())
-    if quantizer is not None and values != {"cpu"} and values & {"cpu", "disk"}:
-        notes.append("from_pretrained refuses this plan: bitsandbytes keeps quantized layers on GPUs; spilling to "
-                     "the CPU needs llm_int8_enable_fp32_cpu_offload=True and a device_map written by hand")
-    return Plan(
-        model=name, strategy=strategy, dtype=dtype, quantization=quant.value if quant else None, engine=engine,
-        device_map=device_map, budgets=dict(budgets), planned_budgets=dict(planned), bytes_per_device=per_device,
-        weight_bytes_per_device=weights,
-        ranges=_ranges(device_map, sizes, blocks), total_bytes=sizes.get("", 0),
-        largest_layer_bytes=int(largest_bytes), largest_layer=largest_names[0] if largest_names else "",
-        smallest_block_bytes=smallest[1] if smallest else 0, no_split_modules=no_split, n_blocks=len(blocks),
-        split_blocks=tuple(b for b in sorted(blocks) if any(k.startswith(b + ".") for k in device_map)),
-        notes=tuple(notes))
-
-
-_NUMBERED = re.compile(r"^(.*)\.(\d+)$")
-
-
-def _blocks_in(name: str, blocks: set[str]) -> int:
-    """No-split blocks inside the device-map entry ``name`` ("" is the whole model)."""
-    return len(blocks) if not name else sum(1 for b in blocks if b == name or b.startswith(name + "."))
-
-
-def _ranges(device_map: dict[str, Device], sizes: dict[str, int], blocks: set[str]) -> tuple[LayerRange, ...]:
-    """Group runs of numbered siblings on one device ("model.layers.3", "model.layers.4" ...) into ranges."""
-    groups: list[list[str]] = []
-    for key, device in device_map.items():
-        match = _NUMBERED.match(key)
-        if groups:
-            last = groups[-1][-1]
-            prev = _NUMBERED.match(last)
-            if (match and prev and prev.group(1) == match.group(1) and int(match.group(2)) == int(prev.group(2)) + 1
-                    and device_map[last] == device):
-                groups[-1].append(key)
-                continue
-        groups.append([key])
-    out = []
-    for names in groups:
-        first, last = names[0], names[-1]
-        if len(names) == 1:
-            label = first or "(whole model)"
-        else:
-            head, tail = _NUMBERED.match(first), _NUMBERED.match(last)
-            label = f"{head.group(1)}.{head.group(2)}-{tail.group(2)}"
-        n_blocks = sum(_blocks_in(n, blocks) for n in names)
-        out.append(LayerRange(device_map[first], label, tuple(names), sum(sizes.get(n, 0) for n in names), n_blocks))
-    return tuple(out)
 
 
 # --- what one machine cannot hold ----------------------------------------------------------------
