@@ -87,7 +87,7 @@ __all__ = [
     "needs_cuda", "presets", "stored_weight_bytes", "tiny_flux_pipeline", "track", "weights_bytes", "weights_table",
     # modules
     "advisor", "bits", "bnb_formats", "check", "cli", "estimates", "exercises", "fit_run", "gguf_file", "hardware",
-    "kv_plan", "kvcache", "loading", "measure", "offload", "offload_plan", "parallel", "placement", "quality", "quant",
+    "kv_plan", "kvcache", "loading", "measure", "offload", "offload_plan", "parallel", "placement", "placement_rule", "quality", "quant",
     "quantized", "tp_plan", "views", "zoo",
 ]
 

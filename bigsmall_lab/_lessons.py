@@ -55,6 +55,8 @@ SHARED = {
     "views": "the package of charts and widgets (each lesson's are listed with it)",
     "exercises": "the package of predict-then-check questions (each lesson's are listed with it)",
     "cli": "the bigsmall-lab command (estimate, presets, fit, check) for a terminal",
+    "placement_rule": "placement.plan's device map in plain Python over a stored module tree: how bigsmall-lab fit "
+                      "places a preset without torch (a test checks it equals placement.plan)",
 }
 # Exercise machinery that is a check_* function of no one lesson: a learner's number against any value.
 SHARED_EXERCISES = ("check_value",)

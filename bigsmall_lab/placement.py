@@ -138,8 +138,9 @@ def _tree(model: torch.nn.Module, quantizer, name: str, dtype: str, quantization
     sizes, buffers, no_split, engine = _sizes(model, quantizer, dtype)
     tied_keys = dict(getattr(model, "all_tied_weights_keys", None) or {})
     # The groups exactly as transformers' _init_infer_auto_device_map builds them: one per target, in set order.
-    tied = tuple(tuple(sorted([k for k, v in tied_keys.items() if v == target] + [target]))
-                 for target in set(tied_keys.values()))
+    # sorted: transformers builds the groups from a set, in an order that varies with Python's hash seed
+    tied = tuple(sorted(tuple(sorted([k for k, v in tied_keys.items() if v == target] + [target]))
+                        for target in set(tied_keys.values())))
     no_placement = getattr(model, "_no_placement_params", None)
     modules = tuple((n, type(m).__name__, tuple(p for p, _ in m.named_parameters(recurse=False)),
                      tuple(b for b, _ in m.named_buffers(recurse=False))) for n, m in model.named_modules())
@@ -251,16 +252,17 @@ def _sizes(model: torch.nn.Module, quantizer,
 
         sizes, _ = compute_module_sizes(model, quantizer, only_modules=False)
         buffers, _ = compute_module_sizes(model, quantizer, buffers_only=True)
-        return dict(sizes), dict(buffers), tuple(model._no_split_modules or ()), TRANSFORMERS_ENGINE
+        # sorted: a set in some models (CLIP's three classes), so its order varies from process to process
+        return dict(sizes), dict(buffers), tuple(sorted(model._no_split_modules or ())), TRANSFORMERS_ENGINE
     from accelerate.utils import compute_module_sizes
 
     if _is_diffusers(model):
-        no_split = tuple(model._get_no_split_modules("auto"))
+        no_split = tuple(sorted(model._get_no_split_modules("auto")))
         return (dict(compute_module_sizes(model, dtype=torch_dtype(dtype))),
                 dict(compute_module_sizes(model, dtype=torch_dtype(dtype), buffers_only=True)), no_split,
                 "planned as diffusers' from_pretrained does (accelerate's functions)")
     return (dict(compute_module_sizes(model)), dict(compute_module_sizes(model, buffers_only=True)),
-            tuple(getattr(model, "_no_split_modules", None) or ()),
+            tuple(sorted(getattr(model, "_no_split_modules", None) or ())),
             "planned as accelerate's load_checkpoint_and_dispatch does")
 
 

@@ -27,7 +27,8 @@ branch, in both CI lanes (the locked releases and the newest ones, so a change u
 
 A tiny tree, in bytes: an embedding of 100, two no-split blocks of 60 and a head tied to the embedding (its weight
 is the embedding's, counted once). GPU 0 (200) keeps 60 free for the largest block: 140 take the embedding and its
-head; embedding + a block (160) would not fit, so the blocks go to the CPU:
+head; embedding + a block (160) would not fit, so the blocks go to the CPU (the map lists modules in the model's
+order, which accelerate's own map does not promise):
 
 >>> t = ModuleTree("toy", "planned as transformers' from_pretrained does", "float32", None,
 ...     modules=(("", "Toy", (), ()), ("embed", "Embedding", ("weight",), ()), ("blocks", "ModuleList", (), ()),
@@ -37,7 +38,7 @@ head; embedding + a block (160) would not fit, so the blocks go to the CPU:
 ...            "blocks.1": 60, "blocks.1.weight": 60}, buffers={}, no_split=("Block",),
 ...     tied=(("embed.weight", "head.weight"),))
 >>> plan(t, "sequential", {0: 200, "cpu": 1000}).device_map
-{'embed': 0, 'head': 0, 'blocks': 'cpu'}
+{'embed': 0, 'blocks': 'cpu', 'head': 0}
 """
 
 from __future__ import annotations
@@ -616,7 +617,11 @@ def _smallest_block(tree: ModuleTree) -> tuple[str, int] | None:
 def _describe(tree: ModuleTree, strategy: Strategy | None, device_map: dict[str, Device], budgets: dict[Device, int],
               planned: dict[Device, int], engine: str | None = None) -> Plan:
     """The :class:`Plan` of ``device_map`` on ``tree``: bytes per device, layer ranges, the largest and smallest
-    layers, notes. ``engine``: the text that says who made the map (the tree's by default)."""
+    layers, notes. ``engine``: the text that says who made the map (the tree's by default).
+
+    The map's entries are put in the model's module order: accelerate's ``clean_device_map`` walks children from a
+    set, so the order it returns varies with Python's hash seed from one process to the next (the same entries)."""
+    device_map = _in_module_order(tree, device_map)
     blocks = set(tree._blocks())
     sizes, buffers = tree.sizes, tree.buffers
     per_device: dict[Device, int] = {d: 0 for d in budgets}
@@ -648,6 +653,15 @@ def _describe(tree: ModuleTree, strategy: Strategy | None, device_map: dict[str,
         smallest_block_bytes=smallest[1] if smallest else 0, no_split_modules=tree.no_split, n_blocks=len(blocks),
         split_blocks=tuple(b for b in sorted(blocks) if any(k.startswith(b + ".") for k in device_map)),
         notes=tuple(notes))
+
+
+def _in_module_order(tree: ModuleTree, device_map: dict[str, Device]) -> dict[str, Device]:
+    rank: dict[str, int] = {}
+    for name, _cls, params, buffers in tree.modules:  # named_modules() order: a module before its children
+        rank.setdefault(name, len(rank))
+        for tensor in (*params, *buffers):
+            rank.setdefault(_join(name, tensor), len(rank))
+    return {k: device_map[k] for k in sorted(device_map, key=lambda k: rank.get(k, len(rank)))}
 
 
 _NUMBERED = re.compile(r"^(.*)\.(\d+)$")
