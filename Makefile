@@ -7,9 +7,11 @@ WHEELHOUSE ?=
 LAB_ARGS ?=
 PYTEST_ARGS ?=
 # The latest-releases lane runs the lessons and the tests that meet the libraries' moving parts
-# (loading, quantization, offloading, TP, KV cache); the locked lane runs everything.
+# (loading, quantization, offloading, TP, KV cache, and the plain-Python copy of their placement rule with the
+# facts it plans presets from); the locked lane runs everything.
 LATEST_TESTS ?= lessons tests/test_parallel.py tests/test_quantization_paths.py tests/test_offload.py \
-	tests/test_kvcache.py tests/test_loading.py tests/test_install.py tests/test_check.py
+	tests/test_kvcache.py tests/test_loading.py tests/test_install.py tests/test_check.py tests/test_compat.py \
+	tests/test_placement_rule.py tests/test_facts.py
 INSTALL = $(PYTHON) tools/install.py $(if $(WHEELHOUSE),--wheelhouse $(WHEELHOUSE))
 ifeq ($(OS),Windows_NT)
 BIN := Scripts
