@@ -45,6 +45,12 @@ CPU (and pays for it in time); the first that stays on the GPU quantizes:
 >>> fit("llama-3.1-8b", machine("T4", cpu_ram=0), seq_len=8192)[0].label
 'int8 weights, dynamic cache, GPU 0'
 
+A preset plans from its facts (``resolve(name).facts``, :mod:`bigsmall_lab.zoo._facts`): the module bytes, module
+trees, tensor-parallel ranks and offload plans those planners computed on its meta model, shipped with the lab;
+the placement then runs ``placement_rule.plan`` (transformers' rule in plain Python) on the stored tree. So
+:func:`fit` on a preset builds no model and imports no torch; tests/test_facts.py checks every option equals the one
+planned from meta models.
+
 Where it lives: its maths is all planners' (``kv_plan``, ``offload_plan``, ``placement``, ``tp_plan``,
 ``estimates``); it stays with the runners in the package's layer table because of :func:`attached_machine`,
 the one function here that asks the hardware (``hardware.describe()``, the default machine), so that

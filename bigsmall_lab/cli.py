@@ -12,7 +12,8 @@
 The CLI imports planners and runners only, never widgets: a terminal needs no ipywidgets. Bad input
 (the lab's :class:`~bigsmall_lab._errors.LabError`, a missing file or cache folder) is one sentence on
 stderr and exit status 2, never a traceback. Start-up is light: ``--help``, ``lab`` and ``presets`` import
-no torch (``presets`` reads counts the package computed, see :func:`preset_records`); each command
+no torch (``presets`` reads counts the package computed, see :func:`preset_records`), nor does ``fit`` for a
+preset on named GPUs (it plans from the preset's shipped facts, ``bigsmall_lab.zoo._facts``); each command
 imports what it needs inside its function. Tables fit 100 columns; ``--json`` prints any table as data.
 """
 

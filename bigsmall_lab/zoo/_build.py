@@ -8,7 +8,6 @@ checkpoint, a local folder or (with network, e.g. on Colab) a hub id.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
@@ -23,17 +22,9 @@ from .._dtypes import bytes_per_element, dtype_name, torch_dtype
 from .._errors import LabError, closest, shown, whole_number
 from .._paths import atomic_dir, cache_dir, check_name
 from .._units import MB, format_bytes, parse_size
-from ._configs import LAB_MODELS, PRESETS, TINY_DIR, instantiate, meta_model, presets, register_config_source, resolve
+from ._configs import LAB_MODELS, PRESETS, TINY_DIR, instantiate, meta_model, presets, resolve
 from ._smollm2 import REAL_MODELS, real_model_path
 
-
-def _real_model_config(name: str) -> dict:
-    # The real model's config.json exists once its checkpoint is converted (on first use).
-    return json.loads((real_model_path(name) / "config.json").read_text())
-
-
-for _name in REAL_MODELS:
-    register_config_source(_name, lambda name=_name: _real_model_config(name))
 
 __all__ = ["HubUnreachableError", "Weights", "build", "checkpoint", "load_model", "load_tokenizer", "model_path"]
 

@@ -23,6 +23,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+from ._configs import register_config_source
+
 __all__ = ["GGUF_FILE", "INSTALL_COMMAND", "REAL_MODELS", "gguf_path", "real_model_path"]
 
 REAL_MODELS = ("smollm2-135m-instruct",)
@@ -106,3 +108,14 @@ def _convert(source: Path, out: Path, progress: bool) -> None:
     }, indent=2) + "\n")
     steps.update()
     steps.close()
+
+
+def _real_model_config(name: str) -> dict:
+    # The real model's config.json exists once its checkpoint is converted (on first use).
+    return json.loads((real_model_path(name) / "config.json").read_text())
+
+
+# Registered here (a module without torch, imported with the zoo) so that resolve("smollm2-135m-instruct") works
+# before anything has imported the builders.
+for _name in REAL_MODELS:
+    register_config_source(_name, lambda name=_name: _real_model_config(name))
