@@ -215,13 +215,18 @@ OFFLOADED_CACHE_STREAM_FIX = Version("5.20.0")
 __all__ += ["OFFLOADED_CACHE_STREAM_FIX", "offloaded_cache_race"]
 
 
+def transformers_version() -> str:
+    """The installed transformers' version, from its package metadata (transformers is not imported)."""
+    return metadata.version("transformers")
+
+
 def offloaded_cache_race(version: str | None = None, warn: bool = True) -> bool:
     """True (and one warning sentence) when this transformers' offloaded KV cache lacks the stream wait.
 
     >>> offloaded_cache_race("5.17.0", warn=False), offloaded_cache_race("5.25.0", warn=False)
     (True, False)
     """
-    installed = metadata.version("transformers") if version is None else version
+    installed = transformers_version() if version is None else version
     racy = Version(Version(installed).base_version) < OFFLOADED_CACHE_STREAM_FIX
     if racy and warn:
         warnings.warn(f"transformers {installed}'s offloaded KV cache can prefetch a layer before the previous "

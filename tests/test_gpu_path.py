@@ -325,17 +325,15 @@ def test_offloaded_cache_warns_on_an_affected_transformers(monkeypatch):
 
     from bigsmall_lab import _compat, kvcache
 
-    # the module object _compat reads (transformers can put a fresh module object in sys.modules after a
-    # model's first load, so `import transformers` here may be another object)
-    transformers = _compat.transformers
+    # the version _compat reads (the package metadata: transformers itself need not be imported)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(transformers, "__version__", "5.17.0")  # the GPU image's version
+    monkeypatch.setattr(_compat, "transformers_version", lambda: "5.17.0")  # the GPU image's version
     cuda_model = SimpleNamespace()  # a config-only call: the model's device is not known, CUDA is
     with pytest.warns(RuntimeWarning, match=r"^transformers 5\.17\.0's offloaded KV cache can prefetch a layer .*"
                                             r"fixed in 5\.20\.0.*\.$") as seen:
         kvcache._needs_cuda(kvcache.CacheSettings("offloaded"), cuda_model)
     assert len(seen) == 1 and str(seen[0].message).count(". ") == 0  # one sentence
-    monkeypatch.setattr(transformers, "__version__", "5.25.0")
+    monkeypatch.setattr(_compat, "transformers_version", lambda: "5.25.0")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         kvcache._needs_cuda(kvcache.CacheSettings("offloaded"), cuda_model)
@@ -349,7 +347,7 @@ def test_one_offloaded_generation_warns_once(monkeypatch):
 
     from bigsmall_lab import _compat, kvcache
 
-    monkeypatch.setattr(_compat.transformers, "__version__", "5.17.0")
+    monkeypatch.setattr(_compat, "transformers_version", lambda: "5.17.0")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(kvcache, "_device", lambda model: torch.device("cuda", 0))  # a model on the GPU
 
