@@ -139,10 +139,10 @@ def test_a_read_only_cache_folder_still_answers(tmp_path, monkeypatch):
     assert _facts_cache.ensure("llama-3.2-1b").parameters == 1_235_814_400
 
 
-def _cli_modules(*argv: str, env: dict | None = None) -> tuple[subprocess.CompletedProcess, list[str]]:
+def _cli_modules(*argv: str, env: dict | None = None, prelude: str = "") -> tuple[subprocess.CompletedProcess, list[str]]:
     import os
 
-    code = ("import sys, runpy\n"
+    code = (prelude + "import sys, runpy\n"
             f"sys.argv = ['bigsmall-lab', *{list(argv)!r}]\n"
             "try:\n    runpy.run_module('bigsmall_lab.cli', run_name='__main__')\n"
             "except SystemExit as exit:\n    assert exit.code in (0, None), exit.code\n"
@@ -164,6 +164,20 @@ def test_fit_on_named_gpus_imports_no_torch(argv, tmp_path):
         out, heavy = _cli_modules(*argv, env=env)
     assert heavy == [], f"`bigsmall-lab {' '.join(argv)}` imported {heavy}"
     assert "options" in out.stdout
+
+
+def test_with_stale_shipped_facts_the_first_fit_computes_them_and_the_next_needs_no_torch(tmp_path):
+    # what a fresh install with newer releases meets (the latest lane, a workshop morning): the shipped file is
+    # not for the installed versions, so the first call builds the meta model and caches the facts
+    stale = ("import pathlib\nfrom bigsmall_lab.zoo import _facts\n"
+             f"_facts.FACTS_FILE = pathlib.Path({str(tmp_path / 'stale.json.gz')!r})\n")
+    env = {"BIGSMALL_LAB_CACHE": str(tmp_path)}
+    argv = ("fit", "llama-3.2-3b", "--gpu", "L4", "--seq-len", "4096", "--json")
+    first, heavy_first = _cli_modules(*argv, env=env, prelude=stale)
+    assert "torch" in heavy_first and list((tmp_path / "facts").glob("llama-3.2-3b-*.json.gz"))
+    second, heavy_second = _cli_modules(*argv, env=env, prelude=stale)
+    assert heavy_second == [], heavy_second
+    assert json.loads(first.stdout.rsplit("HEAVY", 1)[0]) == json.loads(second.stdout.rsplit("HEAVY", 1)[0])
 
 
 def test_the_check_sees_torch_when_fit_needs_it(tmp_path):
