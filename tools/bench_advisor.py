@@ -9,6 +9,7 @@ each preset on the meta device, and in bitsandbytes' layers for a device_map spl
 ``--cli`` also runs ``bigsmall-lab fit <preset> --gpu <setup> --seq-len N --json`` in a fresh process for
 every point of the grid, as a learner's terminal does: wall seconds, and whether torch was imported.
 Usage: python tools/bench_advisor.py [--json] [--meta] [--cli]
+(``python tools/bench_advisor.py --cli --json > benchmarks/advisor.json`` keeps a run with the lab's benchmarks.)
 """
 
 from __future__ import annotations
@@ -82,13 +83,16 @@ def main(argv: list[str]) -> int:
     cold = max(passes[0], key=lambda r: r["seconds"])
     warm = max(passes[1], key=lambda r: r["seconds"])
     rows = passes[1]
+    from bigsmall_lab.zoo import _facts
     from bigsmall_lab.zoo._configs import resolve
 
     from_facts = sorted(p for p in presets() if resolve(p).facts is not None)
     summary = {"import_seconds": round(import_s, 2), "calls": len(rows), "max_seconds": warm["seconds"],
                "max_cold": cold, "max_warm": warm, "total_seconds": round(sum(r["seconds"] for r in rows), 1),
                "total_cold_seconds": round(sum(r["seconds"] for r in passes[0]), 1),
-               "presets_from_facts": len(from_facts), "torch_imported_in_process": "torch" in sys.modules}
+               "presets_from_facts": len(from_facts), "torch_imported_in_process": "torch" in sys.modules,
+               "versions": _facts.installed_versions(), "python": sys.version.split()[0], "cpus": os.cpu_count(),
+               "date": time.strftime("%Y-%m-%d")}
     cli = cli_rows() if "--cli" in argv else []
     if cli:
         slowest = max(cli, key=lambda r: r["wall_seconds"])
