@@ -35,7 +35,14 @@ from packaging.version import Version
 __all__ = ["OLD_NAMES", "TRANSFORMERS_5", "diffusers_dtype_kwarg", "from_pretrained_kwargs", "quiet_libraries", "model_tp_plan", "no_init_weights",
            "tensor_parallel_kwargs"]
 
-TRANSFORMERS_5 = Version(metadata.version("transformers")).major >= 5
+
+
+def transformers_version() -> str:
+    """The installed transformers' version, from its package metadata (transformers is not imported)."""
+    return metadata.version("transformers")
+
+
+TRANSFORMERS_5 = Version(transformers_version()).major >= 5
 
 # Current keyword -> the name older code uses for it.
 OLD_NAMES = {
@@ -166,7 +173,7 @@ def _recorded_facts() -> dict | None:
         data = json.loads(_TRANSFORMERS_FACTS.read_text())
     except (OSError, ValueError):
         return None
-    return data if isinstance(data, dict) and data.get("transformers") == metadata.version("transformers") else None
+    return data if isinstance(data, dict) and data.get("transformers") == transformers_version() else None
 
 
 def transformers_facts() -> dict:
@@ -185,7 +192,7 @@ def transformers_facts() -> dict:
             if param is not None and isinstance(param.default, int) and not isinstance(param.default, bool):
                 defaults[name] = param.default
                 break
-    return {"transformers": metadata.version("transformers"), "quantized_cache_backends": list(backends),
+    return {"transformers": transformers_version(), "quantized_cache_backends": list(backends),
             "quantized_cache_defaults": defaults}
 
 
@@ -213,11 +220,6 @@ def quantized_cache_default(name: str) -> int | None:
 OFFLOADED_CACHE_STREAM_FIX = Version("5.20.0")
 
 __all__ += ["OFFLOADED_CACHE_STREAM_FIX", "offloaded_cache_race"]
-
-
-def transformers_version() -> str:
-    """The installed transformers' version, from its package metadata (transformers is not imported)."""
-    return metadata.version("transformers")
 
 
 def offloaded_cache_race(version: str | None = None, warn: bool = True) -> bool:

@@ -734,10 +734,11 @@ def _tree(facts, dtype: str, quant: str | None):
 def _tp_rank_bytes(spec: ModelSpec, nproc: int, dtype: str) -> list[int] | None:
     """Each rank's weight bytes under tensor parallelism over ``nproc`` GPUs (``tp_plan.plan(...).rank_bytes``), from
     the preset's facts when stored; None when the model has no tensor-parallel plan."""
-    if spec.facts is not None and spec.facts.tp_rank_bytes(dtype, nproc) is not None:
-        return spec.facts.tp_rank_bytes(dtype, nproc)
-    if spec.facts is not None and str(nproc) in spec.facts.tp.get(dtype, {}):
-        return None  # stored as "no plan"
+    if spec.facts is not None:
+        try:
+            return spec.facts.tp_rank_bytes(dtype, nproc)
+        except KeyError:  # not stored (more GPUs than the facts hold): the planner on the meta model
+            pass
     from . import tp_plan
 
     try:
@@ -747,9 +748,7 @@ def _tp_rank_bytes(spec: ModelSpec, nproc: int, dtype: str) -> list[int] | None:
 
 
 def _transformers_options(spec: ModelSpec, m: Machine, seq_len: int, batch_size: int, dtype: str) -> list[Option]:
-    from .estimates import _has_kv_cache
-
-    generates = _has_kv_cache(spec)
+    generates = spec.generates
     caches = CACHES if generates else (None,)
     act = activation_bytes(spec, seq_len, batch_size, dtype)
     act_source = f"estimates.activation_bytes(seq_len={seq_len}, batch_size={batch_size})"
@@ -936,8 +935,7 @@ def _transformers_options(spec: ModelSpec, m: Machine, seq_len: int, batch_size:
 
 
 def _diffusers_options(spec: ModelSpec, m: Machine, dtype: str, image_size: tuple[int, int], batch_size: int) -> list[Option]:
-    from .offload_plan import (FLUX_DEV_CONFIGS, OffloadSettings, flux_dev_components, pinned_memory_plan,
-                               plan_offload)
+    from .offload_plan import FLUX_DEV_CONFIGS, NAMED_SETTINGS, flux_dev_components, pinned_memory_plan, plan_offload
     from .offload_plan import OffloadStrategy as Strategy
 
     pipeline = spec.name.strip().lower() == FLUX_DEV_CONFIGS["transformer"]
@@ -953,10 +951,6 @@ def _diffusers_options(spec: ModelSpec, m: Machine, dtype: str, image_size: tupl
                 built["c"] = {"model": meta_model(spec.config, dtype)}
         return built["c"]
 
-    strategies = [("none", OffloadSettings("none"), None), ("model", OffloadSettings("model"), "model"),
-                  ("block_level", OffloadSettings("block_level"), "block_level"),
-                  ("leaf_level+stream", OffloadSettings("leaf_level", use_stream=True), "leaf_level+stream"),
-                  ("sequential", OffloadSettings("sequential"), "sequential")]
     first = 0 if m.gpus else "cpu"
     height, width = image_size
     try:
@@ -976,7 +970,8 @@ def _diffusers_options(spec: ModelSpec, m: Machine, dtype: str, image_size: tupl
     else:
         notes.append("one diffusers model alone; bitsandbytes is not planned for diffusers models")
     options = []
-    for name, settings, speed_key in strategies:
+    for name, settings in NAMED_SETTINGS.items():
+        speed_key = None if name == "none" else name  # no offloading is the baseline the others are timed against
         if not m.gpus and name != "none":
             continue  # offloading moves weights to an accelerator: nothing to gain on a CPU
         device = "cuda" if m.gpus else "cpu"

@@ -516,7 +516,7 @@ def estimate(config: Any, dtype: str | torch.dtype = "bfloat16", quantization: s
     overhead, source = _overhead(overhead_bytes, overhead_source)
     notes: list[str] = []
     if spec.kind == "transformers":
-        kv = kv_cache_bytes(spec, seq_len, batch_size, kv_dtype) if _has_kv_cache(spec) else 0
+        kv = kv_cache_bytes(spec, seq_len, batch_size, kv_dtype) if spec.generates else 0
         if not kv:
             notes.append(f"{spec.class_name} is an encoder: no KV cache")
         activations = activation_bytes(spec, seq_len, batch_size, kv_dtype, attn_implementation=attn)
@@ -566,10 +566,6 @@ def longest_context(config: Any, gpu: str | int | float, dtype: str | torch.dtyp
         middle = (low + high) // 2
         low, high = (middle, high) if fits_at(middle) else (low, middle)
     return low
-
-
-def _has_kv_cache(spec: ModelSpec) -> bool:
-    return spec.generates
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,7 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
-    "FLUX_DEV_CONFIGS", "FLUX_DEV_VAE_CONFIG", "PUBLISHED", "ComponentSize", "ImageSettings", "OffloadPlan",
+    "FLUX_DEV_CONFIGS", "FLUX_DEV_VAE_CONFIG", "NAMED_SETTINGS", "PUBLISHED", "ComponentSize", "ImageSettings", "OffloadPlan",
     "OffloadSettings", "OffloadStrategy", "PinnedPlan", "PlannedGroup", "PublishedFigure", "block_modules_of",
     "component_sizes", "flux_dev_components", "known_problems", "module_tensor_bytes", "pinned_memory_plan",
     "plan_groups", "plan_offload", "published", "same_groups", "tied_leaf_parameters",
@@ -191,6 +191,17 @@ class OffloadSettings:
         if self.disk:
             args.append("offload_to_disk_path=...")
         return f"apply_group_offloading(component, {', '.join(args)})"
+
+
+# One setting per strategy, by the names the advisor's options carry (zoo._facts stores each one's bytes for
+# FLUX.1-dev under the same names).
+NAMED_SETTINGS: dict[str, OffloadSettings] = {
+    "none": OffloadSettings("none"),
+    "model": OffloadSettings("model"),
+    "block_level": OffloadSettings("block_level"),
+    "leaf_level+stream": OffloadSettings("leaf_level", use_stream=True),
+    "sequential": OffloadSettings("sequential"),
+}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -137,8 +137,8 @@ def _tree(model: torch.nn.Module, quantizer, name: str, dtype: str, quantization
     registered twice is listed once; no preset has one), transformers' sizes, the tied groups."""
     sizes, buffers, no_split, engine = _sizes(model, quantizer, dtype)
     tied_keys = dict(getattr(model, "all_tied_weights_keys", None) or {})
-    # The groups exactly as transformers' _init_infer_auto_device_map builds them: one per target, in set order.
-    # sorted: transformers builds the groups from a set, in an order that varies with Python's hash seed
+    # The groups as transformers' _init_infer_auto_device_map builds them (one per target), sorted: it builds them
+    # from a set, in an order that varies with Python's hash seed
     tied = tuple(sorted(tuple(sorted([k for k, v in tied_keys.items() if v == target] + [target]))
                         for target in set(tied_keys.values())))
     no_placement = getattr(model, "_no_placement_params", None)
@@ -221,7 +221,7 @@ def from_device_map(config_or_model: Any, device_map: Mapping[str, Any], dtype: 
     ``hf_device_map`` draws with the same chart as a prediction.
     """
     dtype = dtype_name(dtype, allowed=_PLAN_DTYPES)
-    quant = Quantization.parse(quantization)
+    quant = _quantization(quantization)
     if not isinstance(device_map, Mapping) or not device_map:
         raise LabError.bad("device_map", device_map, "give a dict of module name -> device, e.g. model.hf_device_map",
                            verb="is not a device map")

@@ -280,6 +280,16 @@ class ModuleTree:
         return out
 
     @cached_property
+    def _rank(self) -> dict[str, int]:
+        """Each module's and tensor's place in ``named_modules()`` order (a module before its children)."""
+        rank: dict[str, int] = {}
+        for name, _cls, params, buffers in self.modules:
+            rank.setdefault(name, len(rank))
+            for tensor in (*params, *buffers):
+                rank.setdefault(_join(name, tensor), len(rank))
+        return rank
+
+    @cached_property
     def _module(self) -> dict[str, Module]:
         return {m[0]: m for m in self.modules}
 
@@ -656,11 +666,7 @@ def _describe(tree: ModuleTree, strategy: Strategy | None, device_map: dict[str,
 
 
 def _in_module_order(tree: ModuleTree, device_map: dict[str, Device]) -> dict[str, Device]:
-    rank: dict[str, int] = {}
-    for name, _cls, params, buffers in tree.modules:  # named_modules() order: a module before its children
-        rank.setdefault(name, len(rank))
-        for tensor in (*params, *buffers):
-            rank.setdefault(_join(name, tensor), len(rank))
+    rank = tree._rank
     return {k: device_map[k] for k in sorted(device_map, key=lambda k: rank.get(k, len(rank)))}
 
 

@@ -48,7 +48,7 @@ from typing import Any
 from collections.abc import Callable
 
 __all__ = ["FACTS_FILE", "LIBRARIES", "MAX_TP", "TEXT_FIELDS", "Facts", "compute", "installed_versions",
-           "file_bytes", "file_data", "preset_facts", "read_file", "register_source", "single_file_data"]
+           "file_bytes", "file_data", "preset_facts", "read_file", "register_source"]
 
 FACTS_FILE = Path(__file__).resolve().parent.parent / "data" / "preset_facts.json.gz"
 _CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -118,11 +118,9 @@ class Facts:
         return ModuleTree.from_dict(data)
 
     def tp_rank_bytes(self, dtype: str, nproc: int) -> list[int] | None:
-        """``tp_plan.plan(name, nproc, dtype).rank_bytes``; None when not stored (KeyError: no TP plan stored)."""
-        per = self.tp.get(dtype)
-        if per is None or str(nproc) not in per:
-            return None
-        return per[str(nproc)]
+        """``tp_plan.plan(name, nproc, dtype).rank_bytes``; None when the model has no tensor-parallel plan.
+        KeyError when not stored (more than :data:`MAX_TP` GPUs, another dtype)."""
+        return self.tp[dtype][str(nproc)]
 
     def offload_bytes(self, dtype: str, device: str, strategy: str) -> dict[str, int] | None:
         return self.offload.get(dtype, {}).get(device, {}).get(strategy)
@@ -151,8 +149,8 @@ def compute(name: str) -> Facts:
     text = None
     if spec.kind == "transformers":
         config = spec.text_config
-        text = {f: getattr(config, f, None) for f in TEXT_FIELDS}
-        text = {k: (list(v) if isinstance(v, tuple) else v) for k, v in text.items()}
+        values = {f: getattr(config, f, None) for f in TEXT_FIELDS}
+        text = {f: list(v) if isinstance(v, tuple) else v for f, v in values.items()}  # as JSON reads it back
     sizes: dict = {}
     trees: dict = {}
     names: tuple[str, ...] = ()
@@ -195,7 +193,6 @@ def _offload_facts(spec) -> dict:
     if spec.kind != "diffusers":
         return {}
     from .. import offload_plan
-    from ..offload_plan import OffloadSettings
 
     if spec.name != offload_plan.FLUX_DEV_CONFIGS["transformer"]:
         return {}
@@ -203,7 +200,7 @@ def _offload_facts(spec) -> dict:
     for dtype in DTYPES:
         components = offload_plan.flux_dev_components(dtype)
         for device in ("cuda", "cpu"):
-            for strategy, settings in _offload_strategies(OffloadSettings).items():
+            for strategy, settings in offload_plan.NAMED_SETTINGS.items():
                 p = offload_plan.plan_offload(components, settings, device=device)
                 row = {"device_bytes": p.device_bytes, "total_bytes": p.total_bytes}
                 if settings.use_stream and p.total_bytes > p.device_bytes:
@@ -212,28 +209,22 @@ def _offload_facts(spec) -> dict:
     return out
 
 
-def _offload_strategies(settings_class) -> dict:
-    """The advisor's diffusers strategies, by its names (advisor._diffusers_options reads the same table)."""
-    return {"none": settings_class("none"), "model": settings_class("model"),
-            "block_level": settings_class("block_level"),
-            "leaf_level+stream": settings_class("leaf_level", use_stream=True),
-            "sequential": settings_class("sequential")}
-
-
 # --- reading them --------------------------------------------------------------------------------
 
-def file_data(facts: dict[str, Facts] | None = None) -> dict:
-    """What ``tools/presets_data.py`` writes: the versions, and each preset's config hash and facts."""
+def file_data(facts: dict[str, Facts] | None = None,
+              source: str = "written by tools/presets_data.py") -> dict:
+    """A facts file's data: the versions, and each preset's config hash and facts (every preset's, computed now,
+    when ``facts`` is None: what ``tools/presets_data.py`` writes; ``source`` says who wrote it)."""
     from ._configs import PRESETS
 
     facts = facts if facts is not None else {name: compute(name) for name in PRESETS}
-    return {"format": _FILE_FORMAT,
-            "source": "bigsmall_lab.zoo._facts.compute() on each preset's meta model, written by tools/presets_data.py",
+    return {"format": _FILE_FORMAT, "source": f"bigsmall_lab.zoo._facts.compute() on each preset's meta model, {source}",
             "versions": installed_versions(),
             "presets": {name: {"config_sha256": config_sha256(name), **f.as_dict()} for name, f in facts.items()}}
 
 
-def _read(path: Path) -> dict | None:
+def read_file(path: Path) -> dict | None:
+    """File data at ``path`` (gzipped JSON), or None when it is missing, damaged or of another format."""
     try:
         with gzip.open(path, "rt", encoding="utf-8") as handle:
             data = json.load(handle)
@@ -244,7 +235,7 @@ def _read(path: Path) -> dict | None:
 
 @lru_cache(maxsize=4)
 def _shipped(path: str) -> dict | None:
-    return _read(Path(path))
+    return read_file(Path(path))
 
 
 def _record(data: dict | None, name: str, versions: dict) -> Facts | None:
@@ -278,22 +269,10 @@ def preset_facts(name: str) -> Facts | None:
         return None
     versions = installed_versions()
     found = _record(_shipped(str(FACTS_FILE)), name, versions)
-    for source in _SOURCES:
-        if found is not None:
-            break
+    sources = iter(_SOURCES)
+    while found is None and (source := next(sources, None)) is not None:
         found = _record(source(name, versions), name, versions)
     return found
-
-
-def single_file_data(name: str, facts: Facts) -> dict:
-    """File data holding one preset's facts (what the cache folder keeps)."""
-    return {"format": _FILE_FORMAT, "source": "bigsmall_lab.zoo._facts.compute()", "versions": installed_versions(),
-            "presets": {name: {"config_sha256": config_sha256(name), **facts.as_dict()}}}
-
-
-def read_file(path: Path) -> dict | None:
-    """File data at ``path`` (gzipped JSON), or None when it is missing, damaged or of another format."""
-    return _read(path)
 
 
 def file_bytes(data: dict) -> bytes:

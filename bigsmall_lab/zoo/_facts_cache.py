@@ -46,7 +46,7 @@ def ensure(name: str) -> _facts.Facts:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
-            tmp.write_bytes(_facts.file_bytes(_facts.single_file_data(name, facts)))
+            tmp.write_bytes(_facts.file_bytes(_facts.file_data({name: facts}, "cached by zoo._facts_cache")))
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
